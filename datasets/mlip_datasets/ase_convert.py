@@ -11,12 +11,16 @@ _RESERVED_INFO = {"sid", "fid", "charge", "spin", "energy", "free_energy", "stre
 
 
 def _lookup(atoms, key: str, per_atom: bool):
-    """Find a label: calculator results first, then arrays (per-atom) or info."""
+    """Find a label: calculator results first, then arrays (per-atom) or info.
+
+    Per-atom labels fall back to ``info`` too: ASE database rows keep custom arrays in ``data``.
+    """
     calc = atoms.calc
     if calc is not None and key in getattr(calc, "results", {}):
         return calc.results[key]
-    source = atoms.arrays if per_atom else atoms.info
-    return source.get(key)
+    if per_atom and key in atoms.arrays:
+        return atoms.arrays[key]
+    return atoms.info.get(key)
 
 
 def atoms_to_structure(atoms, keys: LabelKeys = DEFAULT_KEYS) -> Structure:

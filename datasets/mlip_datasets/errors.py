@@ -19,6 +19,11 @@ class DataError(Exception):
         parts = [p for p in (self.path, None if record is None else f"record {record}") if p]
         super().__init__(": ".join([*parts, message]))
 
+    def __reduce__(self):
+        # the default pickles only str(self); rebuilding from that fails, and a multiprocessing pool whose
+        # worker raised a DataError then hangs instead of reporting it
+        return (type(self), (self.path, self.message, self.record))
+
 
 class UnsafePickleError(DataError):
     """A pickle asked for a class or function outside the allow-list; nothing was executed."""

@@ -1,0 +1,196 @@
+"""Files ASE reads: extended XYZ (read and write), ASE SQLite databases (read and write), anything else
+``ase.io.read`` understands (read only).
+
+extxyz: energy/forces/stress under plain names sit on the SinglePointCalculator ASE attaches; other names
+(``REF_energy``, ``REF_forces``) stay in ``info``/``arrays``; pick them with :class:`LabelKeys`. The writer
+puts charge/spin/sid/fid in the comment line, tags as a per-atom column and ``fixed`` as ASE's
+``move_mask`` column (a FixAtoms constraint), which ASE reads back as FixAtoms.
+
+ASE SQLite (``.db``): the writer stores charge, spin, sid, fid and ``info`` in each row's ``data`` (as the
+aselmdb writer and OMol25 do); the reader looks in ``data`` and then ``key_value_pairs``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from pathlib import Path
+from typing import Iterable
+
+from ..ase_convert import atoms_to_structure, structure_to_atoms
+from ..errors import DataError
+from ..keys import DEFAULT_KEYS, LabelKeys
+from ..record import Structure
+from ._aserows import check_structure_shapes, row_data
+from .base import Format, Reader
+
+
+def _one_file(path: Path, shards: int, name: str) -> None:
+    if shards != 1:
+        raise DataError(path, f"{name} writes a single file; sharding (shards={shards}) is not supported")
+
+
+# -- files read by ase.io -------------------------------------------------------------------------------------
+
+
+class AseFileReader(Reader):
+    """All frames of a file ``ase.io`` reads, parsed on first access and kept in memory.
+
+    Fine for files that fit in memory; convert larger sets to the native store or aselmdb for training.
+    """
+
+    def __init__(self, path: str | Path, keys: LabelKeys = DEFAULT_KEYS, ase_format: str | None = None,
+                 format_name: str = "ase"):
+        super().__init__(path, keys)
+        self.ase_format = ase_format
+        self.format_name = format_name
+        self._frames: list | None = None
+
+    def _load(self) -> list:
+        if self._frames is None:
+            from ase.io import iread
+
+            frames: list = []
+            try:
+                # iread, not read(":"): on a parse error we know which frame broke
+                for atoms in iread(str(self.path), index=":", format=self.ase_format,
+                                   do_not_split_by_at_sign=True):
+                    frames.append(atoms)
+            except Exception as err:  # ase raises many types (XYZError, ValueError, KeyError, ...)
+                what = f"{type(err).__name__}: {err}".strip().rstrip(":")
+                if not frames and not self.ase_format:
+                    raise DataError(self.path, f"ase.io cannot read this file ({what})") from None
+                raise DataError(self.path, f"cannot parse ({what})", record=f"frame {len(frames)}") from None
+            self._frames = frames
+        return self._frames
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_frames"] = None  # re-parse in a spawned worker rather than pickling every Atoms
+        return state
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def __getitem__(self, index: int) -> Structure:
+        frames = self._load()
+        atoms = frames[index]
+        try:
+            s = atoms_to_structure(atoms, self.keys)
+        except (ValueError, TypeError, KeyError) as err:
+            raise DataError(self.path, str(err), record=f"frame {index % len(frames)}") from None
+        check_structure_shapes(s, self.path, f"frame {index % len(frames)}")
+        return s
+
+    def natoms(self, index: int) -> int:
+        return len(self._load()[index])
+
+
+def write_extxyz(path: str | Path, structures: Iterable[Structure], *, shards: int = 1) -> int:
+    """Write extended XYZ with ``ase.io.write``: labels on the calculator, charge/spin/sid/fid in info."""
+    from ase.io import write as ase_write
+
+    path = Path(path)
+    _one_file(path, shards, "extxyz")
+    count = 0
+    with open(path, "w") as fd:
+        for count, s in enumerate(structures, 1):
+            check_structure_shapes(s, path, count - 1)
+            ase_write(fd, structure_to_atoms(s), format="extxyz")
+    return count
+
+
+# -- ASE SQLite databases ---------------------------------------------------------------------------------
+
+
+class AseDbReader(Reader):
+    """Rows of an ASE SQLite database in id order; the connection is reopened in forked workers."""
+
+    format_name = "asedb"
+
+    def __init__(self, path: str | Path, keys: LabelKeys = DEFAULT_KEYS):
+        super().__init__(path, keys)
+        self._db = None
+        self._pid = None
+        try:
+            self._ids = [row.id for row in self._conn().select(columns=["id"], include_data=False)]
+        except DataError:
+            raise
+        except Exception as err:  # sqlite3.DatabaseError and friends
+            raise DataError(self.path, f"not a readable ASE database ({type(err).__name__}: {err})") from None
+        self._ids.sort()
+
+    def _conn(self):
+        if self._db is None or self._pid != os.getpid():
+            import ase.db
+
+            self._db = ase.db.connect(str(self.path), type="db", use_lock_file=False)
+            self._pid = os.getpid()
+        return self._db
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_db"] = None
+        return state
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, index: int) -> Structure:
+        rid = self._ids[index]
+        try:
+            row = self._conn().get(id=rid)
+            atoms = row.toatoms()
+            # charge/spin/sid/fid and custom labels live in data (then key_value_pairs); hand them over via info
+            # row.key_value_pairs goes through getattr, where AtomsRow.charge (a property) hides a "charge" key
+            atoms.info.update({k: vars(row)[k] for k in row._keys if k in vars(row)})
+            atoms.info.update(row.data)
+            s = atoms_to_structure(atoms, self.keys)
+        except Exception as err:
+            raise DataError(self.path, f"{type(err).__name__}: {err}", record=f"id {rid}") from None
+        check_structure_shapes(s, self.path, f"id {rid}")
+        return s
+
+    def record_name(self, index: int) -> str:
+        return f"{self.path.name} id {self._ids[index]}"
+
+
+def write_asedb(path: str | Path, structures: Iterable[Structure], *, shards: int = 1) -> int:
+    """Write an ASE SQLite database; charge, spin, sid, fid and info go into each row's ``data``."""
+    import ase.db
+
+    path = Path(path)
+    _one_file(path, shards, "asedb")
+    db = ase.db.connect(str(path), type="db", append=False, use_lock_file=False)
+    count = 0
+    with db:  # one transaction for the whole file
+        for count, s in enumerate(structures, 1):
+            check_structure_shapes(s, path, count - 1)
+            atoms = structure_to_atoms(s)
+            atoms.info.clear()  # ase.db ignores info; everything we keep is in data
+            db.write(atoms, data=row_data(s))
+    return count
+
+
+FORMATS = {
+    "extxyz": Format(
+        name="extxyz",
+        extensions=(".extxyz", ".xyz"),
+        open=partial(AseFileReader, ase_format="extxyz", format_name="extxyz"),
+        write=write_extxyz,
+        description="extended XYZ via ase.io (labels on the SinglePointCalculator or under LabelKeys names)",
+    ),
+    "asedb": Format(
+        name="asedb",
+        extensions=(".db",),
+        open=AseDbReader,
+        write=write_asedb,
+        description="ASE SQLite database (ase.db)",
+    ),
+    "ase": Format(
+        name="ase",
+        extensions=(),
+        open=partial(AseFileReader, ase_format=None, format_name="ase"),
+        description="anything ase.io.read reads (read only)",
+    ),
+}

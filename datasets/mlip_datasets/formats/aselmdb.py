@@ -1,0 +1,254 @@
+"""ASE databases in LMDB (``*.aselmdb``): OMol25, OMat24, new-style OC20. Read and write.
+
+Layout (as ase-db-backends' ``LMDBDatabase`` writes it; checked against ase-db-backends 0.11): one LMDB
+environment per file, ``subdir=False``. Keys are ASCII row ids ``b"1"``, ``b"2"``, ... and three reserved
+keys, ``b"nextid"`` (int), ``b"deleted_ids"`` (list of int, only after deletions) and ``b"metadata"``
+(dict, only when set). Every value is zlib-compressed ASE JSON. The live ids are ``1 .. nextid-1`` minus
+``deleted_ids``; files without ``nextid`` are indexed by scanning their keys.
+
+A data set is one file or a directory of shards read in sorted file order. This module needs only
+``lmdb``; ase-db-backends is not required to read or write.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from ..errors import DataError
+from ..keys import DEFAULT_KEYS, LabelKeys
+from ..lmdb_handles import ShardEnvs
+from ..record import Structure
+from ._aserows import RowError, check_structure_shapes, decode, encode, row_to_structure, structure_to_row
+from .base import Format, Reader
+
+SUFFIX = ".aselmdb"
+
+
+def _shard_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        shards = sorted(path.glob(f"*{SUFFIX}"))
+        if not shards:
+            raise DataError(path, f"directory holds no *{SUFFIX} shards")
+        return shards
+    return [path]
+
+
+def _decode_value(raw: bytes, path: Path, record):
+    try:
+        return decode(zlib.decompress(raw).decode("utf-8"))
+    except (zlib.error, UnicodeDecodeError, ValueError, TypeError) as err:
+        raise DataError(path, f"cannot decode value ({type(err).__name__}: {err})", record=record) from None
+
+
+class AseLmdbReader(Reader):
+    """Random access over the live rows of one ``.aselmdb`` file or a directory of them.
+
+    Index ``i`` counts live rows in shard order, then id order. LMDB environments open lazily, read-only and
+    without a lock file, shared with other readers of the same files (:mod:`mlip_datasets.lmdb_handles`); a
+    forked DataLoader worker opens its own, a spawned one (pickle) reopens them.
+    """
+
+    format_name = "aselmdb"
+
+    def __init__(self, path: str | Path, keys: LabelKeys = DEFAULT_KEYS):
+        super().__init__(path, keys)
+        self.shards = _shard_files(self.path)
+        self._envs = ShardEnvs(self.shards)
+        # ids[k] is None when shard k's live ids are exactly 1..count (no deletions): saves memory on 100M rows
+        self._ids: list[np.ndarray | None] = []
+        counts = []
+        for k in range(len(self.shards)):
+            ids, count = self._index_shard(k)
+            self._ids.append(ids)
+            counts.append(count)
+        self._offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        self._natoms = self._load_natoms()
+
+    # -- LMDB handles ------------------------------------------------------------------------------------
+
+    def _env(self, k: int):
+        import lmdb
+
+        try:
+            return self._envs[k]
+        except lmdb.Error as err:
+            raise DataError(self.shards[k], f"not a readable LMDB file ({err})") from None
+
+    def _index_shard(self, k: int) -> tuple[np.ndarray | None, int]:
+        path = self.shards[k]
+        with self._env(k).begin() as txn:
+            raw_next = txn.get(b"nextid")
+            raw_deleted = txn.get(b"deleted_ids")
+            if raw_next is None:  # not written by ASE: trust the keys themselves
+                ids = sorted(int(key) for key in txn.cursor().iternext(values=False) if key.isdigit())
+                return np.asarray(ids, dtype=np.int64), len(ids)
+        nextid = _decode_value(raw_next, path, "nextid")
+        deleted = [] if raw_deleted is None else _decode_value(raw_deleted, path, "deleted_ids")
+        try:
+            nextid = int(nextid)
+            deleted = np.unique(np.asarray(deleted, dtype=np.int64).reshape(-1))
+        except (TypeError, ValueError):
+            raise DataError(path, "nextid/deleted_ids are not integers", record="nextid") from None
+        if len(deleted) == 0:
+            return None, max(nextid - 1, 0)
+        ids = np.setdiff1d(np.arange(1, nextid, dtype=np.int64), deleted)
+        return ids, len(ids)
+
+    def _load_natoms(self) -> np.ndarray | None:
+        # fairchem ships a metadata.npz with per-row atom counts beside the shards; use it only if it fits
+        meta = (self.path if self.path.is_dir() else self.path.parent) / "metadata.npz"
+        if not meta.is_file():
+            return None
+        try:
+            with np.load(meta) as npz:
+                natoms = np.asarray(npz["natoms"], dtype=np.int64).reshape(-1)
+        except Exception:
+            return None
+        return natoms if len(natoms) == len(self) else None
+
+    def close(self) -> None:
+        self._envs.close()  # handles shared with other readers of the same files stay open for them
+
+    # -- Reader -----------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"index {index} out of range for {n} rows")
+        k = int(np.searchsorted(self._offsets, index, side="right")) - 1
+        local = index - int(self._offsets[k])
+        ids = self._ids[k]
+        return k, (local + 1 if ids is None else int(ids[local]))
+
+    def __getitem__(self, index: int) -> Structure:
+        k, rid = self._locate(int(index))
+        path = self.shards[k]
+        with self._env(k).begin() as txn:
+            raw = txn.get(str(rid).encode("ascii"))
+        if raw is None:
+            raise DataError(path, "row is listed as live (below nextid, not deleted) but missing", record=rid)
+        row = _decode_value(raw, path, rid)
+        try:
+            return row_to_structure(row, self.keys)
+        except RowError as err:
+            raise DataError(path, str(err), record=rid) from None
+
+    def natoms(self, index: int) -> int:
+        if self._natoms is not None:
+            return int(self._natoms[index])
+        return super().natoms(index)
+
+    def record_name(self, index: int) -> str:
+        k, rid = self._locate(int(index))
+        return f"{self.shards[k].name} id {rid}"
+
+    def metadata(self) -> dict:
+        meta: dict = {"shards": len(self.shards)}
+        with self._env(0).begin() as txn:
+            raw = txn.get(b"metadata")
+        if raw is not None:
+            meta["database_metadata"] = _decode_value(raw, self.shards[0], "metadata")
+        return meta
+
+
+# -- writer -------------------------------------------------------------------------------------------------
+
+
+class _ShardWriter:
+    """Appends rows to one new LMDB file in batched transactions, growing the map when it fills."""
+
+    BATCH = 256
+
+    def __init__(self, path: Path):
+        import lmdb
+
+        self.path = path
+        # no lock file: nobody else can see a file that is being written (io.write_dataset renames it later)
+        self.env = lmdb.open(str(path), subdir=False, map_size=1 << 28, lock=False, meminit=False,
+                             sync=False, metasync=False)
+        self.pending: list[tuple[bytes, bytes]] = []
+        self.nextid = 1
+
+    def add(self, s: Structure, record) -> None:
+        check_structure_shapes(s, self.path, record)
+        try:
+            text = encode(structure_to_row(s))
+        except TypeError as err:  # something in info that JSON cannot hold
+            raise DataError(self.path, f"cannot store record: {err}", record=record) from None
+        self.pending.append((str(self.nextid).encode("ascii"), zlib.compress(text.encode("utf-8"))))
+        self.nextid += 1
+        if len(self.pending) >= self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        import lmdb
+
+        if not self.pending:
+            return
+        items = [*self.pending, (b"nextid", zlib.compress(encode(self.nextid).encode("utf-8")))]
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    for key, value in items:
+                        txn.put(key, value)
+                break
+            except lmdb.MapFullError:  # the transaction was aborted: grow and redo it
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+        self.pending = []
+
+    def close(self) -> None:
+        try:
+            self.flush()
+            self.env.sync(True)
+        finally:
+            self.env.close()
+
+
+def write(path: str | Path, structures: Iterable[Structure], *, shards: int = 1) -> int:
+    """Write ``structures`` as an ASE LMDB database that ``ase.db.connect`` (ase-db-backends) opens.
+
+    ``shards > 1`` makes ``path`` a directory of ``data.0000.aselmdb`` ...; record ``i`` goes to shard
+    ``i % shards`` (round-robin, so a stream of unknown length spreads evenly). Returns the count written.
+    """
+    path = Path(path)
+    if shards < 1:
+        raise DataError(path, f"shards must be at least 1, got {shards}")
+    if shards == 1:
+        targets = [path]
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+        targets = [path / f"data.{k:04d}{SUFFIX}" for k in range(shards)]
+    writers: list[_ShardWriter] = []
+    count = 0
+    try:
+        for target in targets:
+            writers.append(_ShardWriter(target))
+        for count, s in enumerate(structures, 1):
+            writers[(count - 1) % shards].add(s, count - 1)
+    finally:
+        for w in writers:
+            w.close()
+    return count
+
+
+def _open(path: Path, keys: LabelKeys) -> Reader:
+    return AseLmdbReader(path, keys)
+
+
+FORMAT = Format(
+    name="aselmdb",
+    extensions=(SUFFIX,),
+    open=_open,
+    write=write,
+    directory_shards=f"*{SUFFIX}",
+    description="ASE database in LMDB (ase-db-backends; OMol25/OMat24/OC20 aselmdb)",
+)

@@ -1,0 +1,235 @@
+"""``mlip data``: inspect, convert, summarise, split, validate and generate data sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(help="Inspect, convert, summarise, split, validate and generate data sets.",
+                  no_args_is_help=True)
+
+FromOpt = Annotated[Optional[str], typer.Option("--from", help="Input format (default: detected).")]
+ToOpt = Annotated[Optional[str], typer.Option("--to", help="Output format (default: from the extension).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+EnergyKey = Annotated[str, typer.Option("--energy-key", help="Key holding the energy label.")]
+ForcesKey = Annotated[str, typer.Option("--forces-key", help="Key holding the forces label.")]
+StressKey = Annotated[str, typer.Option("--stress-key", help="Key holding the stress label.")]
+ChargeKey = Annotated[str, typer.Option("--charge-key", help="Key holding the total charge.")]
+SpinKey = Annotated[str, typer.Option("--spin-key", help="Key holding the spin multiplicity.")]
+
+
+def _open(path: Path, fmt: str | None, energy="energy", forces="forces", stress="stress", charge="charge",
+          spin="spin"):
+    from mlip_datasets.io import open_dataset
+    from mlip_datasets.keys import LabelKeys
+
+    keys = LabelKeys(energy=energy, forces=forces, stress=stress, charge=charge, spin=spin)
+    return open_dataset(path, fmt, keys)
+
+
+def _stats(reader, description: str, cutoff: float | None = None):
+    from mlip_datasets.stats import compute_stats
+
+    from ..ui import progress
+
+    with progress(description, len(reader)) as update:
+        return compute_stats(reader, cutoff=cutoff, progress=update)
+
+
+def _symbols(numbers) -> str:
+    from ase.data import chemical_symbols
+
+    return " ".join(chemical_symbols[int(z)] for z in numbers)
+
+
+def _energy_kind(reader, first) -> str:
+    kind = reader.metadata().get("energy_kind")
+    if kind is None and first is not None:
+        kind = first.info.get("energy_kind")
+    return kind or "unknown"
+
+
+@app.command()
+def info(path: Path, fmt: FromOpt = None, as_json: JsonOpt = False, energy_key: EnergyKey = "energy",
+         forces_key: ForcesKey = "forces", stress_key: StressKey = "stress", charge_key: ChargeKey = "charge",
+         spin_key: SpinKey = "spin") -> None:
+    """Detect the format and print size, elements, labels, periodicity and energy kind."""
+    from ..ui import console, print_json, table
+
+    with _open(path, fmt, energy_key, forces_key, stress_key, charge_key, spin_key) as reader:
+        stats = _stats(reader, "reading")
+        first = reader[0] if len(reader) else None
+        summary = {
+            "path": str(path),
+            "format": reader.format_name,
+            "structures": stats.n_structures,
+            "atoms_min": stats.natoms_min,
+            "atoms_mean": stats.n_atoms / max(stats.n_structures, 1),
+            "atoms_max": stats.natoms_max,
+            "elements": _symbols(stats.element_counts),
+            "labels": stats.label_counts,
+            "periodicity": stats.periodicity,
+            "energy_kind": _energy_kind(reader, first),
+            **{k: v for k, v in reader.metadata().items() if k != "energy_kind"},
+        }
+    if as_json:
+        print_json(summary)
+        return
+    rows = [[key.replace("_", " "), _fmt(value)] for key, value in summary.items()]
+    console.print(table(f"{path}", ["property", "value"], rows))
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v}" for k, v in value.items()) or "none"
+    return str(value)
+
+
+@app.command()
+def convert(src: Path, dst: Path, to: ToOpt = None, fmt: FromOpt = None,
+            shards: Annotated[int, typer.Option(min=1, help="Number of output shards.")] = 1,
+            overwrite: Annotated[bool, typer.Option(help="Replace DST if it exists.")] = False,
+            energy_key: EnergyKey = "energy", forces_key: ForcesKey = "forces", stress_key: StressKey = "stress",
+            charge_key: ChargeKey = "charge", spin_key: SpinKey = "spin") -> None:
+    """Convert SRC to DST (format from DST's extension or --to); DST appears only when complete."""
+    from mlip_datasets.io import write_dataset
+
+    from ..ui import console, progress
+
+    with _open(src, fmt, energy_key, forces_key, stress_key, charge_key, spin_key) as reader:
+        with progress(f"{src.name} -> {dst.name}", len(reader)) as update:
+            count = write_dataset(dst, reader, to, shards=shards, overwrite=overwrite, progress=update)
+    console.print(f"wrote {count} structures to {dst}")
+
+
+@app.command()
+def stats(path: Path, cutoff: Annotated[Optional[float], typer.Option(help="Also count neighbours within R.")] = None,
+          fmt: FromOpt = None, as_json: JsonOpt = False, energy_key: EnergyKey = "energy",
+          forces_key: ForcesKey = "forces") -> None:
+    """E0s by least squares, energy and force statistics, average neighbours within --cutoff."""
+    from ..ui import console, print_json, table
+
+    with _open(path, fmt, energy_key, forces_key) as reader:
+        result = _stats(reader, "statistics", cutoff)
+    if as_json:
+        print_json(result.as_dict())
+        return
+    from ase.data import chemical_symbols
+
+    rows = [[chemical_symbols[z], result.element_counts[z], f"{result.e0s[z]:.6f}" if z in result.e0s else "-"]
+            for z in result.element_counts]
+    console.print(table("elements", ["element", "atoms", "E0 (eV)"], rows))
+    scalars = {k: v for k, v in result.as_dict().items()
+               if not isinstance(v, dict) and v is not None}
+    console.print(table("statistics", ["quantity", "value"],
+                        [[k.replace("_", " "), f"{v:.6g}" if isinstance(v, float) else v] for k, v in scalars.items()]))
+
+
+@app.command()
+def split(path: Path,
+          fractions: Annotated[str, typer.Option(help="Comma-separated fractions summing to 1.")] = "0.8,0.1,0.1",
+          seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+          group_by: Annotated[Optional[str], typer.Option(help="Keep records sharing this key together (sid).")] = None,
+          names: Annotated[str, typer.Option(help="Names of the splits.")] = "train,valid,test",
+          out: Annotated[Optional[Path], typer.Option(help="Output directory (default: beside PATH).")] = None,
+          to: ToOpt = None, fmt: FromOpt = None,
+          overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False) -> None:
+    """Reproducible splits written as data sets, plus split.json with the indices."""
+    from mlip_datasets.io import output_format, write_dataset
+    from mlip_datasets.split import parse_fractions, split_indices
+
+    from ..errors import UsageError
+    from ..ui import console, print_json, progress, table
+
+    try:
+        parts = parse_fractions(fractions)
+    except ValueError as err:
+        raise UsageError(f"--fractions: {err}") from None
+    labels = [n.strip() for n in names.split(",")]
+    if len(labels) != len(parts):
+        raise UsageError(f"--names has {len(labels)} names for {len(parts)} fractions")
+    out = out or path.parent
+    reader = _open(path, fmt)
+    with reader:
+        groups = None
+        if group_by:
+            groups = [_group_key(reader, i, group_by) for i in range(len(reader))]
+        indices = split_indices(len(reader), parts, seed, groups)
+        ext = "" if path.is_dir() or not path.suffix else path.suffix
+        rows = []
+        for label, idx in zip(labels, indices):
+            target = out / f"{path.stem}.{label}{ext}"
+            output_format(target, to)  # fail before writing anything
+            with progress(f"{label}", len(idx)) as update:
+                write_dataset(target, (reader[int(i)] for i in idx), to, overwrite=overwrite, progress=update)
+            rows.append([label, len(idx), str(target)])
+    index_file = out / f"{path.stem}.split.json"
+    import json
+
+    index_file.write_text(json.dumps({"source": str(path), "seed": seed, "fractions": parts,
+                                      "group_by": group_by, **{l: i.tolist() for l, i in zip(labels, indices)}}))
+    console.print(table("split", ["split", "structures", "path"], rows))
+    console.print(f"indices in {index_file}")
+
+
+def _group_key(reader, i: int, key: str):
+    s = reader[i]
+    value = getattr(s, key, None) if key in ("sid", "fid") else s.info.get(key)
+    if value is None:
+        from ..errors import UsageError
+
+        raise UsageError(f"{reader.record_name(i)}: no {key!r} to group by")
+    return value
+
+
+@app.command()
+def validate(path: Path, fmt: FromOpt = None,
+             min_distance: Annotated[float, typer.Option(help="Closest allowed distance between atoms (A).")] = 0.1,
+             show: Annotated[int, typer.Option(help="How many problems to list.")] = 20,
+             as_json: JsonOpt = False) -> None:
+    """Check every record; exit code 1 if any is bad."""
+    from mlip_datasets.validate import validate as run_validation
+
+    from ..ui import console, print_json, progress
+
+    with _open(path, fmt) as reader:
+        with progress("validating", len(reader)) as update:
+            problems, n_bad = run_validation(reader, min_distance, progress=update)
+        total = len(reader)
+    if as_json:
+        print_json({"records": total, "bad_records": n_bad, "problems": [str(p) for p in problems[:show]]})
+    else:
+        for p in problems[:show]:
+            console.print(f"[red]bad[/red] {p}", highlight=False)
+        if len(problems) > show:
+            console.print(f"... and {len(problems) - show} more problems")
+        style = "red" if n_bad else "green"
+        console.print(f"[{style}]{n_bad} of {total} records bad[/{style}]")
+    if n_bad:
+        raise typer.Exit(1)
+
+
+@app.command()
+def generate(out: Path,
+             kind: Annotated[str, typer.Option(help="slab-adsorbate or molecule.")] = "slab-adsorbate",
+             n: Annotated[int, typer.Option(min=1, help="Number of structures.")] = 200,
+             seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+             to: ToOpt = None,
+             shards: Annotated[int, typer.Option(min=1, help="Number of output shards.")] = 1,
+             overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False) -> None:
+    """Make OC20-like slab+adsorbate frames or rattled molecules with ASE's EMT calculator."""
+    from mlip_datasets.generate import KINDS, generate as make
+    from mlip_datasets.io import write_dataset
+
+    from ..errors import UsageError
+    from ..ui import console, progress
+
+    if kind not in KINDS:
+        raise UsageError(f"--kind {kind!r}: choose from {', '.join(KINDS)}")
+    with progress(f"generating {kind}", n) as update:
+        count = write_dataset(out, make(kind, n, seed), to, shards=shards, overwrite=overwrite, progress=update)
+    console.print(f"wrote {count} structures to {out}")
