@@ -41,6 +41,18 @@ _keys: dict[int, tuple] = {}  # id(environment) -> file identity, for release()
 _pending: list = []  # releases from __del__ that found the lock taken (see ShardEnvs.__del__)
 
 
+def shard_files(path: str | Path, pattern: str = "*.lmdb") -> list[Path]:
+    """The shard files of a data set: ``path`` itself, or the files matching ``pattern`` in a directory, by name."""
+    path = Path(path)
+    return sorted(p for p in path.glob(pattern) if p.is_file()) if path.is_dir() else [path]
+
+
+def first_shard(path: str | Path, pattern: str = "*.lmdb") -> Path | None:
+    """The first shard of ``path`` if it is a readable file, for content sniffing; else None."""
+    files = shard_files(path, pattern)
+    return files[0] if files and files[0].is_file() else None
+
+
 def _new_lock() -> None:
     global _lock
     _lock = threading.Lock()  # a fork while another thread held the lock must not deadlock the child

@@ -40,7 +40,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..keys import DEFAULT_KEYS, LabelKeys
-from ..lmdb_handles import ShardEnvs, readonly
+from ..lmdb_handles import ShardEnvs, first_shard, readonly, shard_files
 from ..record import Structure
 from .base import Format, Reader
 
@@ -270,17 +270,13 @@ def write(path: str | Path, structures: Iterable[Structure], *, shards: int = 1,
 
 # ---------------------------------------------------------------------------------------------------- reading
 
-def _shard_files(path: Path) -> list[Path]:
-    return sorted(path.glob("*.lmdb")) if path.is_dir() else [path]
-
-
 def sniff(path: str | Path) -> bool:
     """True iff ``path`` (or the first shard of a directory) is an LMDB holding the native header key."""
-    files = _shard_files(Path(path))
-    if not files or not files[0].is_file():
+    shard = first_shard(path)
+    if shard is None:
         return False
     try:  # the process's shared handle: sniffing works while a reader holds the file
-        with readonly(files[0]) as env, env.begin() as txn:
+        with readonly(shard) as env, env.begin() as txn:
             return txn.get(HEADER_KEY) is not None
     except lmdb.Error:
         return False
@@ -293,7 +289,7 @@ class NativeReader(Reader):
 
     def __init__(self, path: str | Path, keys: LabelKeys = DEFAULT_KEYS):
         super().__init__(path, keys)  # labels are stored under their canonical names: ``keys`` is not needed
-        self.files = _shard_files(self.path)
+        self.files = shard_files(self.path)
         if not self.files:
             raise DataError(self.path, "directory holds no *.lmdb shards")
         headers, natoms, self._stats = [], [], None

@@ -20,7 +20,7 @@ import numpy as np
 from .. import safe_pickle
 from ..errors import DataError
 from ..keys import DEFAULT_KEYS, LabelKeys
-from ..lmdb_handles import ShardEnvs, open_readonly, readonly, release
+from ..lmdb_handles import ShardEnvs, first_shard, open_readonly, readonly, release, shard_files
 from ..record import Structure, stress_to_matrix
 from ._pyg_pickle import encode_data
 from .base import Format, Reader
@@ -31,17 +31,13 @@ SHARD_GLOB = "*.lmdb"
 _ASE_KEY = b"nextid"  # ASE's LMDB database keeps integer keys too; this reserved key tells it apart
 
 
-def _shard_files(path: Path) -> list[Path]:
-    return sorted(p for p in path.glob(SHARD_GLOB) if p.is_file()) if path.is_dir() else [path]
-
-
 def sniff(path: str | Path) -> bool:
     """True for an OC20-style LMDB (file, or first shard of a directory); False for other LMDBs and non-LMDBs."""
-    files = _shard_files(Path(path))
-    if not files or not files[0].is_file():
+    shard = first_shard(path)
+    if shard is None:
         return False
     try:  # the process's shared handle: sniffing works while a reader holds the file
-        with readonly(files[0]) as env, env.begin() as txn:
+        with readonly(shard) as env, env.begin() as txn:
             if txn.get(NATIVE_KEY) is not None or txn.get(_ASE_KEY) is not None:
                 return False
             for key, value in txn.cursor():
@@ -102,7 +98,7 @@ class OC20Reader(Reader):
         super().__init__(path, keys)
         if not self.path.exists():
             raise DataError(self.path, "no such file or directory")
-        self._files = _shard_files(self.path)
+        self._files = shard_files(self.path)
         if not self._files:
             raise DataError(self.path, f"directory holds no {SHARD_GLOB} shards")
         scans = [_scan_shard(f) for f in self._files]
