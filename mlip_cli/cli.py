@@ -52,9 +52,10 @@ def _root(
 
 
 def _register() -> None:
-    from .commands import data
+    from .commands import bench, data
 
     app.add_typer(data.app, name="data")
+    app.add_typer(bench.app, name="bench")
 
 
 _register()

@@ -1,0 +1,144 @@
+"""The potential wrapper: batch -> energy, forces = -dE/dpositions and stress from the strain derivative.
+
+Energy model: per-atom energy ``e_n = scale * e_int(n) + shift + E0[Z_n]``; total energy per structure is the
+sum over its atoms. Forces and stress are autograd derivatives of that energy (conservative).
+
+Stress (ASE convention, positive under tension): the positions and the cell are displaced by a symmetric
+strain, ``r -> r (1 + eps)``, ``cell -> cell (1 + eps)`` (cell vectors as rows; periodic shifts are integer
+multiples of the cell so edge vectors strain with it), and ``sigma = (1/V) dE/d(eps)`` at ``eps = 0``.
+It is computed only for periodic structures (any ``pbc`` axis and a non-degenerate cell); others get zeros.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..nn.embedding import ElementTable
+from ..nn.readout import AtomicReference, ScaleShift
+from .config import ModelConfig
+
+__all__ = ["Potential"]
+
+# |det(cell)| below this (A^3) counts as no cell: molecules store an all-zero cell.
+_MIN_VOLUME = 1e-6
+
+
+class Potential(nn.Module):
+    """Base class of every model: subclasses implement :meth:`interaction_energies`.
+
+    Args:
+        config: the resolved :class:`ModelConfig`; kept as ``self.config`` (``config.to_dict()`` goes into
+            checkpoints, ``build_model(that_dict)`` rebuilds the architecture).
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.element_table = ElementTable(config.elements)
+        self.scale_shift = ScaleShift(config.scale, config.shift)
+        self.reference = AtomicReference(config.elements, config.e0s)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.scale_shift.scale.dtype
+
+    @property
+    def cutoff(self) -> float:
+        return self.config.cutoff
+
+    def interaction_energies(self, species: torch.Tensor, vectors: torch.Tensor, src: torch.Tensor,
+                             dst: torch.Tensor, num_atoms: int) -> torch.Tensor:
+        """Per-atom interaction energies before scale/shift.
+
+        Shapes:
+            species ``[N]``, vectors ``[E, 3]`` (``pos[dst] - pos[src] + shifts @ cell``), src ``[E]``,
+            dst ``[E]`` -> ``[N]``.
+        """
+        raise NotImplementedError
+
+    def set_statistics(self, e0s=None, scale: float | None = None, shift: float | None = None) -> None:
+        """Set the energy constants from data statistics (and record them in ``self.config``).
+
+        Args:
+            e0s: ``{Z: E0}`` per-element references (e.g. ``DatasetStats.e0s``); replaces all of them.
+            scale, shift: per-atom interaction-energy scale and shift (e.g. a force RMS and a mean).
+        """
+        if e0s is not None:
+            self.reference.set(e0s)
+            self.config.e0s = {z: v for z, v in self.reference.as_dict().items() if v != 0.0}
+        self.scale_shift.set(scale, shift)
+        if scale is not None:
+            self.config.scale = float(scale)
+        if shift is not None:
+            self.config.shift = float(shift)
+
+    def forward(self, batch, compute_forces: bool = True, compute_stress: bool = False,
+                create_graph: bool | None = None) -> dict[str, torch.Tensor]:
+        """Energies (and forces, stress) of a batch of structures.
+
+        Args:
+            batch: a :class:`mlip_datasets.graph.Batch` (or any object with its ``numbers, positions, cell,
+                pbc, edge_index, shifts, batch, natoms``). Floating-point inputs are cast to the model dtype.
+            compute_forces: also return forces ``-dE/dpositions``.
+            compute_stress: also return the stress (periodic structures; zeros for the others).
+            create_graph: keep the graph of the derivatives so a loss on forces/stress can be backpropagated;
+                default: ``self.training``. Works under ``torch.no_grad()`` (gradients are enabled inside).
+
+        Returns:
+            ``energy [B]``, ``node_energy [N]`` and, when asked, ``forces [N, 3]``, ``stress [B, 3, 3]`` (eV/A^3).
+            Without ``create_graph`` the returned tensors are detached whenever derivatives were taken.
+
+        Shapes:
+            positions ``[N, 3]``, cell ``[B, 3, 3]``, edge_index ``[2, E]``, shifts ``[E, 3]``, batch ``[N]``.
+        """
+        if create_graph is None:
+            create_graph = self.training
+        need_grad = compute_forces or compute_stress
+        dtype = self.dtype
+        num_graphs = int(batch.natoms.shape[0])
+        positions = batch.positions.to(dtype)
+        cell = batch.cell.to(dtype).reshape(num_graphs, 3, 3)
+        shifts = batch.shifts.to(dtype)
+        node_graph = batch.batch
+        src, dst = batch.edge_index[0], batch.edge_index[1]
+
+        with torch.set_grad_enabled(need_grad or torch.is_grad_enabled()):
+            if need_grad and not positions.requires_grad:
+                positions = positions.detach().requires_grad_(True)
+            inputs = [positions]
+            pos, cell_s = positions, cell
+            if compute_stress:
+                eps = torch.zeros(num_graphs, 3, 3, dtype=dtype, device=positions.device, requires_grad=True)
+                inputs.append(eps)
+                sym = 0.5 * (eps + eps.transpose(1, 2))
+                pos = positions + torch.einsum("ni,nij->nj", positions, sym[node_graph])
+                cell_s = cell + torch.bmm(cell, sym)
+
+            species = self.element_table(batch.numbers)
+            edge_cell = cell_s.index_select(0, node_graph.index_select(0, src))
+            vectors = pos[dst] - pos[src] + torch.einsum("ei,eij->ej", shifts, edge_cell)
+            e_int = self.interaction_energies(species, vectors, src, dst, positions.shape[0])
+            node_energy = self.scale_shift(e_int) + self.reference(species)
+            energy = node_energy.new_zeros(num_graphs).index_add(0, node_graph, node_energy)
+
+            derivatives: dict[str, torch.Tensor] = {}
+            if need_grad:
+                grads = torch.autograd.grad(energy.sum(), inputs, create_graph=create_graph, allow_unused=True)
+                if compute_forces:
+                    derivatives["forces"] = -grads[0] if grads[0] is not None else torch.zeros_like(positions)
+                if compute_stress:
+                    derivatives["stress"] = self._stress(grads[1], cell, batch.pbc)
+                if not create_graph:  # the graph is gone; do not hand out tensors that look differentiable
+                    energy, node_energy = energy.detach(), node_energy.detach()
+        return {"energy": energy, "node_energy": node_energy, **derivatives}
+
+    @staticmethod
+    def _stress(dE_deps: torch.Tensor | None, cell: torch.Tensor, pbc: torch.Tensor) -> torch.Tensor:
+        if dE_deps is None:
+            return torch.zeros_like(cell)
+        volume = torch.linalg.det(cell).abs()
+        periodic = pbc.reshape(-1, 3).any(dim=1).to(cell.device) & (volume > _MIN_VOLUME)
+        # Divide by 1 where there is no cell, then zero those: no NaN/inf, even in the gradient.
+        safe = torch.where(periodic, volume, torch.ones_like(volume))
+        return torch.where(periodic[:, None, None], dE_deps / safe[:, None, None], torch.zeros_like(dE_deps))
