@@ -60,6 +60,8 @@ def compute_stats(
     progress: Callable[[int], None] | None = None,
 ) -> DatasetStats:
     """One pass over ``structures``; ``cutoff`` also counts neighbours (slower: builds neighbour lists)."""
+    if cutoff is not None:
+        from .neighbors import neighbor_list  # only needed (and only imported) when counting neighbours
     stats = DatasetStats(cutoff=cutoff)
     elements: Counter[int] = Counter()
     labels: Counter[str] = Counter()
@@ -85,8 +87,6 @@ def compute_stats(
             f_n += s.forces.size
             f_max = max(f_max, float(np.abs(s.forces).max(initial=0.0)))
         if cutoff is not None:
-            from .neighbors import neighbor_list
-
             src, _, _ = neighbor_list(s.positions, s.cell, s.pbc, cutoff)
             edges += len(src)
         if progress is not None:

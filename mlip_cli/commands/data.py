@@ -44,10 +44,11 @@ def _symbols(numbers) -> str:
     return " ".join(chemical_symbols[int(z)] for z in numbers)
 
 
-def _energy_kind(reader, first) -> str:
-    kind = reader.metadata().get("energy_kind")
-    if kind is None and first is not None:
-        kind = first.info.get("energy_kind")
+def _energy_kind(metadata: dict, reader) -> str:
+    """The format's statement if it makes one, else what the first record's ``info`` says."""
+    kind = metadata.get("energy_kind")
+    if kind is None and len(reader):
+        kind = reader[0].info.get("energy_kind")
     return kind or "unknown"
 
 
@@ -60,7 +61,7 @@ def info(path: Path, fmt: FromOpt = None, as_json: JsonOpt = False, energy_key: 
 
     with _open(path, fmt, energy_key, forces_key, stress_key, charge_key, spin_key) as reader:
         stats = _stats(reader, "reading")
-        first = reader[0] if len(reader) else None
+        metadata = reader.metadata()
         summary = {
             "path": str(path),
             "format": reader.format_name,
@@ -71,8 +72,8 @@ def info(path: Path, fmt: FromOpt = None, as_json: JsonOpt = False, energy_key: 
             "elements": _symbols(stats.element_counts),
             "labels": stats.label_counts,
             "periodicity": stats.periodicity,
-            "energy_kind": _energy_kind(reader, first),
-            **{k: v for k, v in reader.metadata().items() if k != "energy_kind"},
+            "energy_kind": _energy_kind(metadata, reader),
+            **{k: v for k, v in metadata.items() if k != "energy_kind"},
         }
     if as_json:
         print_json(summary)
@@ -139,11 +140,13 @@ def split(path: Path,
           to: ToOpt = None, fmt: FromOpt = None,
           overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False) -> None:
     """Reproducible splits written as data sets, plus split.json with the indices."""
+    import json
+
     from mlip_datasets.io import output_format, write_dataset
     from mlip_datasets.split import parse_fractions, split_indices
 
     from ..errors import UsageError
-    from ..ui import console, print_json, progress, table
+    from ..ui import console, progress, table
 
     try:
         parts = parse_fractions(fractions)
@@ -168,8 +171,6 @@ def split(path: Path,
                 write_dataset(target, (reader[int(i)] for i in idx), to, overwrite=overwrite, progress=update)
             rows.append([label, len(idx), str(target)])
     index_file = out / f"{path.stem}.split.json"
-    import json
-
     index_file.write_text(json.dumps({"source": str(path), "seed": seed, "fractions": parts,
                                       "group_by": group_by, **{l: i.tolist() for l, i in zip(labels, indices)}}))
     console.print(table("split", ["split", "structures", "path"], rows))
