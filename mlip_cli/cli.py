@@ -56,6 +56,10 @@ def _register() -> None:
 
     app.add_typer(data.app, name="data")
     app.add_typer(bench.app, name="bench")
+    from .commands import evaluate, train
+
+    app.command("train")(train.train)
+    app.command("eval")(evaluate.evaluate)
 
 
 _register()

@@ -49,11 +49,13 @@ def _slab(rng: np.random.Generator, size: tuple[int, int, int]):
 
 
 def slab_adsorbate(n: int, seed: int = 0, frames_per_system: int = 5,
-                   size: tuple[int, int, int] = (3, 3, 4)) -> Iterator[Structure]:
+                   size: tuple[int, int, int] = (3, 3, 4), max_force: float | None = None) -> Iterator[Structure]:
     """Yield ``n`` frames from short EMT relaxations of random adsorbates on fcc slabs.
 
     Each system (``sid``) is rattled, then relaxed with FIRE; every step is a frame (``fid``) until
     ``frames_per_system`` frames are taken. Energies are total EMT energies (not adsorption energies).
+    ``max_force`` (eV/A) drops frames with a larger force component: EMT is not fitted for H, C, N, O, and a
+    rattled adsorbate can start with forces of 100+ eV/A that would dominate a small training set.
     """
     from ase.calculators.emt import EMT
     from ase.constraints import FixAtoms
@@ -69,6 +71,8 @@ def slab_adsorbate(n: int, seed: int = 0, frames_per_system: int = 5,
         frames: list[Structure] = []
 
         def record():
+            if max_force is not None and np.abs(atoms.get_forces(apply_constraint=False)).max() > max_force:
+                return
             frames.append(Structure(
                 numbers=atoms.numbers, positions=atoms.positions, cell=np.asarray(atoms.cell),
                 pbc=atoms.pbc, energy=atoms.get_potential_energy(),
@@ -77,7 +81,8 @@ def slab_adsorbate(n: int, seed: int = 0, frames_per_system: int = 5,
 
         opt = FIRE(atoms, logfile=None)
         opt.attach(record)
-        opt.run(fmax=0.05, steps=frames_per_system - 1)
+        opt.run(fmax=0.05, steps=frames_per_system - 1 if max_force is None else 4 * frames_per_system)
+        frames = frames[:frames_per_system]
         for frame in frames[: n - made]:
             yield frame
         made += min(len(frames), n - made)

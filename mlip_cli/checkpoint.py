@@ -1,0 +1,147 @@
+"""Checkpoints: one ``.pt`` file per snapshot, written atomically, read with ``torch.load(weights_only=True)``.
+
+A checkpoint is a plain dict of tensors and builtins (never pickled classes), so loading one never runs code:
+
+    schema          int, CHECKPOINT_SCHEMA
+    kind            "mlip-checkpoint"
+    mlip_version    package version that wrote it
+    model_config    ModelConfig.to_dict() (resolved: elements, E0s, scale/shift, avg_num_neighbors, ...)
+    dtype           "float32" | "float64" (the training dtype)
+    model_state     state_dict of the raw (non-EMA) weights
+    ema_state       state_dict of the EMA weights, or None
+    statistics      data statistics used to set the model constants (plain dict)
+    recipe          the resolved training recipe (plain dict), or None
+    train_state     optimizer, schedule, RNG, step/epoch/batch position, elapsed time, metrics; None in exports
+
+:func:`load_model` is what the calculator, ``mlip eval``, ``mlip relax`` and ``mlip md`` use.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._version import __version__
+from .errors import UsageError
+
+__all__ = ["CHECKPOINT_SCHEMA", "CheckpointError", "save_checkpoint", "load_checkpoint", "load_model",
+           "resolve_dtype"]
+
+CHECKPOINT_SCHEMA = 1
+_KIND = "mlip-checkpoint"
+
+
+class CheckpointError(UsageError):
+    """A checkpoint file is missing, unreadable, not ours, or from a newer schema."""
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, default: torch.dtype = torch.float32) -> torch.dtype:
+    """``"float32"``/``"float64"`` (also ``"fp32"``, ``"double"``...) or a torch dtype -> torch dtype."""
+    if dtype is None:
+        return default
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.float64):
+            raise UsageError(f"dtype must be float32 or float64, got {dtype}")
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32, "single": torch.float32,
+             "float64": torch.float64, "fp64": torch.float64, "double": torch.float64}
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in names:
+        raise UsageError(f"dtype must be float32 or float64, got {dtype!r}")
+    return names[key]
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (schema fields are filled in) to ``path`` atomically: temp file, fsync, rename.
+
+    A reader never sees a half-written file: either the old checkpoint or the new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"schema": CHECKPOINT_SCHEMA, "kind": _KIND, "mlip_version": __version__, **payload}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; :class:`CheckpointError` with the reason otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise CheckpointError(f"{path}: a directory without best.pt or last.pt")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001  (torch raises many types for corrupt or unsafe files)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable mlip checkpoint ({first})") from None
+    if not isinstance(data, dict) or data.get("kind") != _KIND:
+        raise CheckpointError(f"{path}: not an mlip checkpoint (no kind={_KIND!r} entry)")
+    schema = data.get("schema")
+    if not isinstance(schema, int) or schema > CHECKPOINT_SCHEMA:
+        raise CheckpointError(f"{path}: checkpoint schema {schema!r} is newer than this mlip supports "
+                              f"({CHECKPOINT_SCHEMA}); upgrade mlip")
+    data["path"] = str(path)
+    return data
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
+               dtype: str | torch.dtype | None = None, use_ema: bool = True) -> torch.nn.Module:
+    """The trained model in a checkpoint (or run directory), in eval mode.
+
+    Args:
+        path: a ``.pt`` checkpoint or a run directory (``best.pt`` preferred, else ``last.pt``).
+        device: where to put it.
+        dtype: ``float32``/``float64`` (default: the dtype it was trained in).
+        use_ema: take the EMA weights when the checkpoint has them (what validation scored).
+    """
+    from .models import build_model
+
+    data = load_checkpoint(path)
+    dtype = resolve_dtype(dtype, resolve_dtype(data.get("dtype", "float32")))
+    state = data.get("ema_state") if use_ema and data.get("ema_state") is not None else data["model_state"]
+    model = build_model(data["model_config"], dtype=dtype, device=device)
+    kept = _keep_rebuilt_constants(model, state)
+    missing, unexpected = model.load_state_dict(kept, strict=False)
+    missing = [k for k in missing if k not in state]  # dropped constants are not missing
+    if missing or unexpected:
+        raise CheckpointError(f"{data['path']}: weights do not fit the stored model config "
+                              f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+    model.to(dtype=dtype, device=device)
+    return model.eval()
+
+
+def _keep_rebuilt_constants(model: torch.nn.Module, state: dict) -> dict:
+    """Drop stored buffers that equal the freshly built ones (tensor-product factors, CG tables...).
+
+    Such constants follow from the config; a float32 checkpoint stores them rounded, and loading that copy
+    into a float64 model would cap its equivariance at float32 precision. Buffers that differ (statistics set
+    from data) are loaded as stored.
+    """
+    fresh = dict(model.named_buffers())
+    kept = {}
+    for name, value in state.items():
+        ref = fresh.get(name)
+        if ref is not None and ref.shape == value.shape and ref.is_floating_point() and value.is_floating_point() \
+                and torch.equal(ref.to(value.dtype).cpu(), value.cpu()):
+            continue
+        kept[name] = value
+    return kept

@@ -1,0 +1,66 @@
+"""``mlip eval CHECKPOINT DATA``: errors, per-element force errors, parity plot, equivariance error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint (.pt) or a run directory (uses best.pt)."),
+    data: Path = typer.Argument(..., help="Data to score (any `mlip data` format) with energy/force labels."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Structures per model call."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N structures."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 or float64 (default: as trained)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    rotations: int = typer.Option(3, "--rotations", help="Random rotations for the equivariance error (0: skip)."),
+    parity: Optional[Path] = typer.Option(None, "--parity", help="Parity-plot PNG path (default: "
+                                          "<data name>_parity.png next to the checkpoint)."),
+    raw: bool = typer.Option(False, "--raw", help="Use the raw weights instead of the EMA weights."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Score a trained model on a data set."""
+    from ..checkpoint import load_model
+    from ..errors import UsageError
+    from ..evaluation import evaluate_model, open_graphs
+    from ..train.plots import plot_parity
+    from ..ui import console, print_json, progress, table
+
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    model = load_model(checkpoint, device=device, dtype=dtype, use_ema=not raw)
+    graphs = open_graphs(data, model.cutoff, model.dtype, limit)
+    if len(graphs) == 0:
+        raise UsageError(f"{data}: no structures to evaluate")
+    if json_out:
+        report = evaluate_model(model, graphs, batch_size, device, rotations=rotations)
+    else:
+        with progress(f"eval {data.name}", len(graphs)) as update:
+            report = evaluate_model(model, graphs, batch_size, device, rotations=rotations, progress=update)
+    if not report.metrics:
+        raise UsageError(f"{data}: no energy or force labels to compare against")
+    ckpt_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    png = parity or ckpt_dir / f"{data.stem or data.name}_parity.png"
+    plot_parity(report.parity, png, title=f"{checkpoint.name} on {data.name}")
+    result = {"checkpoint": str(checkpoint), "data": str(data), **report.as_dict(), "parity_png": str(png)}
+    if json_out:
+        print_json(result)
+        return
+    units = {"energy": "meV", "energy_per_atom": "meV/atom", "forces": "meV/A", "stress": "meV/A^3"}
+    rows = [[f"{q} ({u})", f"{report.metrics[q + '_mae']:.3f}", f"{report.metrics[q + '_rmse']:.3f}"]
+            for q, u in units.items() if q + "_mae" in report.metrics]
+    console.print(table(f"{report.structures} structures, {report.atoms} atoms", ["quantity", "MAE", "RMSE"], rows))
+    if report.per_element:
+        from ase.data import chemical_symbols
+
+        console.print(table("force errors by element (meV/A)", ["element", "MAE", "RMSE", "components"],
+                            [[chemical_symbols[z], f"{v['forces_mae']:.2f}", f"{v['forces_rmse']:.2f}",
+                              v["components"]] for z, v in report.per_element.items()]))
+    eq = report.equivariance
+    if eq:
+        console.print(f"equivariance ({eq['rotations']} random rotations, {eq['structures']} structures): energy "
+                      f"{eq['energy_mev_per_atom']:.2e} meV/atom, force relative {eq['force_rel']:.2e}, "
+                      f"angle {eq['force_angle_deg']:.2e} deg", highlight=False)
+    console.print(f"parity plot: {png}", highlight=False)

@@ -1,0 +1,124 @@
+"""``mlip train RECIPE``: thin wrapper over :mod:`mlip_cli.train`."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import UsageError
+
+
+def train(
+    recipe: Optional[str] = typer.Argument(None, help="Recipe YAML file, or a shipped recipe name (tdn-tiny, "
+                                           "gaunt-tiny, cg-tiny, acac/tdn, ...). Optional with --resume."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Training data (any `mlip data` format); "
+                                        "overrides data.train."),
+    valid_data: Optional[Path] = typer.Option(None, "--valid-data", help="Validation data; overrides data.valid."),
+    test_data: Optional[Path] = typer.Option(None, "--test-data", help="Test data, scored at the end."),
+    overrides: List[str] = typer.Option([], "--set", help="Override a recipe value: section.key=value "
+                                        "(repeatable), e.g. --set optim.lr=1e-3 --set model.channels=32."),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall-clock training budget, e.g. "
+                                              "20m, 1h, 90s (validation time not counted)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its "
+                                          "last.pt."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<recipe name>)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or status lines."),
+) -> None:
+    """Train a potential; writes best.pt, last.pt, metrics.csv, recipe.yaml and learning_curve.png."""
+    import yaml
+
+    from ..train import load_recipe, run_training
+    from ..ui import err_console
+
+    extra = list(overrides)
+    if data is not None:
+        extra.append(f"data.train={data.resolve()}")
+        extra.append("data.generate=null")
+    if valid_data is not None:
+        extra.append(f"data.valid={valid_data.resolve()}")
+    if test_data is not None:
+        extra.append(f"data.test={test_data.resolve()}")
+    if time_budget is not None:
+        extra.append(f"run.time_budget={time_budget}")
+    if resume is not None:
+        if not (resume / "last.pt").is_file() or not (resume / "recipe.yaml").is_file():
+            raise UsageError(f"{resume}: not a run directory to resume (needs last.pt and recipe.yaml)")
+        if out is not None and out.resolve() != resume.resolve():
+            raise UsageError("--resume continues in its own directory; drop --out")
+        run_dir = resume
+        rec = load_recipe(resume / "recipe.yaml", extra)
+        if recipe is not None:
+            err_console.print(f"note: --resume uses {resume / 'recipe.yaml'}; the recipe argument is ignored")
+    else:
+        if recipe is None:
+            raise UsageError("give a recipe (e.g. `mlip train tdn-tiny`) or --resume RUN_DIR")
+        rec = load_recipe(recipe, extra)
+        run_dir = out if out is not None else Path("runs") / rec.name
+        if (run_dir / "last.pt").exists():
+            raise UsageError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} or choose "
+                             f"another --out")
+    log = None if quiet else (lambda msg: err_console.print(msg, highlight=False))
+    result = run_training(rec, run_dir, resume=resume is not None, log=log,
+                          progress_factory=None if quiet else _progress_factory)
+    _report(result, rec)
+    (Path(run_dir) / "result.yaml").write_text(yaml.safe_dump(_result_dict(result), sort_keys=False))
+
+
+def _result_dict(result) -> dict:
+    return {"steps": result.steps, "epochs": result.epochs, "stop_reason": result.stop_reason,
+            "valid": result.valid, "test": result.test, "timing": result.timing}
+
+
+def _report(result, recipe) -> None:
+    from ..ui import console, table
+
+    rows = []
+    for name, metrics in (("valid", result.valid), ("test", result.test)):
+        if metrics:
+            rows.append([name, *(f"{metrics.get(k, float('nan')):.3f}" for k in (
+                "energy_per_atom_mae", "energy_per_atom_rmse", "forces_mae", "forces_rmse"))])
+    console.print(table(f"{recipe.name}: {result.steps} steps, stopped by {result.stop_reason} "
+                        f"(best EMA weights in {result.run_dir}/best.pt)",
+                        ["set", "E MAE meV/atom", "E RMSE meV/atom", "F MAE meV/A", "F RMSE meV/A"], rows))
+    t = result.timing
+    console.print(f"time: {t['train_s']:.1f} s training ({t['data_s']:.1f} s data, {t['compute_s']:.1f} s compute), "
+                  f"{t['valid_s']:.1f} s validation; {t['structures_per_s']:.1f} structures/s, "
+                  f"{t['step_ms']:.1f} ms/step compute", highlight=False)
+
+
+@contextlib.contextmanager
+def _progress_factory(total, unit: str):
+    """A rich bar over steps (or seconds of the time budget) with loss, validation error and throughput."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    from ..ui import err_console
+
+    columns = [TextColumn("[bold]train" if unit in ("steps", "s") else f"[bold]{unit}"), BarColumn(),
+               TaskProgressColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
+               TimeRemainingColumn()]
+    fields = {"loss": None, "valid": None, "rate": None}
+    with Progress(*columns, console=err_console, transient=False) as bar:
+        task = bar.add_task("train", total=total, info="")
+        last = [0.0]
+
+        def update(completed=None, **values) -> None:
+            fields.update({k: v for k, v in values.items() if v is not None})
+            now = time.monotonic()
+            if completed is None or (now - last[0] < 0.2 and completed != total):
+                return
+            last[0] = now
+            info = []
+            if fields["loss"] is not None:
+                info.append(f"loss {fields['loss']:.3g}")
+            if fields["valid"] is not None:
+                info.append(f"val F {fields['valid']:.1f} meV/A")
+            if fields["rate"] is not None:
+                info.append(f"{fields['rate']:.1f} str/s")
+            bar.update(task, completed=completed, info="  ".join(info))
+
+        yield update

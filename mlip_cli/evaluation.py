@@ -1,0 +1,109 @@
+"""Evaluate a trained model on a data set: errors, per-element force errors, parity data, equivariance error."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlip_kernels.wigner import random_rotation
+
+__all__ = ["EvalReport", "evaluate_model", "equivariance_error", "rotate_batch"]
+
+
+@dataclasses.dataclass
+class EvalReport:
+    """What ``mlip eval`` prints (all errors in meV units; see :mod:`mlip_cli.train.metrics`)."""
+
+    structures: int
+    atoms: int
+    metrics: dict[str, float]
+    per_element: dict[int, dict[str, float]]
+    equivariance: dict[str, float]
+    parity: dict[str, np.ndarray] = dataclasses.field(repr=False, default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"structures": self.structures, "atoms": self.atoms, "metrics": self.metrics,
+                "per_element": {str(z): v for z, v in self.per_element.items()},
+                "equivariance": self.equivariance}
+
+
+def rotate_batch(batch, R: torch.Tensor):
+    """The batch with every structure rotated by ``R [B, 3, 3]`` (positions, cell, force and stress labels).
+
+    Edges and integer shifts stay valid: a rotation changes no distance.
+    """
+    R = R.to(batch.positions.dtype)
+    Rn = R[batch.batch]
+    changes = {
+        "positions": torch.einsum("nij,nj->ni", Rn, batch.positions),
+        "cell": torch.einsum("bkj,bij->bki", batch.cell, R),  # rows are vectors: cell @ R^T
+        "forces": torch.einsum("nij,nj->ni", Rn, batch.forces),
+        "stress": R @ batch.stress @ R.transpose(1, 2),
+    }
+    return dataclasses.replace(batch, **changes)
+
+
+def equivariance_error(model, graphs, device, rotations: int = 3, max_structures: int = 32,
+                       seed: int = 0) -> dict[str, float]:
+    """How far the model is from exact rotational symmetry on real inputs.
+
+    For ``rotations`` Haar-random rotations ``R`` of up to ``max_structures`` structures:
+    ``energy_mev_per_atom``: max ``|E(Rx) - E(x)| / N``; ``force_rel``: ``|F(Rx) - R F(x)| / |F(x)|`` over all
+    atoms (root of summed squares); ``force_angle_deg``: mean angle between ``F(Rx)`` and ``R F(x)`` per atom.
+    """
+    if len(graphs) == 0:
+        return {}
+    generator = torch.Generator().manual_seed(seed)
+    picks = list(range(min(len(graphs), max_structures)))
+    batch = graphs.batch(picks).to(device)
+    base = model(batch, compute_forces=True)
+    e_err, f_num, f_den, angles = 0.0, 0.0, 0.0, []
+    for _ in range(rotations):
+        R = random_rotation(batch.num_graphs, generator=generator).to(device)
+        out = model(rotate_batch(batch, R), compute_forces=True)
+        natoms = batch.natoms.to(out["energy"].dtype)
+        e_err = max(e_err, float(((out["energy"] - base["energy"]).abs() / natoms).max()))
+        expected = torch.einsum("nij,nj->ni", R.to(out["forces"].dtype)[batch.batch], base["forces"])
+        f_num += float((out["forces"] - expected).pow(2).sum())
+        f_den += float(expected.pow(2).sum())
+        cos = torch.nn.functional.cosine_similarity(out["forces"], expected, dim=1).clamp(-1, 1)
+        strong = expected.norm(dim=1) > 1e-6
+        angles.append(torch.rad2deg(torch.acos(cos[strong])).double())
+    angle = float(torch.cat(angles).mean()) if angles and sum(a.numel() for a in angles) else 0.0
+    return {"rotations": rotations, "structures": len(picks), "energy_mev_per_atom": 1000.0 * e_err,
+            "force_rel": math.sqrt(f_num / f_den) if f_den > 0 else 0.0, "force_angle_deg": angle}
+
+
+def evaluate_model(model, graphs, batch_size: int = 16, device="cpu", compute_stress: bool = True,
+                   rotations: int = 3, progress=None) -> EvalReport:
+    """Errors of ``model`` on every structure of ``graphs`` (a :class:`mlip_cli.train.data.GraphSet`)."""
+    from .train.metrics import ErrorMetrics
+
+    metrics = ErrorMetrics(model.config.elements, keep=True)
+    atoms = 0
+    for start in range(0, len(graphs), batch_size):
+        batch = graphs.batch(range(start, min(start + batch_size, len(graphs)))).to(device)
+        stress = compute_stress and bool(batch.stress_mask.any())
+        out = model(batch, compute_forces=True, compute_stress=stress)
+        metrics.update(batch, out)
+        atoms += batch.num_atoms
+        if progress is not None:
+            progress(min(start + batch_size, len(graphs)))
+    equivariance = equivariance_error(model, graphs, device, rotations=rotations) if rotations > 0 else {}
+    return EvalReport(structures=len(graphs), atoms=atoms, metrics=metrics.summary(),
+                      per_element=metrics.per_element(), equivariance=equivariance, parity=metrics.parity_data())
+
+
+def open_graphs(path: str | Path, cutoff: float, dtype: torch.dtype, limit: int | None = None):
+    """Every structure of a data file as a graph set (no caching: evaluated once)."""
+    from mlip_datasets.io import open_dataset
+
+    from .train.data import GraphSet
+
+    reader = open_dataset(path)
+    n = len(reader) if limit is None else min(limit, len(reader))
+    return GraphSet(reader, np.arange(n), cutoff, dtype, cache=False)

@@ -1,0 +1,77 @@
+"""Data parallelism over ``torch.distributed`` (launched by ``torchrun``): gloo on CPU, NCCL on GPU.
+
+Every process holds the whole model and a slice of each global batch. Gradients are summed (not averaged)
+over processes because the loss of each process is already divided by the global label counts; the sum is
+then exactly the gradient of the global-batch loss, as a single process would compute it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "setup_distributed", "all_reduce_sum", "sync_gradients", "broadcast_model",
+           "shutdown_distributed"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def setup_distributed(device: torch.device) -> DistInfo:
+    """Join the process group ``torchrun`` describes in the environment (a no-op for a single process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank=dist.get_rank(), world=dist.get_world_size(),
+                    local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum ``tensor`` over processes in place (returned for chaining)."""
+    if info.active:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def sync_gradients(model: torch.nn.Module, info: DistInfo) -> None:
+    """Sum gradients over processes, as one flat buffer (one collective per step)."""
+    if not info.active:
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
+
+
+def broadcast_model(model: torch.nn.Module, info: DistInfo) -> None:
+    """Make every process start from rank 0's weights and buffers."""
+    if info.active:
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
+def shutdown_distributed(info: DistInfo) -> None:
+    if info.active and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,337 @@
+"""Training recipes: plain YAML with strict, typed sections, and ``--set section.key=value`` overrides.
+
+A recipe has five sections; every key is optional except ``model.family``::
+
+    model:    a ModelConfig mapping (elements may be left out: they are taken from the training data)
+    data:     where the structures come from (paths, a split, or a generator for self-contained recipes)
+    loss:     weights of the per-atom energy, force and stress terms
+    optim:    AdamW, gradient clipping, EMA, learning-rate schedule
+    run:      steps/epochs/time budget, validation cadence, early stopping, seed, dtype, device
+
+Relative data paths in a recipe file are resolved against the file's directory; paths given on the command
+line (``--data``) against the working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ..errors import UsageError
+
+__all__ = ["Recipe", "DataSection", "LossSection", "OptimSection", "RunSection", "RecipeError",
+           "load_recipe", "parse_duration", "apply_overrides"]
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` as a string (it wants ``1.0e-3``); recipes mean the number."""
+
+
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def yaml_load(text: str):
+    """Safe YAML load with exponent floats (``1e-3``) read as numbers."""
+    return yaml.load(text, Loader=_RecipeLoader)
+
+
+class RecipeError(UsageError):
+    """A recipe (or an override) is wrong; the message names the key and the allowed values."""
+
+
+def parse_duration(text: str | int | float | None) -> float | None:
+    """``"20m"``, ``"1h30m"``, ``"90s"``, ``"1.5h"``, ``600`` (seconds) -> seconds; None stays None."""
+    if text is None or (isinstance(text, str) and text.strip().lower() in ("", "none", "null")):
+        return None
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms]?)", str(text).strip().lower())
+        if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s+", "", str(text).strip().lower()):
+            raise RecipeError(f"time budget {text!r}: expected a duration like 20m, 1h30m, 90s or seconds")
+        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1, "": 1}[u] for n, u in parts)
+    if seconds <= 0:
+        raise RecipeError(f"time budget must be positive, got {text!r}")
+    return seconds
+
+
+@dataclass
+class DataSection:
+    """Where training data comes from.
+
+    Attributes:
+        train: path of the training data (any ``mlip data`` format).
+        valid, test: explicit validation / test paths; without ``valid``, ``split`` carves it from ``train``.
+        split: fractions ``[train, valid]`` or ``[train, valid, test]`` of ``train`` (used when ``valid`` is
+            not given), drawn with ``split_seed``.
+        generate: make the training data instead of reading it: ``{kind, n, seed, ...}`` as for
+            ``mlip data generate`` (self-contained recipes; the data is written into the run directory).
+        batch_size: structures per optimizer step (global over all processes).
+        valid_batch_size: structures per evaluation batch (default: 2 x batch_size).
+        max_train, max_valid: use at most this many structures (first ones after the split).
+        cache_graphs: keep neighbour graphs in memory after the first epoch (``auto``: when under 50k structures).
+    """
+
+    train: str | None = None
+    valid: str | None = None
+    test: str | None = None
+    split: list[float] = field(default_factory=lambda: [0.9, 0.1])
+    split_seed: int = 0
+    generate: dict[str, Any] | None = None
+    batch_size: int = 8
+    valid_batch_size: int | None = None
+    max_train: int | None = None
+    max_valid: int | None = None
+    cache_graphs: str = "auto"
+
+
+@dataclass
+class LossSection:
+    """Loss = energy * MSE(E/N) + forces * MSE(F components) + stress * MSE(stress components), in eV, A."""
+
+    energy: float = 1.0
+    forces: float = 10.0
+    stress: float = 0.0
+    symmetry: Any = "auto"
+    """TransIP only: weight of the learned-equivariance regularisers, a number or ``auto`` (tuned by dual ascent)."""
+
+
+@dataclass
+class OptimSection:
+    """AdamW with a warmup + cosine or plateau schedule, gradient clipping and an EMA of the weights."""
+
+    lr: float = 5e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    clip_norm: float | None = 10.0
+    ema_decay: float | None = 0.99
+    schedule: str = "cosine"
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.01
+    plateau_factor: float = 0.5
+    plateau_patience: int = 5
+
+
+@dataclass
+class RunSection:
+    """How long to train and how to watch it.
+
+    Attributes:
+        max_steps, max_epochs, time_budget: stop at whichever comes first (at least one is required; the
+            time budget counts training time, not validation). The cosine schedule runs over the first limit
+            known in advance: ``max_steps`` (or ``max_epochs`` x batches), else the time budget.
+        valid_every: validate (and write ``last.pt``) every this many steps.
+        early_stopping: stop after this many validations without improvement (None: never).
+        seed: seeds model initialisation, shuffling and augmentation.
+        dtype: ``float32`` or ``float64``.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        threads: torch CPU threads (None: torch's default).
+        max_nan_steps: abort after this many consecutive non-finite losses (each one skips its step).
+        deterministic: ask torch for deterministic algorithms (exact resume on CPU holds without it).
+        augment_rotations: apply a random rotation to every training batch.
+    """
+
+    max_steps: int | None = None
+    max_epochs: int | None = None
+    time_budget: Any = None
+    valid_every: int = 100
+    early_stopping: int | None = None
+    seed: int = 0
+    dtype: str = "float32"
+    device: str = "auto"
+    threads: int | None = None
+    max_nan_steps: int = 5
+    deterministic: bool = False
+    augment_rotations: bool = False
+    log_every: int = 10
+
+
+_SECTIONS = {"data": DataSection, "loss": LossSection, "optim": OptimSection, "run": RunSection}
+
+
+@dataclass
+class Recipe:
+    """A resolved recipe: ``model`` stays a plain mapping (validated by ``ModelConfig`` when the model is built)."""
+
+    model: dict[str, Any] = field(default_factory=dict)
+    data: DataSection = field(default_factory=DataSection)
+    loss: LossSection = field(default_factory=LossSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    run: RunSection = field(default_factory=RunSection)
+    name: str = "run"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], base_dir: str | Path | None = None) -> "Recipe":
+        """Build and validate; unknown sections or keys raise :class:`RecipeError` listing the allowed ones."""
+        if not isinstance(data, Mapping):
+            raise RecipeError(f"a recipe must be a mapping of sections, got {type(data).__name__}")
+        allowed = ["name", "model", *_SECTIONS]
+        unknown = [k for k in data if k not in allowed]
+        if unknown:
+            raise RecipeError(f"recipe: unknown section {unknown[0]!r}; allowed: {', '.join(allowed)}")
+        model = data.get("model") or {}
+        if not isinstance(model, Mapping):
+            raise RecipeError("recipe: 'model' must be a mapping of model config keys")
+        sections = {name: _section(kind, data.get(name), name) for name, kind in _SECTIONS.items()}
+        recipe = cls(model=dict(model), name=str(data.get("name", "run")), **sections)
+        if base_dir is not None:
+            recipe.resolve_paths(Path(base_dir))
+        recipe.validate()
+        return recipe
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "model": dict(self.model),
+                **{k: dataclasses.asdict(getattr(self, k)) for k in _SECTIONS}}
+
+    def resolve_paths(self, base: Path) -> None:
+        for key in ("train", "valid", "test"):
+            value = getattr(self.data, key)
+            if value and not Path(value).expanduser().is_absolute():
+                setattr(self.data, key, str((base / Path(value).expanduser()).resolve()))
+
+    def validate(self) -> None:
+        from ..models.config import ModelConfig
+
+        if "family" not in self.model:
+            raise RecipeError("recipe: model.family is required (one of tdn, gaunt, cg, transip)")
+        unknown = [k for k in self.model if k not in ModelConfig.allowed_keys()]
+        if unknown:
+            raise RecipeError(f"recipe: unknown key model.{unknown[0]}; allowed: "
+                              f"{', '.join(ModelConfig.allowed_keys())}")
+        d, o, r, lo = self.data, self.optim, self.run, self.loss
+        if d.train is None and d.generate is None:
+            raise RecipeError("recipe: no training data; set data.train (or pass --data PATH) or data.generate")
+        if not d.valid:
+            if not (2 <= len(d.split) <= 3) or any(f <= 0 for f in d.split) or abs(sum(d.split) - 1) > 1e-6:
+                raise RecipeError(f"recipe: data.split must be 2 or 3 positive fractions summing to 1, "
+                                  f"got {d.split}")
+        _positive(d.batch_size, "data.batch_size", int)
+        if d.valid_batch_size is not None:
+            _positive(d.valid_batch_size, "data.valid_batch_size", int)
+        if d.cache_graphs not in ("auto", "yes", "no", True, False):
+            raise RecipeError(f"recipe: data.cache_graphs must be auto, yes or no, got {d.cache_graphs!r}")
+        _positive(o.lr, "optim.lr", float)
+        if o.schedule not in ("cosine", "plateau", "constant"):
+            raise RecipeError(f"recipe: optim.schedule must be one of cosine, plateau, constant; "
+                              f"got {o.schedule!r}")
+        if o.ema_decay is not None and not 0.0 <= o.ema_decay < 1.0:
+            raise RecipeError(f"recipe: optim.ema_decay must be in [0, 1) or null, got {o.ema_decay}")
+        if o.clip_norm is not None:
+            _positive(o.clip_norm, "optim.clip_norm", float)
+        if not 0 <= o.min_lr_ratio <= 1:
+            raise RecipeError(f"recipe: optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+        if len(o.betas) != 2:
+            raise RecipeError(f"recipe: optim.betas must be two numbers, got {o.betas}")
+        for name in ("energy", "forces", "stress"):
+            if float(getattr(lo, name)) < 0:
+                raise RecipeError(f"recipe: loss.{name} must be >= 0, got {getattr(lo, name)}")
+        if lo.symmetry != "auto" and not (isinstance(lo.symmetry, (int, float)) and lo.symmetry >= 0):
+            raise RecipeError(f"recipe: loss.symmetry must be 'auto' or a number >= 0, got {lo.symmetry!r}")
+        r.time_budget = parse_duration(r.time_budget)
+        if r.max_steps is None and r.max_epochs is None and r.time_budget is None:
+            raise RecipeError("recipe: set at least one of run.max_steps, run.max_epochs, run.time_budget "
+                              "(or pass --time-budget)")
+        for name in ("max_steps", "max_epochs", "early_stopping"):
+            if getattr(r, name) is not None:
+                _positive(getattr(r, name), f"run.{name}", int)
+        _positive(r.valid_every, "run.valid_every", int)
+        _positive(r.max_nan_steps, "run.max_nan_steps", int)
+        if r.dtype not in ("float32", "float64"):
+            raise RecipeError(f"recipe: run.dtype must be float32 or float64, got {r.dtype!r}")
+        if r.device not in ("auto", "cpu", "cuda") and not str(r.device).startswith("cuda:"):
+            raise RecipeError(f"recipe: run.device must be auto, cpu or cuda, got {r.device!r}")
+
+
+def _positive(value: Any, name: str, kind: type) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and int(value) != value) \
+            or value <= 0:
+        raise RecipeError(f"recipe: {name} must be a positive {'integer' if kind is int else 'number'}, "
+                          f"got {value!r}")
+
+
+def _section(kind: type, values: Any, name: str):
+    if values is None:
+        return kind()
+    if not isinstance(values, Mapping):
+        raise RecipeError(f"recipe: section {name!r} must be a mapping, got {type(values).__name__}")
+    allowed = [f.name for f in dataclasses.fields(kind)]
+    unknown = [k for k in values if k not in allowed]
+    if unknown:
+        raise RecipeError(f"recipe: unknown key {name}.{unknown[0]}; allowed: {', '.join(allowed)}")
+    return kind(**dict(values))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML: ``1e-3``, ``[1, 6]``, ``null``) in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"--set {item!r}: expected section.key=value, e.g. optim.lr=1e-3")
+        key, raw = item.split("=", 1)
+        path = [p for p in key.strip().split(".") if p]
+        if len(path) < 2:
+            raise RecipeError(f"--set {item!r}: the key needs a section, e.g. model.channels or run.max_steps")
+        try:
+            value = yaml_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"--set {item!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None,
+                builtin_dir: Path | None = None) -> Recipe:
+    """Read a recipe file (or a shipped recipe by name, e.g. ``tdn-tiny``), apply overrides, validate."""
+    path = find_recipe(path, builtin_dir)
+    try:
+        data = yaml_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise RecipeError(f"{path}:{where} not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections")
+    apply_overrides(data, overrides or [])
+    try:
+        return Recipe.from_dict(data, base_dir=path.parent)
+    except RecipeError as err:
+        raise RecipeError(f"{path}: {err}") from None
+    except TypeError as err:  # e.g. a section that is a list
+        raise RecipeError(f"{path}: {err}") from None
+
+
+def builtin_recipes_dir() -> Path:
+    """The shipped recipes: ``recipes/`` of a source checkout, or ``mlip_cli/recipes`` in an installed wheel."""
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package.parent / "recipes", package / "recipes"):
+        if candidate.is_dir():
+            return candidate
+    return package / "recipes"
+
+
+def find_recipe(path: str | Path | None, builtin_dir: Path | None = None) -> Path:
+    """A recipe path, or the name of a shipped recipe (``tdn-tiny``, ``acac/tdn``)."""
+    if path is None:
+        raise RecipeError("no recipe given")
+    candidate = Path(path).expanduser()
+    if candidate.is_file():
+        return candidate
+    base = builtin_dir or builtin_recipes_dir()
+    for name in (str(path), f"{path}.yaml"):
+        if (base / name).is_file():
+            return base / name
+    shipped = sorted(str(p.relative_to(base).with_suffix("")) for p in base.rglob("*.yaml"))
+    raise RecipeError(f"{path}: no such recipe file; shipped recipes: {', '.join(shipped) or 'none'}")

@@ -1,0 +1,450 @@
+"""The training loop: steps, validation, checkpoints, resume, early stopping, NaN handling, time budget.
+
+Exact resume: a checkpoint holds the weights, EMA weights, optimizer and schedule state, the torch RNG state and
+the data position (epoch, batch within the epoch). Batches depend only on (seed, epoch), so a resumed run
+replays exactly the steps an uninterrupted run would have taken (CPU, same thread count).
+Checkpoints are written at every validation (``last.pt``; ``best.pt`` on improvement) and at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..checkpoint import load_checkpoint, resolve_dtype, save_checkpoint
+from ..errors import UsageError
+from .data import GraphSet, TrainingData, fit_statistics, iterate_batches, load_training_data
+from .distributed import DistInfo, all_reduce_sum, broadcast_model, setup_distributed, sync_gradients
+from .ema import EMA
+from .loss import label_counts, weighted_loss
+from .metrics import ErrorMetrics
+from .recipe import Recipe
+from .schedule import LRSchedule
+
+__all__ = ["Trainer", "TrainingError", "TrainResult", "evaluate_set"]
+
+
+class TrainingError(UsageError):
+    """Training cannot go on (e.g. the loss stays NaN); the message says what to change."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    epochs: int
+    stop_reason: str
+    best_metric: float
+    valid: dict[str, float] = field(default_factory=dict)
+    test: dict[str, float] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def evaluate_set(model, graphs: GraphSet, batch_size: int, device: torch.device, info: DistInfo | None = None,
+                 compute_stress: bool = False, keep: bool = False) -> ErrorMetrics:
+    """Error metrics of ``model`` on a graph set; with ``info``, each process takes a slice and sums are shared."""
+    info = info or DistInfo()
+    metrics = ErrorMetrics(model.config.elements, keep=keep)
+    mine = list(range(info.rank, len(graphs), info.world))
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(mine), batch_size):
+        batch = graphs.batch(mine[start:start + batch_size]).to(device)
+        out = model(batch, compute_forces=True, compute_stress=compute_stress and bool(batch.stress_mask.any()))
+        metrics.update(batch, out)
+    metrics.all_reduce()
+    model.train(was_training)
+    return metrics
+
+
+class Trainer:
+    """Runs one recipe in one run directory (see :meth:`run`).
+
+    Args:
+        recipe: the resolved recipe.
+        run_dir: where checkpoints, metrics and plots go.
+        resume: continue from ``run_dir/last.pt``.
+        log: ``log(message)`` for one-line status messages (rank 0 only); None: silent.
+        progress_factory: ``factory(total, unit) -> context manager yielding update(**fields)``; None: no bar.
+    """
+
+    metric_columns = ["step", "epoch", "elapsed_s", "lr", "train_loss", "train_energy_rmse", "train_forces_rmse",
+                      "valid_loss", "valid_energy_per_atom_mae", "valid_energy_per_atom_rmse", "valid_forces_mae",
+                      "valid_forces_rmse", "valid_stress_rmse", "structures_per_s", "data_s", "compute_s",
+                      "valid_s"]
+
+    def __init__(self, recipe: Recipe, run_dir: str | Path, resume: bool = False,
+                 log: Callable[[str], None] | None = None, progress_factory=None):
+        self.recipe, self.run_dir, self.resume = recipe, Path(run_dir), resume
+        self.device = _device(recipe.run.device)
+        self.info = setup_distributed(self.device)
+        self._log = log if self.info.is_main else None
+        self.progress_factory = progress_factory if self.info.is_main else None
+        self.dtype = resolve_dtype(recipe.run.dtype)
+        if recipe.data.batch_size % self.info.world:
+            raise UsageError(f"data.batch_size {recipe.data.batch_size} must be divisible by the number of "
+                             f"processes ({self.info.world})")
+        self.local_batch = recipe.data.batch_size // self.info.world
+
+    def log(self, message: str) -> None:
+        if self._log is not None:
+            self._log(message)
+
+    # ----------------------------------------------------------------- setup
+    def _setup(self) -> None:
+        r = self.recipe
+        if r.run.threads:
+            torch.set_num_threads(int(r.run.threads))
+        if r.run.deterministic:
+            torch.use_deterministic_algorithms(True)
+        torch.manual_seed(r.run.seed)
+        cutoff = float(r.model.get("cutoff", 5.0))
+        self.data: TrainingData = load_training_data(r.data, cutoff, self.dtype, self.run_dir,
+                                                     progress=self._data_progress())
+        self.stats = fit_statistics(self.data.train, r.model.get("elements"))
+        self.model = self._build_model()
+        broadcast_model(self.model, self.info)
+        self.model.train()
+        o = r.optim
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas),
+                                           weight_decay=o.weight_decay)
+        self.schedule = LRSchedule(o.lr, o.schedule, o.warmup_steps, o.min_lr_ratio, o.plateau_factor,
+                                   o.plateau_patience)
+        self.ema = EMA(self.model, o.ema_decay) if o.ema_decay else None
+        self.batches_per_epoch = math.ceil(len(self.data.train) / r.data.batch_size)
+        self.total_steps = r.run.max_steps
+        if r.run.max_epochs is not None:
+            by_epochs = r.run.max_epochs * self.batches_per_epoch
+            self.total_steps = by_epochs if self.total_steps is None else min(self.total_steps, by_epochs)
+        self.state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "elapsed": 0.0, "best": math.inf,
+                      "bad_validations": 0, "nan_streak": 0, "data_s": 0.0, "compute_s": 0.0, "valid_s": 0.0,
+                      "structures": 0}
+
+    def _data_progress(self):
+        return None if self.progress_factory is None else _counting_progress(self.progress_factory)
+
+    def _build_model(self):
+        from ..models import build_model
+
+        config = dict(self.recipe.model)
+        s = self.stats
+        config["elements"] = s["elements"]
+        config.setdefault("avg_num_neighbors", s["avg_num_neighbors"])
+        config.setdefault("e0s", {z: e for z, e in s["e0s"].items()})
+        config.setdefault("shift", s["shift"])
+        config.setdefault("scale", s["scale"])
+        return build_model(config, dtype=self.dtype, device=self.device)
+
+    # ------------------------------------------------------------- checkpoints
+    def _payload(self, with_train_state: bool) -> dict:
+        payload = {
+            "model_config": self.model.config.to_dict(),
+            "dtype": self.recipe.run.dtype,
+            "model_state": self.model.state_dict(),
+            "ema_state": self.ema.module.state_dict() if self.ema else None,
+            "statistics": {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.stats.items()},
+            "recipe": self.recipe.to_dict(),
+            "train_state": None,
+        }
+        if with_train_state:
+            payload["train_state"] = {
+                **self.state,
+                "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "ema": self.ema.state_dict() if self.ema else None,
+                "rng": torch.get_rng_state(),
+                "world": self.info.world,
+            }
+        return payload
+
+    def _save(self, name: str) -> None:
+        if not self.info.is_main:
+            return
+        for p in self.model.parameters():
+            if not bool(torch.isfinite(p).all()):
+                raise TrainingError("refusing to write a checkpoint: the weights contain NaN or inf")
+        save_checkpoint(self.run_dir / name, self._payload(with_train_state=True))
+
+    def _restore(self) -> None:
+        ckpt = load_checkpoint(self.run_dir / "last.pt", map_location=self.device)
+        ts = ckpt.get("train_state")
+        if not ts:
+            raise TrainingError(f"{self.run_dir / 'last.pt'}: has no training state to resume from")
+        if ts.get("world", 1) != self.info.world:
+            self.log(f"note: resuming a {ts.get('world', 1)}-process run with {self.info.world} processes; "
+                     f"the data order stays, the exact numbers may not")
+        self.model.load_state_dict(ckpt["model_state"])
+        self.optimizer.load_state_dict(ts["optimizer"])
+        self.schedule.load_state_dict(ts["schedule"])
+        if self.ema is not None and ckpt.get("ema_state") is not None:
+            self.ema.load_state_dict(ts["ema"], ckpt["ema_state"])
+        torch.set_rng_state(ts["rng"])
+        for key in self.state:
+            self.state[key] = ts[key]
+        self._truncate_metrics(self.state["step"])
+        self.log(f"resumed {self.run_dir} at step {self.state['step']} (epoch {self.state['epoch']})")
+
+    # ----------------------------------------------------------------- metrics
+    def _metrics_path(self) -> Path:
+        return self.run_dir / "metrics.csv"
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop rows written after the checkpoint we resume from: those steps are replayed."""
+        path = self._metrics_path()
+        if not self.info.is_main or not path.exists():
+            return
+        with open(path, newline="") as f:
+            rows = [row for row in csv.DictReader(f) if _row_step(row) <= step]
+        self._write_rows(rows, mode="w")
+
+    def _write_rows(self, rows: list[dict], mode: str = "a") -> None:
+        path = self._metrics_path()
+        new = mode == "w" or not path.exists()
+        with open(path, mode if not new else "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.metric_columns, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+
+    def _valid_loss(self, summary: dict[str, float]) -> float:
+        w = self.recipe.loss
+        value = 0.0
+        if w.energy > 0 and "energy_per_atom_rmse" in summary:
+            value += w.energy * (summary["energy_per_atom_rmse"] / 1000) ** 2
+        if w.forces > 0 and "forces_rmse" in summary:
+            value += w.forces * (summary["forces_rmse"] / 1000) ** 2
+        if w.stress > 0 and "stress_rmse" in summary:
+            value += w.stress * (summary["stress_rmse"] / 1000) ** 2
+        return value
+
+    def _eval_model(self):
+        return self.ema.module if self.ema is not None else self.model
+
+    def _validate(self, window: dict) -> dict:
+        start = time.perf_counter()
+        summary: dict[str, float] = {}
+        if self.data.valid is not None:
+            vbs = self.recipe.data.valid_batch_size or 2 * self.recipe.data.batch_size
+            metrics = evaluate_set(self._eval_model(), self.data.valid, vbs, self.device, self.info,
+                                   compute_stress=self.recipe.loss.stress > 0)
+            summary = metrics.summary()
+        self.state["valid_s"] += time.perf_counter() - start
+        # Without validation data, the training loss of the window decides what is "best".
+        metric = self._valid_loss(summary) if summary else window["loss"]
+        s = self.state
+        row = {"step": s["step"], "epoch": s["epoch"], "elapsed_s": round(s["elapsed"], 3),
+               "lr": self.optimizer.param_groups[0]["lr"], "train_loss": window["loss"],
+               "train_energy_rmse": 1000 * math.sqrt(window["sse_e"] / window["n_e"]) if window["n_e"] else "",
+               "train_forces_rmse": 1000 * math.sqrt(window["sse_f"] / window["n_f"]) if window["n_f"] else "",
+               "valid_loss": metric if summary else "",
+               **{f"valid_{k}": v for k, v in summary.items()},
+               "structures_per_s": s["structures"] / s["elapsed"] if s["elapsed"] > 0 else "",
+               "data_s": round(s["data_s"], 3), "compute_s": round(s["compute_s"], 3),
+               "valid_s": round(s["valid_s"], 3)}
+        improved = metric < s["best"]
+        if improved:
+            s["best"], s["bad_validations"] = metric, 0
+        else:
+            s["bad_validations"] += 1
+        self.schedule.observe(metric)
+        if self.info.is_main:
+            self._write_rows([row])
+            self._save("last.pt")
+            if improved:
+                self._save("best.pt")
+        msg = f"step {s['step']:>6}  loss {window['loss']:.4g}"
+        if summary:
+            msg += (f"  valid E {summary.get('energy_per_atom_rmse', float('nan')):.2f} meV/atom"
+                    f"  F {summary.get('forces_rmse', float('nan')):.1f} meV/A")
+        self.log(msg + ("  *" if improved else ""))
+        return {"metric": metric, "summary": summary, "improved": improved}
+
+    # -------------------------------------------------------------------- loop
+    def _progress_fraction(self) -> float:
+        if self.total_steps:
+            return self.state["step"] / self.total_steps
+        budget = self.recipe.run.time_budget
+        return self.state["elapsed"] / budget if budget else 0.0
+
+    def _step(self, batch, window: dict) -> bool:
+        """One optimizer step; returns False when it was skipped because the loss was not finite."""
+        lr = self.schedule.lr(self.state["step"], self._progress_fraction())
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        w = self.recipe.loss
+        counts = all_reduce_sum(label_counts(batch), self.info)
+        out = self.model(batch, compute_forces=w.forces > 0, compute_stress=w.stress > 0, create_graph=True)
+        loss, sse = weighted_loss(batch, out, w, counts)
+        finite = torch.tensor([float(torch.isfinite(loss)), 1.0], dtype=torch.float64)
+        all_reduce_sum(finite, self.info)
+        self.optimizer.zero_grad(set_to_none=True)
+        ok = finite[0] == finite[1]
+        if ok:
+            loss.backward()
+            sync_gradients(self.model, self.info)
+            clip = self.recipe.optim.clip_norm
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else math.inf)
+            ok = bool(torch.isfinite(norm))  # identical on every process after the sum
+        if not ok:
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        # per-process loss shares add up to the global loss; squared-error sums add up; counts are global
+        shares = torch.tensor([float(loss.detach()), float(sse.get("energy", 0.0)), float(sse.get("forces", 0.0))],
+                              dtype=torch.float64)
+        all_reduce_sum(shares, self.info)
+        window["loss_sum"] += float(shares[0])
+        window["steps"] += 1
+        window["loss"] = window["loss_sum"] / window["steps"]
+        window["sse_e"] += float(shares[1])
+        window["n_e"] += float(counts[0])
+        window["sse_f"] += float(shares[2])
+        window["n_f"] += float(counts[1])
+        return True
+
+    def _should_stop(self) -> str | None:
+        r, s = self.recipe.run, self.state
+        if self.total_steps is not None and s["step"] >= self.total_steps:
+            return "max_epochs" if r.max_steps is None or s["step"] < r.max_steps else "max_steps"
+        if r.time_budget is not None:
+            over = torch.tensor([float(s["elapsed"] >= r.time_budget)], dtype=torch.float64)
+            if self.info.active:  # rank 0's clock decides for everyone
+                torch.distributed.broadcast(over, src=0)
+            if over[0] > 0:
+                return "time_budget"
+        if r.early_stopping is not None and s["bad_validations"] >= r.early_stopping:
+            return "early_stopping"
+        return None
+
+    @staticmethod
+    def _new_window() -> dict:
+        return {"loss_sum": 0.0, "loss": float("nan"), "steps": 0, "sse_e": 0.0, "n_e": 0.0, "sse_f": 0.0,
+                "n_f": 0.0}
+
+    def run(self) -> TrainResult:
+        """Train until a limit is hit; returns what happened. Writes everything into ``run_dir``."""
+        self._setup()
+        if self.resume:
+            self._restore()
+        elif self.info.is_main:
+            self._metrics_path().unlink(missing_ok=True)  # a fresh run starts a fresh log
+        r, s = self.recipe, self.state
+        self.log(f"model {r.model['family']}: {sum(p.numel() for p in self.model.parameters()):,} parameters, "
+                 f"{len(self.data.train)} train / {len(self.data.valid) if self.data.valid else 0} valid "
+                 f"structures, batch {r.data.batch_size}, {self.dtype}, {self.device}"
+                 + (f", {self.info.world} processes" if self.info.active else ""))
+        window = self._new_window()
+        stop = self._should_stop()
+        last_validated = s["step"] if self.resume else -1
+        total = self.total_steps if self.total_steps else r.run.time_budget
+        bar = self.progress_factory(total, "steps" if self.total_steps else "s") if self.progress_factory else None
+        with (bar if bar is not None else _null_context()) as update:
+            while stop is None:
+                for k, batch, data_time in iterate_batches(self.data.train, self.local_batch, True, r.run.seed,
+                                                           s["epoch"], self.info.rank, self.info.world,
+                                                           skip=s["batch_in_epoch"]):
+                    start = time.perf_counter()
+                    batch = batch.to(self.device)
+                    ok = self._step(batch, window)
+                    compute_time = time.perf_counter() - start
+                    s["data_s"] += data_time
+                    s["compute_s"] += compute_time
+                    s["elapsed"] += data_time + compute_time
+                    s["batch_in_epoch"] = k + 1
+                    if not ok:
+                        s["nan_streak"] += 1
+                        self.log(f"warning: step {s['step'] + 1}: the loss or its gradient is NaN/inf; "
+                                 f"step skipped ({s['nan_streak']} in a row)")
+                        if s["nan_streak"] >= r.run.max_nan_steps:
+                            raise TrainingError(
+                                f"{s['nan_streak']} steps in a row had a NaN/inf loss; stopping without writing "
+                                f"a NaN checkpoint. Lower optim.lr, check the data with `mlip data validate`, "
+                                f"or use run.dtype=float64")
+                        continue
+                    s["nan_streak"] = 0
+                    s["step"] += 1
+                    s["structures"] += int(batch.num_graphs) * self.info.world
+                    if s["step"] % r.run.valid_every == 0:
+                        result = self._validate(window)
+                        window = self._new_window()
+                        last_validated = s["step"]
+                        if update is not None:
+                            update(completed=s["step"] if self.total_steps else s["elapsed"],
+                                   valid=result["summary"].get("forces_rmse"))
+                    elif update is not None and s["step"] % r.run.log_every == 0:
+                        update(completed=s["step"] if self.total_steps else s["elapsed"], loss=window["loss"],
+                               rate=s["structures"] / max(s["elapsed"], 1e-9))
+                    stop = self._should_stop()
+                    if stop is not None:
+                        break
+                else:
+                    s["epoch"] += 1
+                    s["batch_in_epoch"] = 0
+                    stop = self._should_stop()
+            if last_validated != s["step"]:
+                self._validate(window)
+            if update is not None:
+                update(completed=s["step"] if self.total_steps else s["elapsed"])
+        return self._finish(stop)
+
+    def _finish(self, stop: str) -> TrainResult:
+        s = self.state
+        result = TrainResult(run_dir=self.run_dir, steps=s["step"], epochs=s["epoch"], stop_reason=stop,
+                             best_metric=s["best"])
+        result.timing = {"train_s": s["elapsed"], "data_s": s["data_s"], "compute_s": s["compute_s"],
+                         "valid_s": s["valid_s"],
+                         "structures_per_s": s["structures"] / s["elapsed"] if s["elapsed"] else 0.0,
+                         "step_ms": 1000 * s["compute_s"] / max(s["step"], 1)}
+        best = self.run_dir / "best.pt"
+        if best.exists():
+            ckpt = load_checkpoint(best, map_location=self.device)
+            model = self._eval_model()
+            model.load_state_dict(ckpt["ema_state"] if ckpt.get("ema_state") is not None else ckpt["model_state"])
+        vbs = self.recipe.data.valid_batch_size or 2 * self.recipe.data.batch_size
+        if self.data.valid is not None:
+            result.valid = evaluate_set(self._eval_model(), self.data.valid, vbs, self.device, self.info).summary()
+        if self.data.test is not None:
+            result.test = evaluate_set(self._eval_model(), self.data.test, vbs, self.device, self.info).summary()
+        return result
+
+
+def _row_step(row: dict) -> float:
+    """The step of a metrics row; a row cut short by a kill counts as after every checkpoint."""
+    try:
+        return int(row["step"]) if row.get("valid_s") not in (None, "") else math.inf
+    except (TypeError, ValueError):
+        return math.inf
+
+
+class _null_context:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _counting_progress(factory):
+    """Adapt the trainer's progress factory to the ``progress(desc, total)`` shape data generation uses."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def progress(description: str, total: int):
+        with factory(total, description) as update:
+            yield lambda k: update(completed=k)
+
+    return progress

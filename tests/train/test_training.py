@@ -1,0 +1,144 @@
+"""Training runs end to end: run directory, checkpoints, learning, NaN handling, stopping rules, eval."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mlip_cli.checkpoint import load_checkpoint, load_model
+from mlip_cli.train import Recipe, TrainingError, run_training
+from mlip_cli.train import trainer as trainer_module
+from mlip_datasets.io import open_dataset
+from mlip_datasets.stats import fit_e0s
+from train_testlib import tiny_recipe
+
+
+def read_metrics(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_directory_checkpoints_and_learning(tmp_path, small_data):
+    recipe = Recipe.from_dict(tiny_recipe(small_data, run={"max_steps": 40, "valid_every": 8}))
+    result = run_training(recipe, tmp_path / "run")
+    run = tmp_path / "run"
+    for name in ("best.pt", "last.pt", "metrics.csv", "recipe.yaml", "learning_curve.png"):
+        assert (run / name).is_file(), name
+    rows = read_metrics(run)
+    assert [int(r["step"]) for r in rows] == [8, 16, 24, 32, 40]
+    assert result.steps == 40 and result.stop_reason == "max_steps"
+    # it learns: the validation force error drops well below the first validation's
+    first, best = float(rows[0]["valid_forces_rmse"]), min(float(r["valid_forces_rmse"]) for r in rows)
+    assert best < 0.7 * first
+    # data vs compute time is reported
+    assert float(rows[-1]["compute_s"]) > 0 and float(rows[-1]["data_s"]) >= 0
+
+    ckpt = torch.load(run / "last.pt", weights_only=True)  # a checkpoint never needs code to load
+    assert ckpt["kind"] == "mlip-checkpoint" and ckpt["schema"] == 1
+    assert set(ckpt["train_state"]) >= {"optimizer", "schedule", "rng", "step", "epoch", "batch_in_epoch"}
+    assert ckpt["ema_state"] is not None and ckpt["statistics"]["elements"] == ckpt["model_config"]["elements"]
+
+    # E0s are the least-squares fit over the training split (independent recomputation)
+    reader = open_dataset(small_data)
+    from mlip_datasets.split import split_indices
+
+    train_idx = split_indices(len(reader), [0.75, 0.25], 0)[0]
+    elements = ckpt["model_config"]["elements"]
+    comp = np.array([[np.sum(reader[i].numbers == z) for z in elements] for i in train_idx])
+    energies = np.array([reader[i].energy for i in train_idx])
+    expected = fit_e0s(comp, energies, elements)
+    for z in elements:
+        assert ckpt["model_config"]["e0s"].get(z, 0.0) == pytest.approx(expected[z], abs=1e-6)
+
+    # best.pt holds the EMA weights that scored best; load_model gives that model
+    model = load_model(run, dtype="float64")
+    assert not model.training and model.dtype == torch.float64
+    best_ckpt = load_checkpoint(run / "best.pt")
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, best_ckpt["ema_state"][name].double())
+
+
+def test_nan_steps_are_skipped_then_abort_without_checkpoint(tmp_path, small_data, monkeypatch):
+    real = trainer_module.weighted_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(*args, **kwargs):
+        calls["n"] += 1
+        loss, sse = real(*args, **kwargs)
+        return (loss * float("nan"), sse) if calls["n"] in (3, 4) else (loss, sse)
+
+    monkeypatch.setattr(trainer_module, "weighted_loss", sometimes_nan)
+    messages = []
+    result = run_training(Recipe.from_dict(tiny_recipe(small_data)), tmp_path / "ok", log=messages.append)
+    assert result.steps == 12  # two skipped batches did not count as steps
+    assert sum("NaN/inf; step skipped" in m for m in messages) == 2
+    ckpt = load_checkpoint(tmp_path / "ok" / "last.pt")
+    assert all(torch.isfinite(v).all() for v in ckpt["model_state"].values())
+
+    monkeypatch.setattr(trainer_module, "weighted_loss", lambda *a, **k: (real(*a, **k)[0] * float("nan"), {}))
+    with pytest.raises(TrainingError, match="5 steps in a row had a NaN/inf loss"):
+        run_training(Recipe.from_dict(tiny_recipe(small_data)), tmp_path / "nan")
+    assert not (tmp_path / "nan" / "last.pt").exists() and not (tmp_path / "nan" / "best.pt").exists()
+
+
+def test_time_budget_and_early_stopping(tmp_path, small_data):
+    budget = Recipe.from_dict(tiny_recipe(small_data, run={"max_steps": None, "time_budget": "1s",
+                                                           "valid_every": 5}))
+    result = run_training(budget, tmp_path / "budget")
+    assert result.stop_reason == "time_budget" and result.timing["train_s"] >= 1.0
+
+    # a learning rate too small to change float32 weights: no validation improves after the first
+    frozen = Recipe.from_dict(tiny_recipe(small_data, optim={"lr": 1e-30, "warmup_steps": 0,
+                                                             "schedule": "constant", "ema_decay": None},
+                                          run={"max_steps": 100, "valid_every": 2, "early_stopping": 2}))
+    result = run_training(frozen, tmp_path / "frozen")
+    assert result.stop_reason == "early_stopping" and result.steps == 6
+
+
+def test_float64_option(tmp_path, small_data):
+    run_training(Recipe.from_dict(tiny_recipe(small_data, run={"dtype": "float64", "max_steps": 4})), tmp_path / "r")
+    ckpt = load_checkpoint(tmp_path / "r" / "best.pt")
+    assert ckpt["dtype"] == "float64"
+    assert all(v.dtype == torch.float64 for v in ckpt["model_state"].values() if v.is_floating_point())
+
+
+def test_eval_cli_matches_direct_computation(tmp_path, small_data):
+    run_training(Recipe.from_dict(tiny_recipe(small_data)), tmp_path / "run")
+    proc = subprocess.run([sys.executable, "-m", "mlip_cli", "eval", str(tmp_path / "run"), str(small_data),
+                           "--json", "--dtype", "float64"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["structures"] == 32 and (tmp_path / "run" / "slabs_parity.png").is_file()
+
+    # independent: the model on each structure, errors with numpy
+    from mlip_datasets.graph import collate_graphs, structure_to_graph
+
+    model = load_model(tmp_path / "run", dtype="float64")
+    reader = open_dataset(small_data)
+    f_err, e_err = [], []
+    for s in reader:
+        out = model(collate_graphs([structure_to_graph(s, model.cutoff, torch.float64)]))
+        f_err.append(out["forces"].detach().numpy() - s.forces)
+        e_err.append((float(out["energy"]) - s.energy) / s.natoms)
+    f_err, e_err = np.concatenate(f_err).ravel(), np.array(e_err)
+    m = report["metrics"]
+    assert m["forces_rmse"] == pytest.approx(1000 * np.sqrt(np.mean(f_err**2)), rel=1e-9)
+    assert m["energy_per_atom_mae"] == pytest.approx(1000 * np.mean(np.abs(e_err)), rel=1e-9)
+    assert set(report["per_element"]) == {str(z) for z in np.unique(np.concatenate([s.numbers for s in reader]))}
+    # tdn is equivariant to the CP fit error: far below the model's own errors
+    assert report["equivariance"]["energy_mev_per_atom"] < 1e-6
+    assert report["equivariance"]["force_rel"] < 1e-8
+
+
+def test_eval_rejects_a_file_that_is_not_a_checkpoint(tmp_path, small_data):
+    bogus = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(3)}, bogus)
+    proc = subprocess.run([sys.executable, "-m", "mlip_cli", "eval", str(bogus), str(small_data)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "not an mlip checkpoint" in proc.stderr
