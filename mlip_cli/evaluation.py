@@ -11,7 +11,9 @@ import torch
 
 from mlip_kernels.wigner import random_rotation
 
-__all__ = ["EvalReport", "evaluate_model", "equivariance_error", "rotate_batch"]
+from .models.soft_equivariance import transform_batch
+
+__all__ = ["EvalReport", "evaluate_model", "equivariance_error"]
 
 
 @dataclasses.dataclass
@@ -31,22 +33,6 @@ class EvalReport:
                 "equivariance": self.equivariance}
 
 
-def rotate_batch(batch, R: torch.Tensor):
-    """The batch with every structure rotated by ``R [B, 3, 3]`` (positions, cell, force and stress labels).
-
-    Edges and integer shifts stay valid: a rotation changes no distance.
-    """
-    R = R.to(batch.positions.dtype)
-    Rn = R[batch.batch]
-    changes = {
-        "positions": torch.einsum("nij,nj->ni", Rn, batch.positions),
-        "cell": torch.einsum("bkj,bij->bki", batch.cell, R),  # rows are vectors: cell @ R^T
-        "forces": torch.einsum("nij,nj->ni", Rn, batch.forces),
-        "stress": R @ batch.stress @ R.transpose(1, 2),
-    }
-    return dataclasses.replace(batch, **changes)
-
-
 def equivariance_error(model, graphs, device, rotations: int = 3, max_structures: int = 32,
                        seed: int = 0) -> dict[str, float]:
     """How far the model is from exact rotational symmetry on real inputs.
@@ -64,7 +50,7 @@ def equivariance_error(model, graphs, device, rotations: int = 3, max_structures
     e_err, f_num, f_den, angles = 0.0, 0.0, 0.0, []
     for _ in range(rotations):
         R = random_rotation(batch.num_graphs, generator=generator).to(device)
-        out = model(rotate_batch(batch, R), compute_forces=True)
+        out = model(transform_batch(batch, R), compute_forces=True)
         natoms = batch.natoms.to(out["energy"].dtype)
         e_err = max(e_err, float(((out["energy"] - base["energy"]).abs() / natoms).max()))
         expected = torch.einsum("nij,nj->ni", R.to(out["forces"].dtype)[batch.batch], base["forces"])

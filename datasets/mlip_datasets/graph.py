@@ -30,7 +30,7 @@ class AtomicGraph:
 
     Shapes:
         numbers (N,) long, positions (N, 3), cell (3, 3), pbc (3,) bool, edge_index (2, E) long, shifts (E, 3),
-        energy (), forces (N, 3), stress (3, 3), charge (), spin ().
+        energy () (always float64), forces (N, 3), stress (3, 3), charge (), spin ().
     """
 
     numbers: torch.Tensor
@@ -82,7 +82,8 @@ def structure_to_graph(structure: Structure, cutoff: float, dtype: torch.dtype =
         pbc=torch.from_numpy(np.asarray(s.pbc, dtype=bool).copy()),
         edge_index=torch.from_numpy(np.stack([src, dst])),
         shifts=real(shifts),
-        energy=real(s.energy),
+        # float64 whatever ``dtype``: a total energy of -9400 eV in float32 is only good to ~1 meV
+        energy=None if s.energy is None else torch.tensor(float(s.energy), dtype=torch.float64),
         forces=real(s.forces),
         stress=real(s.stress),
         charge=real(s.charge),
@@ -97,7 +98,7 @@ class Batch:
 
     Shapes:
         numbers (N,), positions (N, 3), batch (N,), cell (B, 3, 3), pbc (B, 3), ptr (B+1,), natoms (B,),
-        edge_index (2, E), shifts (E, 3), energy (B,), forces (N, 3), stress (B, 3, 3), charge (B,), spin (B,),
+        edge_index (2, E), shifts (E, 3), energy (B,) float64, forces (N, 3), stress (B, 3, 3), charge (B,), spin (B,),
         energy_mask/stress_mask/charge_mask/spin_mask (B,) bool, forces_mask (N,) bool (per atom), index (B,).
     """
 
@@ -141,12 +142,12 @@ class Batch:
         return self.positions[dst] - self.positions[src] + torch.einsum("ei,eij->ej", self.shifts, cell)
 
     def to(self, device=None, dtype: torch.dtype | None = None, non_blocking: bool = False) -> "Batch":
-        """Move every tensor to ``device``; ``dtype`` converts the floating-point ones."""
+        """Move every tensor to ``device``; ``dtype`` converts the floating-point ones (energies stay float64)."""
         out = {}
         for f in fields(self):
             t = getattr(self, f.name)
-            out[f.name] = t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else None,
-                               non_blocking=non_blocking)
+            convert = dtype is not None and t.is_floating_point() and f.name != "energy"
+            out[f.name] = t.to(device=device, dtype=dtype if convert else None, non_blocking=non_blocking)
         return Batch(**out)
 
     def pin_memory(self) -> "Batch":
@@ -165,13 +166,14 @@ def collate_graphs(graphs: Sequence[AtomicGraph]) -> Batch:
     edge_index = torch.cat([g.edge_index + ptr[k] for k, g in enumerate(graphs)], dim=1)
     batch = torch.repeat_interleave(torch.arange(len(graphs)), natoms)
 
-    def per_structure(name: str, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    def per_structure(name: str, shape: tuple[int, ...], kind: torch.dtype = dtype) -> tuple[torch.Tensor,
+                                                                                                torch.Tensor]:
         values = [getattr(g, name) for g in graphs]
         mask = torch.tensor([v is not None for v in values], dtype=torch.bool)
-        zero = torch.zeros(shape, dtype=dtype)
-        return torch.stack([zero if v is None else v.reshape(shape) for v in values]), mask
+        zero = torch.zeros(shape, dtype=kind)
+        return torch.stack([zero if v is None else v.reshape(shape).to(kind) for v in values]), mask
 
-    energy, energy_mask = per_structure("energy", ())
+    energy, energy_mask = per_structure("energy", (), torch.float64)
     stress, stress_mask = per_structure("stress", (3, 3))
     charge, charge_mask = per_structure("charge", ())
     spin, spin_mask = per_structure("spin", ())

@@ -219,6 +219,10 @@ def generate(out: Path,
              kind: Annotated[str, typer.Option(help="slab-adsorbate or molecule.")] = "slab-adsorbate",
              n: Annotated[int, typer.Option(min=1, help="Number of structures.")] = 200,
              seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+             size: Annotated[Optional[str], typer.Option(help="slab-adsorbate: slab repeats NX,NY,LAYERS "
+                                                              "(default 3,3,4).")] = None,
+             max_force: Annotated[Optional[float], typer.Option(help="slab-adsorbate: drop frames with a force "
+                                                                     "component above this (eV/A).")] = None,
              to: ToOpt = None,
              shards: Annotated[int, typer.Option(min=1, help="Number of output shards.")] = 1,
              overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False) -> None:
@@ -231,6 +235,20 @@ def generate(out: Path,
 
     if kind not in KINDS:
         raise UsageError(f"--kind {kind!r}: choose from {', '.join(KINDS)}")
+    options = {}
+    if kind == "slab-adsorbate":
+        if size is not None:
+            try:
+                options["size"] = tuple(int(x) for x in size.split(","))
+            except ValueError:
+                options["size"] = ()
+            if len(options["size"]) != 3 or min(options["size"]) < 1:
+                raise UsageError(f"--size {size!r}: expected three positive integers NX,NY,LAYERS, e.g. 2,2,3")
+        if max_force is not None:
+            options["max_force"] = max_force
+    elif size is not None or max_force is not None:
+        raise UsageError("--size and --max-force apply to --kind slab-adsorbate only")
     with progress(f"generating {kind}", n) as update:
-        count = write_dataset(out, make(kind, n, seed), to, shards=shards, overwrite=overwrite, progress=update)
+        count = write_dataset(out, make(kind, n, seed, **options), to, shards=shards, overwrite=overwrite,
+                              progress=update)
     console.print(f"wrote {count} structures to {out}")

@@ -9,9 +9,12 @@ from .config import ConfigError, ModelConfig
 from .equivariant import CGPotential, EquivariantPotential, GauntPotential, TDNPotential
 from .potential import Potential
 from .registry import MODELS, build_model, get_model_class, register_model
+from .soft_equivariance import AutoSymmetryWeights, random_rotate_batch
+from .transip import TransIPPotential
 
 __all__ = [
     "MODELS",
+    "AutoSymmetryWeights",
     "CGPotential",
     "ConfigError",
     "EquivariantPotential",
@@ -19,7 +22,9 @@ __all__ = [
     "ModelConfig",
     "Potential",
     "TDNPotential",
+    "TransIPPotential",
     "build_model",
     "get_model_class",
+    "random_rotate_batch",
     "register_model",
 ]

@@ -35,12 +35,13 @@ class ModelConfig:
     """Architecture and constants of a model. ``family`` picks the class from the registry.
 
     Attributes:
-        family: registry name: ``"tdn"`` (CP low-rank TP), ``"gaunt"`` (grid TP) or ``"cg"`` (dense CG).
+        family: registry name: ``"tdn"`` (CP low-rank TP), ``"gaunt"`` (grid TP), ``"cg"`` (dense CG) or
+            ``"transip"`` (Transformer with learned equivariance).
         elements: atomic numbers (symbols accepted by :meth:`from_dict`) in species-index order.
         cutoff: radial cutoff in Angstrom (graphs built with a larger cutoff also work: extra edges weigh 0).
-        channels: feature channels ``C``.
+        channels: feature channels ``C`` (``"transip"``: scalar columns of each token and attention width).
         lmax: largest degree ``L`` of node features and edge harmonics.
-        num_interactions: number of interaction blocks.
+        num_interactions: number of interaction blocks (``"transip"``: Transformer layers).
         num_radial: Bessel functions in the radial basis.
         radial_hidden, radial_layers: width and depth of the radial MLP.
         envelope_p: exponent of the polynomial cutoff envelope (value, first and second derivative vanish).
@@ -52,6 +53,13 @@ class ModelConfig:
         e0s: per-element reference energies ``{Z: eV}`` (e.g. fitted by least squares); missing ones are 0.
         message_backend: rank-space kernel backend (``"auto"``, ``"torch"``, ``"compile"``, ``"triton"``,
             ``"naive"``); a runtime choice that never changes the numbers a checkpoint gives.
+        num_heads: ``"transip"``: attention heads (must divide ``channels``).
+        ff_hidden: ``"transip"``: hidden width of the feed-forward layers (None: twice the token width
+            ``channels + 3 * vector_channels``).
+        vector_channels: ``"transip"``: Cartesian vector (``1o``) columns per token, besides the scalars (0: none).
+        frame_averaging: ``"transip"``: average the energy over the 8 signed principal frames of each
+            structure, making it exactly rotation- and reflection-invariant (8x the cost); a runtime switch
+            that does not change the parameters.
     """
 
     family: str = "tdn"
@@ -72,6 +80,10 @@ class ModelConfig:
     shift: float = 0.0
     e0s: dict[int, float] = field(default_factory=dict)
     message_backend: str = "auto"
+    num_heads: int = 4
+    ff_hidden: int | None = None
+    vector_channels: int = 8
+    frame_averaging: bool = False
 
     def __post_init__(self) -> None:
         self.family = str(self.family)
@@ -80,10 +92,12 @@ class ModelConfig:
         for name in ("cutoff", "avg_num_neighbors", "scale", "shift"):
             setattr(self, name, self._number(name, float))
         for name in ("channels", "lmax", "num_interactions", "num_radial", "radial_hidden", "radial_layers",
-                     "envelope_p", "readout_hidden"):
+                     "envelope_p", "readout_hidden", "num_heads", "vector_channels"):
             setattr(self, name, self._number(name, int))
         if self.cp_rank is not None:
             self.cp_rank = self._number("cp_rank", int)
+        if self.ff_hidden is not None:
+            self.ff_hidden = self._number("ff_hidden", int)
         self.validate()
 
     def _number(self, name: str, kind: type):
@@ -106,7 +120,7 @@ class ModelConfig:
         if extra:
             raise ConfigError(f"model config: e0s given for elements {extra} not in elements {self.elements}")
         positive = ("cutoff", "avg_num_neighbors", "channels", "num_interactions", "num_radial", "radial_hidden",
-                    "readout_hidden")
+                    "readout_hidden", "num_heads")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"model config: {name} must be positive, got {getattr(self, name)}")
@@ -118,6 +132,15 @@ class ModelConfig:
             raise ConfigError(f"model config: envelope_p must be >= 2, got {self.envelope_p}")
         if self.cp_rank is not None and self.cp_rank < 1:
             raise ConfigError(f"model config: cp_rank must be a positive integer or null, got {self.cp_rank}")
+        if self.ff_hidden is not None and self.ff_hidden < 1:
+            raise ConfigError(f"model config: ff_hidden must be a positive integer or null, got {self.ff_hidden}")
+        if self.vector_channels < 0:
+            raise ConfigError(f"model config: vector_channels must be >= 0, got {self.vector_channels}")
+        if not isinstance(self.frame_averaging, bool):
+            raise ConfigError(f"model config: frame_averaging must be true or false, got {self.frame_averaging!r}")
+        if self.family == "transip" and self.channels % self.num_heads:
+            raise ConfigError(f"model config: num_heads ({self.num_heads}) must divide channels ({self.channels}) "
+                              f"for family 'transip'")
 
     @property
     def num_elements(self) -> int:

@@ -86,7 +86,8 @@ class Potential(nn.Module):
                 default: ``self.training``. Works under ``torch.no_grad()`` (gradients are enabled inside).
 
         Returns:
-            ``energy [B]``, ``node_energy [N]`` and, when asked, ``forces [N, 3]``, ``stress [B, 3, 3]`` (eV/A^3).
+            ``energy [B]`` and ``node_energy [N]`` (float64 for every model dtype) and, when asked,
+            ``forces [N, 3]``, ``stress [B, 3, 3]`` (eV/A^3) in the model dtype.
             Without ``create_graph`` the returned tensors are detached whenever derivatives were taken.
 
         Shapes:
@@ -119,7 +120,8 @@ class Potential(nn.Module):
             edge_cell = cell_s.index_select(0, node_graph.index_select(0, src))
             vectors = pos[dst] - pos[src] + torch.einsum("ei,eij->ej", shifts, edge_cell)
             e_int = self.interaction_energies(species, vectors, src, dst, positions.shape[0])
-            node_energy = self.scale_shift(e_int) + self.reference(species)
+            # Summed in float64: per-atom references of hundreds of eV would round a float32 total to ~1 meV.
+            node_energy = self.scale_shift(e_int).double() + self.reference(species).double()
             energy = node_energy.new_zeros(num_graphs).index_add(0, node_graph, node_energy)
 
             derivatives: dict[str, torch.Tensor] = {}

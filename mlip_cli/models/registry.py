@@ -29,7 +29,7 @@ def register_model(name: str) -> Callable[[type], type]:
 
 def get_model_class(name: str) -> type:
     """The class registered as ``name``; :class:`ConfigError` listing the known families otherwise."""
-    from . import equivariant  # noqa: F401  (registers the built-in families)
+    from . import equivariant, transip  # noqa: F401  (registers the built-in families)
 
     if name not in MODELS:
         raise ConfigError(f"model config: unknown family {name!r}; available: {', '.join(sorted(MODELS))}")

@@ -123,6 +123,10 @@ class Trainer:
         self.schedule = LRSchedule(o.lr, o.schedule, o.warmup_steps, o.min_lr_ratio, o.plateau_factor,
                                    o.plateau_patience)
         self.ema = EMA(self.model, o.ema_decay) if o.ema_decay else None
+        self.symmetry = self._symmetry_weights()
+        if self.symmetry is not None:
+            self.metric_columns = self.metric_columns + [
+                f"symmetry_{kind}/{t}" for t in self.symmetry.types for kind in ("weight", "violation")]
         self.batches_per_epoch = math.ceil(len(self.data.train) / r.data.batch_size)
         self.total_steps = r.run.max_steps
         if r.run.max_epochs is not None:
@@ -131,6 +135,17 @@ class Trainer:
         self.state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "elapsed": 0.0, "best": math.inf,
                       "bad_validations": 0, "nan_streak": 0, "data_s": 0.0, "compute_s": 0.0, "valid_s": 0.0,
                       "structures": 0}
+
+    def _symmetry_weights(self):
+        """Weights of a model's learned-equivariance regularisers (TransIP): tuned (``auto``) or fixed."""
+        weight = self.recipe.loss.symmetry
+        if not hasattr(self.model, "regularizers") or weight == 0:
+            return None
+        from ..models.soft_equivariance import AutoSymmetryWeights
+
+        types = getattr(self.model, "symmetry_types", ("rotation", "reflection"))
+        return AutoSymmetryWeights(types) if weight == "auto" else AutoSymmetryWeights(types, init=float(weight),
+                                                                                       lr=0.0)
 
     def _data_progress(self):
         return None if self.progress_factory is None else _counting_progress(self.progress_factory)
@@ -164,6 +179,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(),
                 "ema": self.ema.state_dict() if self.ema else None,
+                "symmetry": self.symmetry.state_dict() if self.symmetry else None,
                 "rng": torch.get_rng_state(),
                 "world": self.info.world,
             }
@@ -190,6 +206,8 @@ class Trainer:
         self.schedule.load_state_dict(ts["schedule"])
         if self.ema is not None and ckpt.get("ema_state") is not None:
             self.ema.load_state_dict(ts["ema"], ckpt["ema_state"])
+        if self.symmetry is not None and ts.get("symmetry"):
+            self.symmetry.load_state_dict(ts["symmetry"])
         torch.set_rng_state(ts["rng"])
         for key in self.state:
             self.state[key] = ts[key]
@@ -253,6 +271,8 @@ class Trainer:
                "structures_per_s": s["structures"] / s["elapsed"] if s["elapsed"] > 0 else "",
                "data_s": round(s["data_s"], 3), "compute_s": round(s["compute_s"], 3),
                "valid_s": round(s["valid_s"], 3)}
+        if self.symmetry is not None:
+            row.update(self.symmetry.log())
         improved = metric < s["best"]
         if improved:
             s["best"], s["bad_validations"] = metric, 0
@@ -287,6 +307,12 @@ class Trainer:
         counts = all_reduce_sum(label_counts(batch), self.info)
         out = self.model(batch, compute_forces=w.forces > 0, compute_stress=w.stress > 0, create_graph=True)
         loss, sse = weighted_loss(batch, out, w, counts)
+        violations = None
+        if self.symmetry is not None:
+            regs = self.model.regularizers(batch, out)
+            # each process's share of the mean over processes, like the data loss
+            loss = loss + self.symmetry.weighted_sum(regs) / self.info.world
+            violations = torch.stack([regs[t].detach().double() for t in self.symmetry.types]) / self.info.world
         finite = torch.tensor([float(torch.isfinite(loss)), 1.0], dtype=torch.float64)
         all_reduce_sum(finite, self.info)
         self.optimizer.zero_grad(set_to_none=True)
@@ -303,6 +329,9 @@ class Trainer:
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.model)
+        if violations is not None:
+            all_reduce_sum(violations, self.info)
+            self.symmetry.update(dict(zip(self.symmetry.types, violations.tolist())))
         # per-process loss shares add up to the global loss; squared-error sums add up; counts are global
         shares = torch.tensor([float(loss.detach()), float(sse.get("energy", 0.0)), float(sse.get("forces", 0.0))],
                               dtype=torch.float64)
@@ -359,6 +388,10 @@ class Trainer:
                                                            skip=s["batch_in_epoch"]):
                     start = time.perf_counter()
                     batch = batch.to(self.device)
+                    if r.run.augment_rotations:
+                        from ..models.soft_equivariance import random_rotate_batch
+
+                        batch = random_rotate_batch(batch)  # global RNG: replayed exactly on resume
                     ok = self._step(batch, window)
                     compute_time = time.perf_counter() - start
                     s["data_s"] += data_time

@@ -142,3 +142,28 @@ def test_eval_rejects_a_file_that_is_not_a_checkpoint(tmp_path, small_data):
     proc = subprocess.run([sys.executable, "-m", "mlip_cli", "eval", str(bogus), str(small_data)],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "not an mlip checkpoint" in proc.stderr
+
+
+def test_transip_trains_with_tuned_symmetry_weights(tmp_path, small_data):
+    recipe = tiny_recipe(small_data, family="transip", run={"max_steps": 8, "valid_every": 4,
+                                                            "augment_rotations": True},
+                         loss={"symmetry": "auto"})
+    recipe["model"].update({"vector_channels": 2, "num_heads": 2})
+    run_training(Recipe.from_dict(recipe), tmp_path / "run")
+    rows = read_metrics(tmp_path / "run")
+    for row in rows:
+        for t in ("rotation", "reflection"):
+            assert float(row[f"symmetry_violation/{t}"]) > 0
+    # an untrained Transformer violates the symmetry above the target, so dual ascent raised the weights
+    assert float(rows[-1]["symmetry_weight/rotation"]) > 1.0
+    state = load_checkpoint(tmp_path / "run" / "last.pt")["train_state"]["symmetry"]
+    assert state["steps"] == 8 and state["weights"]["rotation"] == pytest.approx(
+        float(rows[-1]["symmetry_weight/rotation"]))
+
+
+def test_fixed_symmetry_weight_stays(tmp_path, small_data):
+    recipe = tiny_recipe(small_data, family="transip", run={"max_steps": 4, "valid_every": 4},
+                         loss={"symmetry": 0.5})
+    recipe["model"].update({"vector_channels": 2, "num_heads": 2})
+    run_training(Recipe.from_dict(recipe), tmp_path / "run")
+    assert float(read_metrics(tmp_path / "run")[-1]["symmetry_weight/rotation"]) == 0.5

@@ -1,0 +1,255 @@
+"""TransIP (family ``"transip"``): a plain Transformer over atoms that learns equivariance from a loss.
+
+Tokens are atoms. Each token is a vector of ``D = channels + 3 * vector_channels`` numbers whose columns carry
+*declared* irreps: ``channels x 0e`` scalars, then ``vector_channels x 1o`` Cartesian vectors (channel-major,
+``(x, y, z)`` order = the ``l = 1`` block of our real harmonics, where ``D_1(R) = R``). Nothing in the
+network respects that declaration by construction; the alignment loss of :meth:`TransIPPotential.regularizers`
+teaches it (see :mod:`mlip_cli.models.soft_equivariance`).
+
+Layer (pre-norm, residual)::
+
+    y = RMSNorm(x);  q, k, v = split(W y)                                  # plain linear maps over all D columns
+    e_ij = W_e [radial_mlp(bessel(r_ij)), r_ij / |r_ij|]                    # raw direction components: not equivariant
+    logit_ij = q_i . (k_j + K e_ij) / sqrt(d) + b(radial_ij)                # one logit per head
+    a_ij = u(r_ij) exp(logit_ij) / (exp(logit_ii) + sum_k u(r_ik) exp(logit_ik))   # sparse softmax + self token
+    x_i += W_o (a_ii v_i + sum_j a_ij (v_j + V e_ij))   +   [0, sum_j a_ij g(v_j + V e_ij) Y1(r_ij)]
+    x += FFN(RMSNorm(x))
+
+Attention runs over the edge list (receivers ``edge_index[1]``), so cost is linear in the number of neighbours.
+The envelope ``u`` multiplies each neighbour's softmax weight in numerator and denominator, and the self token
+keeps the denominator positive, so energy and forces are continuous when an edge crosses the cutoff. The last
+term writes geometric vectors into the vector columns (``Y1 = sqrt(3) r_hat``), one head per vector channel.
+Per-atom energy: ``MLP(RMSNorm(scalars of the last layer))``.
+
+Frame averaging (``config.frame_averaging``): the energy is averaged over the 8 signed principal frames of each
+structure's envelope-weighted edge-vector covariance (:func:`~mlip_cli.models.soft_equivariance.pca_frames`),
+which makes it exactly invariant to rotations and reflections (for non-degenerate covariances); forces and
+stress stay autograd derivatives. It costs 8 forward passes (batched). It only reads ``config``, so a model
+trained without it can be evaluated with it (``model.config.frame_averaging = True``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from mlip_kernels.sh import spherical_harmonics
+from mlip_kernels.wigner import random_rotation
+
+from ..nn import BesselBasis, ElementEmbedding, PolynomialEnvelope, ScalarReadout
+from .config import ModelConfig
+from .potential import Potential
+from .registry import register_model
+from .soft_equivariance import (FRAME_SIGNS, Irreps, alignment_loss, pca_frames, random_reflections,
+                                rotate_embeddings, transform_batch)
+
+__all__ = ["TransIPPotential", "TransIPBlock"]
+
+
+class _Edges(NamedTuple):
+    src: torch.Tensor  # [E] senders
+    dst: torch.Tensor  # [E] receivers
+    radial: torch.Tensor  # [E, radial_dim] invariant radial features
+    feat: torch.Tensor  # [E, channels] radial + raw direction features
+    envelope: torch.Tensor  # [E]
+    y1: torch.Tensor  # [E, 3] sqrt(3) * unit vector
+
+
+def _edge_softmax(self_logit: torch.Tensor, logit: torch.Tensor, envelope: torch.Tensor,
+                  dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax per receiver over its own token and its neighbours, neighbour weights scaled by the envelope.
+
+    Shapes:
+        self_logit ``[N, H]``, logit ``[E, H]``, envelope ``[E]``, dst ``[E]`` -> ``[N, H]``, ``[E, H]``.
+    """
+    # Subtract each receiver's largest logit (a constant per row: the result does not depend on it).
+    live = torch.where(envelope[:, None] > 0, logit, torch.full_like(logit, -torch.inf)).detach()
+    m = self_logit.detach().scatter_reduce(0, dst[:, None].expand_as(live), live, "amax", include_self=True)
+    w_self = torch.exp(self_logit - m)
+    # Edges past the cutoff weigh 0; the clamp keeps their exp from overflowing into inf * 0.
+    w = envelope[:, None] * torch.exp((logit - m.index_select(0, dst)).clamp(max=0.0))
+    z = w_self.index_add(0, dst, w)
+    return w_self / z, w / z.index_select(0, dst)
+
+
+class TransIPBlock(nn.Module):
+    """One pre-norm Transformer layer with edge-restricted multi-head attention (see the module docstring).
+
+    Shapes:
+        x ``[N, width]`` -> ``[N, width]``.
+    """
+
+    def __init__(self, width: int, channels: int, vector_channels: int, heads: int, ff_hidden: int,
+                 radial_dim: int):
+        super().__init__()
+        self.channels, self.vector_channels = channels, vector_channels
+        self.heads, self.head_dim = heads, channels // heads
+        self.norm_attn = nn.RMSNorm(width)
+        self.qkv = nn.Linear(width, 3 * channels)
+        self.edge_kv = nn.Linear(channels, 2 * channels)
+        self.edge_bias = nn.Linear(radial_dim, heads)
+        self.self_bias = nn.Parameter(torch.zeros(heads))
+        self.out = nn.Linear(channels, width)
+        self.vector_gate = nn.Linear(channels, vector_channels) if vector_channels else None
+        self.register_buffer("head_of_vector", torch.arange(vector_channels) % heads, persistent=False)
+        self.norm_ff = nn.RMSNorm(width)
+        self.ff = nn.Sequential(nn.Linear(width, ff_hidden), nn.SiLU(), nn.Linear(ff_hidden, width))
+
+    def forward(self, x: torch.Tensor, e: _Edges) -> torch.Tensor:
+        n, num_edges, H, d = x.shape[0], e.src.shape[0], self.heads, self.head_dim
+        q, k, v = self.qkv(self.norm_attn(x)).view(n, 3, H, d).unbind(1)
+        ek, ev = self.edge_kv(e.feat).view(num_edges, 2, H, d).unbind(1)
+        key = k.index_select(0, e.src) + ek
+        val = v.index_select(0, e.src) + ev  # [E, H, d]
+        logit = (q.index_select(0, e.dst) * key).sum(-1) * d**-0.5 + self.edge_bias(e.radial)
+        self_logit = (q * k).sum(-1) * d**-0.5 + self.self_bias
+        a_self, a = _edge_softmax(self_logit, logit, e.envelope, e.dst)
+        agg = (a_self[..., None] * v).index_add(0, e.dst, a[..., None] * val)
+        x = x + self.out(agg.reshape(n, self.channels))
+        if self.vector_gate is not None:  # geometric vectors: sum_j a_ij g_c(val_ij) Y1(r_ij)
+            g = self.vector_gate(val.reshape(num_edges, self.channels)) * a[:, self.head_of_vector]
+            vec = (g[:, :, None] * e.y1[:, None, :]).reshape(num_edges, 3 * self.vector_channels)
+            upd = vec.new_zeros(n, vec.shape[1]).index_add(0, e.dst, vec)
+            x = torch.cat([x[:, : self.channels], x[:, self.channels :] + upd], dim=1)
+        return x + self.ff(self.norm_ff(x))
+
+
+@register_model("transip")
+class TransIPPotential(Potential):
+    """Transformer potential with learned equivariance (family ``"transip"``).
+
+    Config fields used: ``channels`` (scalar columns and attention width), ``vector_channels``, ``num_heads``,
+    ``ff_hidden`` (None: twice the token width), ``num_interactions`` (layers), ``cutoff``, ``num_radial``,
+    ``radial_hidden``, ``radial_layers``, ``envelope_p``, ``readout_hidden``, ``frame_averaging``.
+
+    Training hooks: :meth:`embed` (token embeddings and their declared irreps) and :meth:`regularizers`
+    (alignment violations by symmetry type, for :class:`~mlip_cli.models.soft_equivariance.AutoSymmetryWeights`).
+    """
+
+    #: symmetry types :meth:`regularizers` returns, in this order.
+    symmetry_types = ("rotation", "reflection")
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        c = config
+        self.channels, self.vector_channels = c.channels, c.vector_channels
+        self.width = c.channels + 3 * c.vector_channels
+        self.irreps = Irreps(((c.channels, 0, 1),) + (((c.vector_channels, 1, -1),) if c.vector_channels else ()))
+        self.embedding = ElementEmbedding(c.num_elements, c.channels)
+        self.basis = BesselBasis(c.cutoff, c.num_radial)
+        self.envelope = PolynomialEnvelope(c.cutoff, c.envelope_p)
+        dims = [c.num_radial] + [c.radial_hidden] * c.radial_layers
+        layers: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), nn.SiLU()]
+        self.radial = nn.Sequential(*layers)
+        self.edge_embed = nn.Linear(dims[-1] + 3, c.channels)
+        ff_hidden = c.ff_hidden or 2 * self.width
+        self.blocks = nn.ModuleList(
+            TransIPBlock(self.width, c.channels, c.vector_channels, c.num_heads, ff_hidden, dims[-1])
+            for _ in range(c.num_interactions)
+        )
+        self.readout_norm = nn.RMSNorm(c.channels)
+        self.readout = ScalarReadout(c.channels, c.readout_hidden)
+        self._edge_graph: tuple[torch.Tensor, int] | None = None  # set by forward() for frame averaging
+
+    # ------------------------------------------------------------------------------------- backbone
+    def tokens(self, species: torch.Tensor, vectors: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+               num_atoms: int) -> list[torch.Tensor]:
+        """Token embeddings after each layer.
+
+        Shapes:
+            species ``[N]``, vectors ``[E, 3]``, src ``[E]``, dst ``[E]`` -> list of ``[N, width]``.
+        """
+        r = torch.linalg.vector_norm(vectors, dim=-1)
+        radial = self.radial(self.basis(r))
+        direction = vectors / r[:, None]
+        edges = _Edges(src, dst, radial, self.edge_embed(torch.cat([radial, direction], dim=1)), self.envelope(r),
+                       spherical_harmonics(vectors, 1)[:, 1:])
+        h = self.embedding(species)
+        x = torch.cat([h, h.new_zeros(num_atoms, self.width - self.channels)], dim=1)
+        out = []
+        for block in self.blocks:
+            x = block(x, edges)
+            out.append(x)
+        return out
+
+    def _energies(self, species, vectors, src, dst, num_atoms) -> torch.Tensor:
+        x = self.tokens(species, vectors, src, dst, num_atoms)[-1]
+        return self.readout(self.readout_norm(x[:, : self.channels]))
+
+    def interaction_energies(self, species: torch.Tensor, vectors: torch.Tensor, src: torch.Tensor,
+                             dst: torch.Tensor, num_atoms: int) -> torch.Tensor:
+        """Per-atom interaction energies, frame-averaged when ``config.frame_averaging``.
+
+        Frames are per structure when called through :meth:`forward`; a direct call treats all edges as one
+        structure.
+
+        Shapes:
+            species ``[N]``, vectors ``[E, 3]``, src ``[E]``, dst ``[E]`` -> ``[N]``.
+        """
+        if not self.config.frame_averaging:
+            return self._energies(species, vectors, src, dst, num_atoms)
+        edge_graph, num_graphs = self._edge_graph or (torch.zeros_like(src), 1)
+        if edge_graph.shape != src.shape:
+            edge_graph, num_graphs = torch.zeros_like(src), 1
+        r = torch.linalg.vector_norm(vectors, dim=-1)
+        frames = pca_frames(vectors, self.envelope(r), edge_graph, num_graphs)  # [B, 3, 3]
+        local = torch.einsum("ei,eij->ej", vectors, frames.index_select(0, edge_graph))  # coordinates in the frame
+        signs = FRAME_SIGNS.to(dtype=vectors.dtype, device=vectors.device)
+        f = signs.shape[0]
+        offsets = (torch.arange(f, device=src.device) * num_atoms)[:, None]
+        e = self._energies(species.repeat(f), (local[None] * signs[:, None, :]).reshape(-1, 3),
+                           (src[None] + offsets).reshape(-1), (dst[None] + offsets).reshape(-1), f * num_atoms)
+        return e.view(f, num_atoms).mean(0)
+
+    def forward(self, batch, compute_forces: bool = True, compute_stress: bool = False,
+                create_graph: bool | None = None) -> dict[str, torch.Tensor]:
+        """As :meth:`Potential.forward` (records which structure each edge belongs to, for the frames)."""
+        self._edge_graph = (batch.batch.index_select(0, batch.edge_index[0]), int(batch.natoms.shape[0]))
+        try:
+            return super().forward(batch, compute_forces, compute_stress, create_graph)
+        finally:
+            self._edge_graph = None
+
+    # --------------------------------------------------------------------------- learned equivariance
+    def embed(self, batch, layers: str = "last") -> tuple[torch.Tensor, Irreps]:
+        """Token embeddings of a batch (no frame averaging) and their declared irreps.
+
+        Args:
+            batch: a :class:`~mlip_datasets.graph.Batch`.
+            layers: ``"last"``: the final layer; ``"all"``: every layer's output side by side.
+
+        Shapes:
+            -> ``[N, width]`` (``[N, num_interactions * width]`` for ``"all"``) and an :class:`Irreps`.
+        """
+        dtype = self.dtype
+        src, dst = batch.edge_index[0], batch.edge_index[1]
+        pos = batch.positions.to(dtype)
+        cell = batch.cell.to(dtype).reshape(-1, 3, 3).index_select(0, batch.batch.index_select(0, src))
+        vectors = pos[dst] - pos[src] + torch.einsum("ei,eij->ej", batch.shifts.to(dtype), cell)
+        xs = self.tokens(self.element_table(batch.numbers), vectors, src, dst, int(batch.numbers.shape[0]))
+        if layers == "last":
+            return xs[-1], self.irreps
+        if layers == "all":
+            return torch.cat(xs, dim=1), self.irreps * len(xs)
+        raise ValueError(f"layers must be 'last' or 'all', got {layers!r}")
+
+    def regularizers(self, batch, out: dict | None = None) -> dict[str, torch.Tensor]:
+        """Alignment violations ``{"rotation": ..., "reflection": ...}`` (differentiable scalars).
+
+        Each structure gets its own Haar-random rotation, and its own mirror through a random plane, drawn
+        from torch's global RNG; the value is :func:`~mlip_cli.models.soft_equivariance.alignment_loss` of
+        ``embed(g x)`` against ``D(g) embed(x)`` over all layers' embeddings. ``out`` is unused.
+        """
+        emb, irreps = self.embed(batch, layers="all")
+        atom_graph = batch.batch
+        losses = {}
+        for name, g in (("rotation", random_rotation(batch.num_graphs)),
+                        ("reflection", random_reflections(batch.num_graphs))):
+            g = g.to(device=emb.device, dtype=emb.dtype)
+            moved = self.embed(transform_batch(batch, g), layers="all")[0]
+            losses[name] = alignment_loss(moved, rotate_embeddings(emb, irreps, g.index_select(0, atom_graph)))
+        return losses
