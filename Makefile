@@ -25,6 +25,9 @@ demo: setup
 	$(BIN)/mlip data info $(DEMO)/slabs
 	$(BIN)/mlip data validate $(DEMO)/slabs
 	$(BIN)/mlip data stats $(DEMO)/slabs --cutoff 5.0
+	$(BIN)/mlip train tdn-tiny --out $(DEMO)/tdn-tiny
+	$(BIN)/mlip data generate $(DEMO)/heldout.extxyz --kind slab-adsorbate --n 40 --seed 7 --size 2,2,3 --max-force 10
+	$(BIN)/mlip eval $(DEMO)/tdn-tiny $(DEMO)/heldout.extxyz
 
 test: setup
 	$(BIN)/python -m pytest -n 2 -q

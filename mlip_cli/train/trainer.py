@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..checkpoint import load_checkpoint, resolve_dtype, save_checkpoint
@@ -377,6 +378,7 @@ class Trainer:
                  f"structures, batch {r.data.batch_size}, {self.dtype}, {self.device}"
                  + (f", {self.info.world} processes" if self.info.active else ""))
         window = self._new_window()
+        self._step_times: list[float] = []
         stop = self._should_stop()
         last_validated = s["step"] if self.resume else -1
         total = self.total_steps if self.total_steps else r.run.time_budget
@@ -396,6 +398,7 @@ class Trainer:
                     compute_time = time.perf_counter() - start
                     s["data_s"] += data_time
                     s["compute_s"] += compute_time
+                    self._step_times.append(data_time + compute_time)
                     s["elapsed"] += data_time + compute_time
                     s["batch_in_epoch"] = k + 1
                     if not ok:
@@ -441,7 +444,9 @@ class Trainer:
         result.timing = {"train_s": s["elapsed"], "data_s": s["data_s"], "compute_s": s["compute_s"],
                          "valid_s": s["valid_s"],
                          "structures_per_s": s["structures"] / s["elapsed"] if s["elapsed"] else 0.0,
-                         "step_ms": 1000 * s["compute_s"] / max(s["step"], 1)}
+                         "step_ms": 1000 * s["compute_s"] / max(s["step"], 1),
+                         # median over this process's steps after the first 10 (warm-up), data + compute
+                         "median_step_ms": 1000 * float(np.median(self._step_times[10:] or self._step_times or [0]))}
         best = self.run_dir / "best.pt"
         if best.exists():
             ckpt = load_checkpoint(best, map_location=self.device)
