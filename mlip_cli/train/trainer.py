@@ -237,6 +237,21 @@ class Trainer:
                 writer.writeheader()
             writer.writerows(rows)
 
+    def _tensorboard(self, row: dict) -> None:
+        """Mirror a metrics row to TensorBoard when it is installed (optional; metrics.csv is the record)."""
+        if not hasattr(self, "_tb"):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except ImportError:  # tensorboard is not a dependency
+                self._tb = None
+        if self._tb is not None:
+            for key, value in row.items():
+                if key not in ("step", "epoch") and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, global_step=row["step"])
+            self._tb.flush()
+
     def _valid_loss(self, summary: dict[str, float]) -> float:
         w = self.recipe.loss
         value = 0.0
@@ -282,6 +297,7 @@ class Trainer:
         self.schedule.observe(metric)
         if self.info.is_main:
             self._write_rows([row])
+            self._tensorboard(row)
             self._save("last.pt")
             if improved:
                 self._save("best.pt")
