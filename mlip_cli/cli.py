@@ -60,6 +60,10 @@ def _register() -> None:
 
     app.command("train")(train.train)
     app.command("eval")(evaluate.evaluate)
+    from .commands import md, relax
+
+    app.command("relax")(relax.relax)
+    app.command("md")(md.md)
 
 
 _register()

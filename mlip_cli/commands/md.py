@@ -1,0 +1,89 @@
+"""``mlip md``: molecular dynamics of one structure with a trained model (NVE, NVT Langevin, NPT)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import UsageError
+
+
+def md(
+    structure: Annotated[Path, typer.Argument(help="Input: any ase.io file or a data set from `mlip data`.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (.pt) or run directory.")],
+    ensemble: Annotated[str, typer.Option(help="nve (velocity Verlet), nvt (Langevin) or npt (isotropic MTK).")]
+    = "nve",
+    temperature: Annotated[float, typer.Option(help="Initial-velocity and thermostat temperature, K.")] = 300.0,
+    timestep: Annotated[float, typer.Option(help="Time step, fs.")] = 1.0,
+    steps: Annotated[int, typer.Option(min=0, help="Number of steps.")] = 1000,
+    index: Annotated[int, typer.Option(help="Which frame of the input to run (default: the first).")] = 0,
+    friction: Annotated[float, typer.Option(help="Langevin friction, 1/fs (nvt).")] = 0.01,
+    pressure: Annotated[float, typer.Option(help="Target pressure, GPa (npt).")] = 0.0,
+    tdamp: Annotated[Optional[float], typer.Option(help="NPT thermostat time constant, fs (default 100 steps).")]
+    = None,
+    pdamp: Annotated[Optional[float], typer.Option(help="NPT barostat time constant, fs (default 1000 steps).")]
+    = None,
+    seed: Annotated[int, typer.Option(help="Seed of the Maxwell-Boltzmann initial velocities (drawn at "
+                                           "--temperature) and of the Langevin noise.")] = 0,
+    traj: Annotated[Optional[Path], typer.Option(help="Trajectory file (.traj, else extended XYZ).")] = None,
+    traj_interval: Annotated[int, typer.Option(min=1, help="Write a frame every N steps.")] = 10,
+    log: Annotated[Optional[Path], typer.Option(help="ASE MD log (time, energies per atom, temperature).")] = None,
+    log_interval: Annotated[int, typer.Option(min=1, help="Log every N steps.")] = 10,
+    out: Annotated[Optional[Path], typer.Option(help="Write the final frame here.")] = None,
+    max_force: Annotated[float, typer.Option(help="Stop if a force exceeds this, eV/A.")] = 1000.0,
+    device: Annotated[str, typer.Option(help="cpu or cuda[:i].")] = "cpu",
+    dtype: Annotated[Optional[str], typer.Option(help="float32 or float64 (default: the checkpoint's).")] = None,
+    skin: Annotated[float, typer.Option(min=0.0, help="Neighbour-list skin, A.")] = 0.5,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="torch threads.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Run MD and report energy drift per atom per ps, steps/s and ns/day."""
+    import torch
+
+    from ..calculator import MLIPCalculator
+    from ..md import ENSEMBLES, MDFailure, run_md
+    from ..ui import console, err_console, print_json, progress, table
+    from .relax import check_elements, read_structures
+
+    ensemble = ensemble.lower()
+    if ensemble not in ENSEMBLES:
+        raise UsageError(f"--ensemble must be one of {', '.join(ENSEMBLES)}, got {ensemble!r}")
+    if not timestep > 0:
+        raise UsageError(f"--timestep must be positive, got {timestep}")
+    if temperature < 0:
+        raise UsageError(f"--temperature must be >= 0, got {temperature}")
+    if threads:
+        torch.set_num_threads(threads)
+    frames = read_structures(structure)
+    if not -len(frames) <= index < len(frames):
+        raise UsageError(f"{structure}: --index {index} out of range for {len(frames)} frames")
+    calc = MLIPCalculator.from_checkpoint(model, device=device, dtype=dtype, skin=skin)
+    check_elements([frames[index]], calc.model, structure)
+    atoms = frames[index].to_atoms()
+    atoms.calc = calc
+    try:
+        with progress(f"md ({ensemble}, {len(atoms)} atoms)", steps) as update:
+            report = run_md(atoms, ensemble, steps, timestep, temperature, friction_per_fs=friction,
+                            pressure_GPa=pressure, tdamp_fs=tdamp, pdamp_fs=pdamp, seed=seed,
+                            init_velocities=True, trajectory=traj, traj_interval=traj_interval,
+                            log=log, log_interval=log_interval, max_force=max_force, progress=update)
+    except MDFailure as err:
+        err_console.print(f"mlip md: stopped: {err}", highlight=False)
+        raise typer.Exit(1) from None
+    if out is not None:
+        from ase.io import write
+
+        write(out, atoms)
+    if as_json:
+        print_json(report.as_dict())
+        return
+    drift_label = "energy drift (eV/atom/ps)" + ("" if ensemble == "nve" else ", thermostatted: not conserved")
+    rows = [["atoms", report.natoms], ["steps", report.steps], ["time step (fs)", report.timestep_fs],
+            [drift_label, f"{report.energy_drift:.3e}"],
+            ["max |E(t) - E(0)| (eV/atom)", f"{report.max_energy_deviation:.3e}"],
+            ["mean temperature (K)", f"{report.mean_temperature:.1f}"],
+            ["steps/s", f"{report.steps_per_second:.2f}"], ["ns/day", f"{report.ns_per_day:.4f}"],
+            ["neighbour-list builds", report.neighbor_builds], ["wall time (s)", f"{report.seconds:.2f}"]]
+    console.print(table(f"md {ensemble} ({dtype or 'checkpoint dtype'}, {device})", ["quantity", "value"], rows))

@@ -1,0 +1,111 @@
+"""Relax structures one by one with ASE's optimizers and :class:`~mlip_cli.calculator.MLIPCalculator`.
+
+The path for BFGS (no batched version), for cell relaxation (``FrechetCellFilter``: its forces include the
+cell forces, so convergence covers the cell too) and for anyone who asks for it. Fixed atoms become an ASE
+``FixAtoms`` constraint, so the optimizer sees zero forces on them and ``set_positions`` never moves them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from mlip_datasets.record import Structure
+
+from ..calculator import MLIPCalculator, is_periodic
+from .result import (CONVERGED, DEFAULT_MAX_FORCE, FAILED, NOT_CONVERGED, RelaxResult, failure_reason,
+                     finished_structure, fixed_mask, frame)
+
+__all__ = ["relax_ase", "ASE_OPTIMIZERS", "ase_optimizer"]
+
+ASE_OPTIMIZERS = ("FIRE", "BFGS", "LBFGS")
+
+
+def ase_optimizer(name: str):
+    """The ASE optimizer class called ``name`` (FIRE, BFGS, LBFGS)."""
+    from ase.optimize import BFGS, FIRE, LBFGS
+
+    classes = {"FIRE": FIRE, "BFGS": BFGS, "LBFGS": LBFGS}
+    if name.upper() not in classes:
+        raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(classes)}")
+    return classes[name.upper()]
+
+
+def _atoms(s: Structure, fixed: np.ndarray):
+    from ase import Atoms
+    from ase.constraints import FixAtoms
+
+    atoms = Atoms(numbers=s.numbers, positions=s.positions, cell=s.cell, pbc=s.pbc)
+    if s.tags is not None:
+        atoms.set_tags(s.tags)
+    if fixed.any():
+        atoms.set_constraint(FixAtoms(mask=fixed))
+    for name in ("charge", "spin"):
+        if getattr(s, name) is not None:
+            atoms.info[name] = getattr(s, name)
+    return atoms
+
+
+def relax_one(calc: MLIPCalculator, s: Structure, index: int, optimizer: str = "BFGS", fmax: float = 0.05,
+              steps: int = 500, *, relax_cell: bool = False, fix_tags: tuple[int, ...] = (),
+              max_force: float = DEFAULT_MAX_FORCE, trajectory: bool = False,
+              optimizer_options: dict | None = None) -> RelaxResult:
+    """Relax one structure with an ASE optimizer (see :func:`relax_ase`)."""
+    from ase.filters import FrechetCellFilter
+
+    atoms = _atoms(s, fixed_mask(s, fix_tags))
+    atoms.calc = calc
+    cell_dofs = relax_cell and is_periodic(atoms.cell.array, atoms.pbc)
+    target = FrechetCellFilter(atoms) if cell_dofs else atoms
+    opt = ase_optimizer(optimizer)(target, logfile=None, **(optimizer_options or {}))
+    frames: list[Structure] = []
+    converged, fmax_now = False, float("nan")
+    for converged in opt.irun(fmax=fmax, steps=steps):
+        energy = float(calc.results["energy"])
+        forces = calc.results["forces"]
+        gradient = target.get_forces()  # constrained; with the filter, the cell rows are included
+        fmax_now = float(np.linalg.norm(gradient, axis=1).max()) if len(gradient) else 0.0
+        reason = failure_reason(energy, forces, fmax_now if np.isfinite(fmax_now) else np.inf, max_force)
+        if reason:
+            return RelaxResult(index, FAILED, opt.nsteps, None, None, None, f"{reason} at step {opt.nsteps}")
+        if trajectory:
+            frames.append(frame(s, atoms.positions, atoms.cell.array, energy, forces, opt.nsteps))
+    status = CONVERGED if converged else NOT_CONVERGED
+    stress = None
+    if cell_dofs:
+        stress = _voigt_to_matrix(atoms.get_stress())
+    final = finished_structure(s, atoms.positions, atoms.cell.array, calc.results["energy"],
+                               calc.results["forces"], stress, status, opt.nsteps, fmax_now)
+    return RelaxResult(index, status, opt.nsteps, float(calc.results["energy"]), fmax_now, final,
+                       trajectory=frames if trajectory else None)
+
+
+def _voigt_to_matrix(v: np.ndarray) -> np.ndarray:
+    xx, yy, zz, yz, xz, xy = v
+    return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+
+
+def relax_ase(calc: MLIPCalculator, structures: Sequence[Structure], optimizer: str = "BFGS",
+              fmax: float = 0.05, steps: int = 500, *, relax_cell: bool = False, fix_tags: tuple[int, ...] = (),
+              max_force: float = DEFAULT_MAX_FORCE, trajectory: bool = False, optimizer_options: dict | None = None,
+              progress: Callable[[int], None] | None = None) -> list[RelaxResult]:
+    """Relax each structure with ASE's ``optimizer`` (``FIRE``, ``BFGS``, ``LBFGS``) and ``calc``.
+
+    Args:
+        calc: the calculator (one, reused: its neighbour list is rebuilt for each new structure).
+        structures: inputs; ``fixed`` flags (and ``fix_tags``) become ``FixAtoms``.
+        fmax, steps: ASE's ``run(fmax, steps)``.
+        relax_cell: wrap periodic structures in ``FrechetCellFilter`` (non-periodic ones relax at fixed cell).
+        max_force: a force (or cell force) above this marks the structure as failed.
+        trajectory: keep every evaluated frame in the results.
+        optimizer_options: keyword arguments of the ASE optimizer (``maxstep``, ...).
+        progress: called with the number of finished structures.
+    """
+    results = []
+    for k, s in enumerate(structures):
+        results.append(relax_one(calc, s, k, optimizer, fmax, steps, relax_cell=relax_cell, fix_tags=fix_tags,
+                                 max_force=max_force, trajectory=trajectory, optimizer_options=optimizer_options))
+        if progress is not None:
+            progress(k + 1)
+    return results
