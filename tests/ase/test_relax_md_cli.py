@@ -32,7 +32,7 @@ def slabs(tmp_path_factory):
 
 def test_relax_writes_converged_frames_with_fixed_atoms_in_place(slabs, trained_checkpoint, tmp_path):
     out = tmp_path / "relaxed.extxyz"
-    result = mlip("relax", slabs, "--model", trained_checkpoint, "--out", out, "--fmax", 0.05, "--steps", 300,
+    result = mlip("relax", slabs, "--model", trained_checkpoint, "--out", out, "--fmax", 0.05, "--steps", 3000,
                   "--trajectory", tmp_path / "traj")
     assert result.exit_code == 0, result.output
     assert "2 converged, 0 not converged, 0 failed" in result.output
