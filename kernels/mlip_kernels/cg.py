@@ -7,7 +7,10 @@ so component-normalised in, component-normalised out). All paths with ``|l1-l2| 
 ``out = (a x b) / sqrt2`` for vectors ``a``, ``b``) change sign under inversion relative to the even ones.
 
 With one weight shared by all paths the whole product is one constant tensor
-``M[i, j, k] = sum_paths CG blocks`` (:func:`shared_cg_tensor`), the target of the CP fit.
+``M[i, j, k] = sum_paths CG blocks`` (:func:`shared_cg_tensor`), the target of the CP fit. With
+``parity="even"`` only the ``l1+l2+l3`` even paths enter: for inputs and output of the natural parity
+``(-1)^l`` (node features built from harmonics) those are exactly the paths that commute with inversion,
+so the product is O(3)-, not only SO(3)-, equivariant. This is what the models use.
 """
 
 from __future__ import annotations
@@ -44,36 +47,43 @@ def _block(l1: int, l2: int, l3: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def _shared_cg_np(L1: int, L2: int, Lout: int) -> np.ndarray:
+def _shared_cg_np(L1: int, L2: int, Lout: int, parity: str) -> np.ndarray:
     M = np.zeros(((L1 + 1) ** 2, (L2 + 1) ** 2, (Lout + 1) ** 2))
-    for l1, l2, l3 in tp_paths(L1, L2, Lout):
+    for l1, l2, l3 in tp_paths(L1, L2, Lout, parity):
         M[l1 * l1 : (l1 + 1) ** 2, l2 * l2 : (l2 + 1) ** 2, l3 * l3 : (l3 + 1) ** 2] = _block(l1, l2, l3)
     M.setflags(write=False)
     return M
 
 
-def shared_cg_tensor(L1: int, L2: int, Lout: int) -> np.ndarray:
+def shared_cg_tensor(L1: int, L2: int, Lout: int, parity: str = "all") -> np.ndarray:
     """Path-weight-shared CG tensor ``M`` (float64): ``out[k] = sum_ij M[i,j,k] x[i] y[j]``.
+
+    Args:
+        parity: ``"all"`` paths, or only the ``"even"`` ones (``l1+l2+l3`` even; see the module docstring).
 
     Shapes:
         returns ``(d1, d2, d3)``.
     """
-    return _shared_cg_np(L1, L2, Lout).copy()
+    if parity not in ("all", "even"):
+        raise ValueError(f"parity must be 'all' or 'even', got {parity!r}")
+    return _shared_cg_np(L1, L2, Lout, parity).copy()
 
 
-def cg_factors(L1: int, L2: int, Lout: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def cg_factors(L1: int, L2: int, Lout: int,
+               parity: str = "all") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Exact low-rank factors of the CG product with one rank component per ``(path, m1, m2)``.
 
     ``A`` and ``B`` are one-hot selections of ``x[m1]`` and ``y[m2]``; row ``C[r]`` is the CG block row
-    ``CG[m1, m2, :]`` placed in the output. Every component belongs to one path
-    (``path_index[r]``), so per-path weights act in rank space. Pairs whose CG row is zero are dropped.
+    ``CG[m1, m2, :]`` placed in the output. Every component belongs to one path of
+    ``tp_paths(L1, L2, Lout, parity)`` (``path_index[r]``), so per-path weights act in rank space. Pairs
+    whose CG row is zero are dropped.
 
     Shapes:
         returns ``A (d1, R)``, ``B (d2, R)``, ``C (R, d3)``, ``path_index (R,)`` int64.
     """
     cols_a, cols_b, rows_c, pidx = [], [], [], []
     d3 = (Lout + 1) ** 2
-    for p, (l1, l2, l3) in enumerate(tp_paths(L1, L2, Lout)):
+    for p, (l1, l2, l3) in enumerate(tp_paths(L1, L2, Lout, parity)):
         blk = _block(l1, l2, l3)
         for m1 in range(2 * l1 + 1):
             for m2 in range(2 * l2 + 1):

@@ -1,9 +1,14 @@
 """CP (TDN) decomposition of the path-weight-shared CG tensor: fit, ship, load.
 
-``M[i, j, k] ~ sum_r A[i, r] B[j, r] C[r, k]`` where ``M = shared_cg_tensor(L, L, L)`` (all paths, both
-parities, CG blocks ``sqrt(2l3+1) * wigner_3j``). Factors for the default ranks are shipped as package data
-``data/cp_L{L}_R{R}.npz`` (float64, written by ``python -m mlip_kernels.fit_cp``); any other
-``(L, rank)`` is fitted on demand by the same deterministic procedure and kept in memory.
+``M[i, j, k] ~ sum_r A[i, r] B[j, r] C[r, k]`` where ``M = shared_cg_tensor(L, L, L, parity)`` (CG blocks
+``sqrt(2l3+1) * wigner_3j``; ``parity="all"``: every path, ``"even"``: only ``l1+l2+l3`` even, the
+O(3)-equivariant product the ``"tdn"`` models use). Factors for the default ranks are shipped as package
+data ``data/cp_L{L}_R{R}.npz`` (all paths) and ``data/cp_even_L{L}_R{R}.npz`` (float64, written by
+``python -m mlip_kernels.fit_cp``); any other ``(L, rank, parity)`` is fitted on demand by the same
+deterministic procedure and kept in memory.
+
+The even-path tensor has a much lower exact rank (6, 19, 52, 120, 260, 540 at L = 1..6 against 8, 30, 90,
+220, 450, 850; table in CP_RANKS.md), so dropping the odd paths both fixes parity and makes the product cheaper.
 
 Fit (:func:`fit_cp`): seeded restarts of alternating least squares with a Tikhonov term that decays
 geometrically (steers ALS away from degenerate "swamp" solutions early, vanishes later), column
@@ -13,7 +18,20 @@ LM reaches 1e-13 in seconds (L <= 4). Deterministic for a given machine/BLAS (se
 
 Measured (float64): relative Frobenius error of M and equivariance error
 ``||tp(Dx, Dy) - D tp(x, y)|| / ||tp(x, y)||`` (256 random rotations and inputs); the full scan with fit
-times is CP_RANKS.md::
+times is CP_RANKS.md. Even paths::
+
+    L  rank   rel. error  equiv. error
+    1     5   9.8e-04     1.3e-03
+    1     6   6.1e-16     5.8e-16  default (exact)
+    2    18   1.1e-02     1.1e-02
+    2    19   2.5e-16     7.7e-16  default (exact)
+    3    50   1.1e-03     1.6e-03
+    3    52   7.9e-14     1.1e-13  default (exact)
+    4   120   9.8e-14     1.4e-13  default (exact; 110 stalls at 1.5e-3)
+    5   260   1.6e-14     2.2e-14  default (exact)
+    6   540   8.0e-14     1.1e-13  default (exact; 500 stalls at 8e-9)
+
+All paths::
 
     L  rank   rel. error  equiv. error
     1     7   1.5e-02     1.5e-02  7 L^2
@@ -29,7 +47,7 @@ times is CP_RANKS.md::
     6   252   5.3e-02     6.8e-02  7 L^2
     6   850   1.0e-14     1.5e-14  default (exact)
 
-Exact ranks found (error ~1e-13): 8, 30, 90, 220 (215 also converges, slowly), 450, 850 at L = 1..6;
+All paths, exact ranks found (error ~1e-13): 8, 30, 90, 220 (215 also converges, slowly), 450, 850 at L = 1..6;
 a little below them the fits stall at 1e-5..1e-2, so these are upper bounds on the CP rank of M, lower
 than the 8, 35, 100, 250 reported elsewhere for L = 1..4. Rank 7 L^2 (the TDN default) leaves 2-7%
 equivariance error. The defaults are the exact ranks: equivariant to rounding in float64 (float32: 2-5e-7
@@ -48,26 +66,40 @@ import torch
 
 from .cg import shared_cg_tensor
 
-__all__ = ["DEFAULT_RANKS", "default_rank", "fit_cp", "cp_factors", "cp_relative_error", "equivariance_error"]
+__all__ = ["DEFAULT_RANKS", "EVEN_DEFAULT_RANKS", "default_rank", "fit_cp", "cp_factors", "cp_relative_error",
+           "equivariance_error"]
 
-#: Default rank per L (L_in1 = L_in2 = L_out = L): the smallest rank at which the fitter reaches an exact
-#: decomposition (relative error ~1e-13, so equivariant to rounding), see CP_RANKS.md. Shipped as package data.
+#: Default rank per L (L_in1 = L_in2 = L_out = L) of the all-path tensor: the smallest rank at which the
+#: fitter reaches an exact decomposition (relative error ~1e-13, so equivariant to rounding), see
+#: CP_RANKS.md. Shipped as package data.
 DEFAULT_RANKS: dict[int, int] = {1: 8, 2: 30, 3: 90, 4: 220, 5: 450, 6: 850}
 
+#: The same for the even-path tensor (``parity="even"``, what the ``"tdn"`` models use).
+EVEN_DEFAULT_RANKS: dict[int, int] = {1: 6, 2: 19, 3: 52, 4: 120, 5: 260, 6: 540}
 
-def default_rank(L: int) -> int:
-    """Default CP rank for ``L``.
+PARITIES = ("all", "even")
+
+
+def _defaults(parity: str) -> dict[int, int]:
+    if parity not in PARITIES:
+        raise ValueError(f"parity must be 'all' or 'even', got {parity!r}")
+    return DEFAULT_RANKS if parity == "all" else EVEN_DEFAULT_RANKS
+
+
+def default_rank(L: int, parity: str = "all") -> int:
+    """Default CP rank for ``L`` and the ``"all"``- or ``"even"``-path tensor.
 
     Raises:
         ValueError: for ``L`` without a measured default (fitting larger L takes long; pass ``rank=``
             explicitly, or use the exact ``"gaunt"`` / ``"cg"`` products).
     """
-    if L not in DEFAULT_RANKS:
+    defaults = _defaults(parity)
+    if L not in defaults:
         raise ValueError(
-            f"no default CP rank for L={L} (measured for L in {sorted(DEFAULT_RANKS)}); pass rank= explicitly "
-            "(see CP_RANKS.md; fitting it on demand can take minutes) or use kind 'gaunt' or 'cg'"
+            f"no default CP rank for L={L} with {parity} paths (measured for L in {sorted(defaults)}); pass "
+            "rank= explicitly (see CP_RANKS.md; fitting it on demand can take minutes) or use kind 'gaunt' or 'cg'"
         )
-    return DEFAULT_RANKS[L]
+    return defaults[L]
 
 
 def cp_relative_error(M: np.ndarray, A: np.ndarray, B: np.ndarray, C: np.ndarray) -> float:
@@ -216,37 +248,39 @@ def fit_cp(
     return A * (s / na), B * (s / nb), (C * (s / nc)).T.copy(), float(err)
 
 
-def _data_name(L: int, rank: int) -> str:
-    return f"cp_L{L}_R{rank}.npz"
+def _data_name(L: int, rank: int, parity: str = "all") -> str:
+    return f"cp_L{L}_R{rank}.npz" if parity == "all" else f"cp_{parity}_L{L}_R{rank}.npz"
 
 
 @functools.lru_cache(maxsize=None)
-def _load_or_fit(L: int, rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    ref = resources.files("mlip_kernels").joinpath("data", _data_name(L, rank))
+def _load_or_fit(L: int, rank: int, parity: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    ref = resources.files("mlip_kernels").joinpath("data", _data_name(L, rank, parity))
     if ref.is_file():
         with resources.as_file(ref) as path, np.load(path) as z:
             out = (z["A"], z["B"], z["C"], float(z["rel_error"]))
     else:
         if L >= 3:  # L <= 2 fits in about a second; larger ones take tens of seconds to minutes
             warnings.warn(
-                f"CP factors for L={L}, rank={rank} are not shipped; fitting them now (may take minutes). "
-                "Ship them with `python -m mlip_kernels.fit_cp`.",
+                f"CP factors for L={L}, rank={rank} ({parity} paths) are not shipped; fitting them now (may take "
+                "minutes). Ship them with `python -m mlip_kernels.fit_cp`.",
                 stacklevel=3,
             )
-        out = fit_cp(shared_cg_tensor(L, L, L), rank)
+        out = fit_cp(shared_cg_tensor(L, L, L, parity), rank)
     for a in out[:3]:
         a.setflags(write=False)
     return out
 
 
-def cp_factors(L: int, rank: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """CP factors of ``shared_cg_tensor(L, L, L)``: shipped if available, else fitted (deterministic).
+def cp_factors(L: int, rank: int | None = None,
+               parity: str = "all") -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """CP factors of ``shared_cg_tensor(L, L, L, parity)``: shipped if available, else fitted (deterministic).
 
     Shapes:
         returns ``A (d, R)``, ``B (d, R)``, ``C (R, d)`` (float64 copies) and the relative error of M.
     """
-    rank = default_rank(L) if rank is None else int(rank)
-    A, B, C, err = _load_or_fit(int(L), rank)
+    _defaults(parity)
+    rank = default_rank(L, parity) if rank is None else int(rank)
+    A, B, C, err = _load_or_fit(int(L), rank, parity)
     return A.copy(), B.copy(), C.copy(), err
 
 

@@ -2,13 +2,14 @@
 
 Kinds (``make_tp(kind, L_in1, L_in2, L_out)``):
 
-* ``"cg"``: exact Clebsch-Gordan product over all paths of both parities, factors from
-  :func:`mlip_kernels.cg.cg_factors` (one rank component per ``(path, m1, m2)``, so per-path weights are
-  supported). Reference: :func:`mlip_kernels.cg.cg_tensor_product` (dense einsum).
+* ``"cg"``: exact Clebsch-Gordan product over all paths of both parities (``parity="even"``: only the
+  ``l1+l2+l3`` even ones), factors from :func:`mlip_kernels.cg.cg_factors` (one rank component per
+  ``(path, m1, m2)``, so per-path weights are supported). Reference: :func:`mlip_kernels.cg.cg_tensor_product`.
 * ``"gaunt"``: exact Gaunt product (``l1+l2+l3`` even paths only, symmetric in ``x, y``) through a
   quadrature exact for degree ``L_in1 + L_in2 + L_out`` (:mod:`mlip_kernels.grid`).
-* ``"cp"``: CP decomposition of the path-weight-shared CG tensor (:mod:`mlip_kernels.cp`); equivariant
-  up to the fit error documented in CP_RANKS.md (default ranks keep it < 1e-3 in float64).
+* ``"cp"``: CP decomposition of the path-weight-shared CG tensor (:mod:`mlip_kernels.cp`), all paths or
+  (``parity="even"``) the even ones; equivariant up to the fit error documented in CP_RANKS.md (the
+  default ranks are exact to ~1e-13 in float64).
 
 Weights: ``weights`` broadcastable to ``[..., C]`` is one scalar per channel shared by all paths (e.g. the
 radial weight of an edge); it multiplies in rank space, which is where the fused message kernel applies
@@ -150,24 +151,30 @@ def make_tp(
     rank: int | None = None,
     *,
     grid: str = "auto",
+    parity: str = "all",
     dtype: torch.dtype | None = None,
     device=None,
 ) -> LowRankTP:
     """Build a tensor product ``"cg" | "gaunt" | "cp"`` (``L_in2``, ``L_out`` default to ``L_in1``).
 
     Args:
-        rank: CP rank (``"cp"`` only; default :func:`mlip_kernels.cp.default_rank`).
+        rank: CP rank (``"cp"`` only; default :func:`mlip_kernels.cp.default_rank` for the parity).
         grid: quadrature for ``"gaunt"``: ``"gl"``, ``"lebedev"`` or ``"auto"`` (the smaller exact one).
+        parity: ``"all"`` paths or only the ``"even"`` ones (``"cg"``, ``"cp"``); Gaunt coefficients vanish
+            on odd paths, so ``"gaunt"`` is even either way.
         dtype: dtype of the factors (default: torch's default dtype); constants are built in float64.
     """
+    if parity not in ("all", "even"):
+        raise ValueError(f"parity must be 'all' or 'even', got {parity!r}")
     L_in2 = L_in1 if L_in2 is None else L_in2
     L_out = L_in1 if L_out is None else L_out
     common = dict(L_in1=L_in1, L_in2=L_in2, L_out=L_out, dtype=dtype, device=device)
     if kind == "cg":
         if rank is not None:
             raise ValueError("kind 'cg' is exact; its rank is fixed by the paths (pass rank=None)")
-        A, B, C, pidx = cg_factors(L_in1, L_in2, L_out)
-        return LowRankTP(A, B, C, kind=kind, paths=tp_paths(L_in1, L_in2, L_out), path_index=pidx, **common)
+        A, B, C, pidx = cg_factors(L_in1, L_in2, L_out, parity)
+        return LowRankTP(A, B, C, kind=kind, paths=tp_paths(L_in1, L_in2, L_out, parity), path_index=pidx,
+                         **common)
     if kind == "gaunt":
         if rank is not None:
             raise ValueError("kind 'gaunt' is exact; its rank is the grid size (choose grid=, not rank=)")
@@ -176,9 +183,9 @@ def make_tp(
     if kind == "cp":
         if not L_in1 == L_in2 == L_out:
             raise ValueError(f"kind 'cp' is fitted for L_in1 = L_in2 = L_out; got {L_in1}, {L_in2}, {L_out}")
-        rank = default_rank(L_in1) if rank is None else rank
-        A, B, C, err = cp_factors(L_in1, rank)
-        return LowRankTP(A, B, C, kind=kind, paths=tp_paths(L_in1, L_in1, L_in1), rel_error=err, **common)
+        rank = default_rank(L_in1, parity) if rank is None else rank
+        A, B, C, err = cp_factors(L_in1, rank, parity)
+        return LowRankTP(A, B, C, kind=kind, paths=tp_paths(L_in1, L_in1, L_in1, parity), rel_error=err, **common)
     raise ValueError(f"unknown tensor product kind {kind!r}; expected 'cg', 'gaunt' or 'cp'")
 
 

@@ -35,11 +35,19 @@ class EquivariantLinear(nn.Module):
         self.register_buffer("degree", _degree_index(lmax), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = 1.0 / math.sqrt(self.in_channels)
+        if self.lmax == 0:
+            return (x[:, :, 0] @ self.weight[0])[:, :, None] * scale
         W = self.weight.index_select(0, self.degree)  # [d, C_in, C_out], one matrix per component
-        return torch.einsum("nci,ico->noi", x, W) * (1.0 / math.sqrt(self.in_channels))
+        # one bmm over the components (einsum does the same with more overhead: 20-30% slower at N = 75)
+        return torch.bmm(x.permute(2, 0, 1), W).permute(1, 2, 0) * scale
 
     def extra_repr(self) -> str:
         return f"{self.in_channels} -> {self.out_channels}, lmax={self.lmax}"
+
+
+#: Degrees with ``num_elements * (2l + 1)`` up to this go through the one-hot product (ElementLinear).
+_ONE_HOT_MAX = 16
 
 
 class ElementLinear(nn.Module):
@@ -47,6 +55,11 @@ class ElementLinear(nn.Module):
 
     ``out[n, o, (l,m)] = sum_c W[s_n, l][c, o] x[n, c, (l,m)] / sqrt(C_in)``: a per-node linear map, so it
     commutes with rotations like :class:`EquivariantLinear`.
+
+    Two ways to compute it, chosen per degree: with few species, one GEMM of the one-hot-expanded features
+    ``[N (2l+1), S C_in] @ [S C_in, C_out]`` (``S`` times the arithmetic, but two ops); with many, gathering
+    a ``C_in x C_out`` matrix per node (``N C^2`` memory traffic in each direction). Measured at 32 channels,
+    75 atoms: one-hot 1.7x (l = 0) to 3x (l = 1) faster for 3 species, no gain beyond ``S (2l+1) ~ 16``.
 
     Shapes:
         x ``[N, C_in, d]``, species ``[N]`` -> ``[N, C_out, d]``.
@@ -58,12 +71,21 @@ class ElementLinear(nn.Module):
         self.weight = nn.Parameter(torch.randn(num_elements, lmax + 1, in_channels, out_channels))
 
     def forward(self, x: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
-        W = self.weight.index_select(0, species)  # [N, L+1, C_in, C_out]: per-node weights, not per-component
+        S, N = self.weight.shape[0], x.shape[0]
+        onehot = None
         out = []
         for l in range(self.lmax + 1):
             xl = x[:, :, l * l : (l + 1) ** 2]  # [N, C_in, 2l+1]
-            out.append(torch.bmm(W[:, l].transpose(1, 2), xl))  # [N, C_out, 2l+1]
-        return torch.cat(out, dim=2) * (1.0 / math.sqrt(self.in_channels))
+            Wl = self.weight[:, l]  # [S, C_in, C_out]
+            if S * (2 * l + 1) <= _ONE_HOT_MAX:
+                if onehot is None:
+                    onehot = torch.nn.functional.one_hot(species, S).to(x.dtype)
+                z = (onehot[:, :, None, None] * xl[:, None]).reshape(N, S * self.in_channels, 2 * l + 1)
+                out.append((z.transpose(1, 2) @ Wl.reshape(S * self.in_channels, -1)).transpose(1, 2))
+            else:  # per-node weights [N, C_in, C_out]
+                out.append(torch.bmm(Wl.index_select(0, species).transpose(1, 2), xl))  # [N, C_out, 2l+1]
+        y = out[0] if len(out) == 1 else torch.cat(out, dim=2)
+        return y * (1.0 / math.sqrt(self.in_channels))
 
     def extra_repr(self) -> str:
         return f"{self.in_channels} -> {self.out_channels}, lmax={self.lmax}, elements={self.weight.shape[0]}"
@@ -89,6 +111,8 @@ class Gate(nn.Module):
         out0 = torch.nn.functional.silu(s)[:, :, None]
         if self.gates is None:
             return out0
-        g = torch.sigmoid(self.gates(s)).view(x.shape[0], self.lmax, self.channels)  # [N, L, C]
-        g = g.index_select(1, self.gate_index).transpose(1, 2)  # [N, C, d-1]
-        return torch.cat([out0, x[:, :, 1:] * g], dim=2)
+        g = torch.sigmoid(self.gates(s))  # [N, L C]
+        if self.lmax == 1:  # one gate per channel, broadcast over the three components
+            return torch.cat([out0, x[:, :, 1:] * g[:, :, None]], dim=2)
+        g = g.view(x.shape[0], self.lmax, self.channels).index_select(1, self.gate_index).transpose(1, 2)
+        return torch.cat([out0, x[:, :, 1:] * g], dim=2)  # g [N, C, d-1]

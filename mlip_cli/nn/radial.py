@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["BesselBasis", "PolynomialEnvelope", "RadialMLP"]
+__all__ = ["BesselBasis", "PolynomialEnvelope", "RadialMLP", "reverse_pairs"]
 
 # 1 / sqrt(E[silu(z)^2]) for z ~ N(0, 1)
 _SILU_GAIN = 1.677
@@ -100,3 +100,49 @@ class RadialMLP(nn.Module):
 
     def forward(self, basis: torch.Tensor, envelope: torch.Tensor) -> torch.Tensor:
         return self.net(basis) * envelope[:, None]
+
+
+def reverse_pairs(src: torch.Tensor, dst: torch.Tensor, vectors: torch.Tensor,
+                  num_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group each edge with its reverse, so functions of ``|r_e|`` are computed once per pair.
+
+    Neighbour lists are symmetric: edge ``i -> j`` with vector ``v`` has a twin ``j -> i`` with vector ``-v``
+    (``pos[i] - pos[j] - s @ cell``, the exact floating-point negation), and ``|v|`` is the same function of
+    the positions and cell for both. Edges are keyed by the unordered node pair and the vector in a canonical
+    orientation (``v`` if ``src < dst``, else ``-v``; self-images by the sign of the first nonzero component),
+    compared bit for bit: twins share a key; a twin that differs in the last bit, or a missing one, just stays
+    a group of its own (less saving, same numbers). Keys are compared exactly, so two edges are grouped only
+    if they are the same pair of atoms at the same displacement.
+
+    Returns:
+        ``rep [U]`` (the smallest edge index of each group) and ``group [E]`` (each edge's group), so
+        ``f(r[rep])[group]`` equals ``f(r)`` and its derivatives.
+
+    Shapes:
+        src ``[E]``, dst ``[E]``, vectors ``[E, 3]`` -> rep ``[U]``, group ``[E]`` (int64).
+    """
+    E = vectors.shape[0]
+    if E == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=vectors.device)
+        return empty, empty
+    v = vectors.detach()
+    sgn = torch.sign(v)
+    first = torch.where(sgn[:, 0] != 0, sgn[:, 0], torch.where(sgn[:, 1] != 0, sgn[:, 1], sgn[:, 2]))
+    forward = (src < dst) | ((src == dst) & (first > 0))
+    canon = torch.where(forward[:, None], v, -v) + 0.0  # + 0.0 turns -0.0 into +0.0
+    if canon.element_size() not in (4, 8):  # half precision: compare the (exact) float64 values instead
+        canon = canon.double()
+    bits = canon.contiguous().view(torch.int32 if canon.element_size() == 4 else torch.int64)
+    node = torch.minimum(src, dst) * num_nodes + torch.maximum(src, dst)
+    cols = [bits[:, 2], bits[:, 1], bits[:, 0], node]
+    perm = torch.arange(E, device=v.device)
+    for c in cols:  # stable sorts, least significant key first: lexicographic order, ties by edge index
+        perm = perm.index_select(0, torch.sort(c.index_select(0, perm), stable=True)[1])
+    same = torch.ones(E - 1, dtype=torch.bool, device=v.device)
+    for c in cols:
+        cs = c.index_select(0, perm)
+        same &= cs[1:] == cs[:-1]
+    new = torch.ones(E, dtype=torch.bool, device=v.device)
+    new[1:] = ~same
+    gid = torch.cumsum(new, 0) - 1
+    return perm[new], torch.empty_like(gid).scatter_(0, perm, gid)

@@ -6,9 +6,6 @@ import pytest
 import torch
 from ase_testlib import tiny_model, write_checkpoint
 
-# The models here are tiny: one thread is fastest, and two pytest workers on two cores must not oversubscribe.
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory):

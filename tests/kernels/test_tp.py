@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mlip_kernels.cg import cg_tensor_product, shared_cg_tensor, tp_paths
-from mlip_kernels.cp import DEFAULT_RANKS, cp_factors, equivariance_error, fit_cp
+from mlip_kernels.cp import DEFAULT_RANKS, EVEN_DEFAULT_RANKS, cp_factors, equivariance_error, fit_cp
 from mlip_kernels.grid import gaunt_factors, sphere_grid
 from mlip_kernels.sh import spherical_harmonics
 from mlip_kernels.tp import LowRankTP, lowrank_product, make_tp
@@ -41,17 +41,42 @@ def test_exact_products_are_equivariant(kind, L1, L2, L3):
     assert equivariance_error(tp, L1, L2, L3, n=16) < 1e-12
 
 
-@pytest.mark.parametrize("L", sorted(DEFAULT_RANKS))
-def test_cp_default_rank_within_documented_bound(L):
-    tp = make_tp("cp", L, dtype=F64)
-    assert tp.rank == DEFAULT_RANKS[L]
-    assert tp.rel_error < 1e-3
+DEFAULT_CASES = [("all", L) for L in sorted(DEFAULT_RANKS)] + [("even", L) for L in sorted(EVEN_DEFAULT_RANKS)]
+
+
+@pytest.mark.parametrize("parity,L", DEFAULT_CASES, ids=[f"{p}-L{L}" for p, L in DEFAULT_CASES])
+def test_cp_default_rank_within_documented_bound(parity, L):
+    tp = make_tp("cp", L, dtype=F64, parity=parity)
+    assert tp.rank == (DEFAULT_RANKS if parity == "all" else EVEN_DEFAULT_RANKS)[L]
+    assert tp.rel_error < 1e-12  # the defaults are exact decompositions
     err = equivariance_error(tp, L, L, L, n=16)
-    assert err < 1e-3
+    assert err < 1e-11
     # the shipped factors really are a fit of M (not just equivariant): check the stored error
-    M = shared_cg_tensor(L, L, L)
+    M = shared_cg_tensor(L, L, L, parity)
     rel = np.linalg.norm(tp.dense().numpy() - M) / np.linalg.norm(M)
     assert abs(rel - tp.rel_error) < 1e-9
+    assert tp.parity_odd_paths_present == (parity == "all")
+
+
+def test_even_paths_are_the_inversion_symmetric_part():
+    """The even-path tensor equals the CG tensor with per-path weights 1 (even) / 0 (odd), and the even
+    products commute with inversion (D(-I) = (-1)^l per degree) while the full one does not."""
+    L = 2
+    paths = tp_paths(L, L, L)
+    mask = torch.tensor([float((a + b + c) % 2 == 0) for a, b, c in paths], dtype=F64)
+    x, y = _rand(6, 3, 9, seed=20), _rand(6, 3, 9, seed=21)
+    ref = cg_tensor_product(x, y, L, L, L, path_weights=mask)
+    parity = torch.cat([torch.full((2 * l + 1,), (-1.0) ** l, dtype=F64) for l in range(L + 1)])
+    for kind in ("cg", "cp"):
+        tp = make_tp(kind, L, dtype=F64, parity="even")
+        assert torch.allclose(tp(x, y), ref, atol=1e-12)
+        assert torch.allclose(tp(x * parity, y * parity), tp(x, y) * parity, atol=1e-12)
+    full = make_tp("cg", L, dtype=F64)
+    assert not torch.allclose(full(x * parity, y * parity), full(x, y) * parity, atol=1e-3)
+    with pytest.raises(ValueError, match="parity"):
+        make_tp("cp", L, parity="odd")
+    with pytest.raises(ValueError, match="parity"):
+        shared_cg_tensor(L, L, L, parity="none")
 
 
 def test_cp_low_rank_is_visibly_not_equivariant():

@@ -40,8 +40,10 @@ def _with_positions(batch, positions):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_invariance_and_equivariance(family, graphs):
     """Energy invariant, forces and stress rotate, under random rotations (proper and improper),
-    translations and atom permutations."""
-    model = _model(family)
+    translations and atom permutations. Three interactions, so a middle block has the full L x L -> L
+    product (the CP factors for tdn); the first and last have scalar ends."""
+    model = _model(family, num_interactions=3)
+    assert model.blocks[1].conv.lmax_in == model.blocks[1].conv.lmax_out == 2
     assert model.tp_rel_error < TOL / 100  # the documented CP bound keeps tdn within TOL
     names = ["bulk", "slab", "molecule"]
     ref = model(collate_graphs([graphs[k] for k in names]), compute_stress=True)
@@ -49,7 +51,7 @@ def test_invariance_and_equivariance(family, graphs):
     for trial in range(3):
         R = random_rotation(generator=gen)
         if trial == 2:
-            R = -R  # inversion too: with 2 interactions every family is O(3)-invariant
+            R = -R  # inversion too: only even paths, so every family is O(3)-invariant
         moved, perms = [], []
         for k in names:
             n = graphs[k].natoms
@@ -65,15 +67,33 @@ def test_invariance_and_equivariance(family, graphs):
         torch.testing.assert_close(out["stress"], R @ ref["stress"] @ R.T, atol=TOL * f_scale, rtol=0)
 
 
-def test_gaunt_is_parity_invariant_at_any_depth(graphs):
-    """Gaunt keeps only even paths, so a mirror image has the same energy even with 3 interactions."""
-    model = _model("gaunt", num_interactions=3)
-    g = graphs["slab"]
-    mirror = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
+def _mirror_energies(model, g):
+    """Energies of a structure and of its image under inversion through the origin (-r, cell -> -cell)."""
     e = model(collate_graphs([g]), compute_forces=False)["energy"]
-    e_m = model(collate_graphs([_transform(g, mirror, torch.zeros(3, dtype=torch.float64),
-                                           torch.arange(g.natoms))]), compute_forces=False)["energy"]
-    torch.testing.assert_close(e_m, e, atol=TOL * (1 + e.abs().item()), rtol=0)
+    inv = -torch.eye(3, dtype=torch.float64)
+    image = _transform(g, inv, torch.zeros(3, dtype=torch.float64), torch.arange(g.natoms))
+    return e, model(collate_graphs([image]), compute_forces=False)["energy"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_parity_invariant_at_any_depth(family, graphs):
+    """Only even paths (l1+l2+l3 even) in every family, so a mirror image has the same energy even with
+    3 interactions, where an odd path would first reach the scalar readout."""
+    model = _model(family, num_interactions=3)
+    for name in ("slab", "molecule"):
+        e, e_m = _mirror_energies(model, graphs[name])
+        torch.testing.assert_close(e_m, e, atol=TOL * (1 + e.abs().item()), rtol=0)
+
+
+def test_parity_test_detects_odd_paths(graphs):
+    """Control for the test above: put the odd paths back into the cg tensor and the energies differ."""
+    from mlip_kernels.cg import shared_cg_tensor
+
+    model = _model("cg", num_interactions=3)
+    middle = model.blocks[1].conv  # the first and last blocks have scalar ends: (0, l, l) and (l, l, 0) paths only
+    middle.cg_tensor.copy_(torch.from_numpy(shared_cg_tensor(model.lmax, model.lmax, model.lmax, "all")))
+    e, e_m = _mirror_energies(model, graphs["slab"])
+    assert (e_m - e).abs().item() > 1e3 * TOL * (1 + e.abs().item())
 
 
 @pytest.mark.parametrize("family", FAMILIES)
