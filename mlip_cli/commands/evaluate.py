@@ -19,6 +19,9 @@ def evaluate(
     parity: Optional[Path] = typer.Option(None, "--parity", help="Parity-plot PNG path (default: "
                                           "<data name>_parity.png next to the checkpoint)."),
     raw: bool = typer.Option(False, "--raw", help="Use the raw weights instead of the EMA weights."),
+    frame_averaging: Optional[bool] = typer.Option(None, "--frame-averaging/--no-frame-averaging",
+                                                   help="transip: average the energy over principal frames "
+                                                   "(exactly O(3)-invariant); default: as trained."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Score a trained model on a data set."""
@@ -31,6 +34,10 @@ def evaluate(
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     model = load_model(checkpoint, device=device, dtype=dtype, use_ema=not raw)
+    if frame_averaging is not None:
+        if not hasattr(model.config, "frame_averaging") or model.config.family != "transip":
+            raise UsageError(f"--frame-averaging applies to transip models, not {model.config.family!r}")
+        model.config.frame_averaging = frame_averaging
     graphs = open_graphs(data, model.cutoff, model.dtype, limit)
     if len(graphs) == 0:
         raise UsageError(f"{data}: no structures to evaluate")

@@ -46,7 +46,8 @@ class ModelConfig:
         radial_hidden, radial_layers: width and depth of the radial MLP.
         envelope_p: exponent of the polynomial cutoff envelope (value, first and second derivative vanish).
         readout_hidden: width of the per-atom readout MLP.
-        cp_rank: CP rank for ``"tdn"`` (None: the kernels' default, exact to ~1e-13 for L <= 2).
+        cp_rank: CP rank of the even-path tensor for ``"tdn"`` (None: the exact default, 6/19/52/120/260/540 at
+            L = 1..6). Only the middle blocks use it, so it matters from 3 interactions on.
         gaunt_grid: sphere quadrature for ``"gaunt"``: ``"auto"``, ``"lebedev"`` or ``"gl"``.
         avg_num_neighbors: messages are divided by its square root (set from the data statistics).
         scale, shift: per-atom energy = scale * interaction energy + shift + E0[element].

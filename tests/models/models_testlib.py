@@ -42,3 +42,16 @@ def make_structures() -> dict[str, Structure]:
 def make_graphs(structures: dict[str, Structure]) -> dict:
     """float64 neighbour graphs at the test cutoff, by structure name."""
     return {k: structure_to_graph(s, CUTOFF, dtype=torch.float64) for k, s in structures.items()}
+
+
+def assert_grad_matches_finite_difference(loss, param: torch.Tensor, grad: torch.Tensor, h: float = 1e-6) -> None:
+    """Central difference of ``loss()`` in ``param[0, 0]`` equals ``grad[0, 0]`` (float64 models)."""
+    with torch.no_grad():
+        param[0, 0] += h
+    up = loss().item()
+    with torch.no_grad():
+        param[0, 0] -= 2 * h
+    down = loss().item()
+    with torch.no_grad():
+        param[0, 0] += h
+    assert abs((up - down) / (2 * h) - grad[0, 0]) < 1e-6 * (1 + grad.abs().max())

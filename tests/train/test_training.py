@@ -167,3 +167,27 @@ def test_fixed_symmetry_weight_stays(tmp_path, small_data):
     recipe["model"].update({"vector_channels": 2, "num_heads": 2})
     run_training(Recipe.from_dict(recipe), tmp_path / "run")
     assert float(read_metrics(tmp_path / "run")[-1]["symmetry_weight/rotation"]) == 0.5
+
+
+def test_eval_frame_averaging_makes_transip_invariant(tmp_path, small_data):
+    from typer.testing import CliRunner
+
+    from mlip_cli.cli import app
+
+    recipe = tiny_recipe(small_data, family="transip", run={"max_steps": 4, "valid_every": 4, "dtype": "float64"})
+    recipe["model"].update({"vector_channels": 2, "num_heads": 2})
+    run_training(Recipe.from_dict(recipe), tmp_path / "run")
+    runner = CliRunner()
+
+    def equivariance(flag: str) -> dict:
+        result = runner.invoke(app, ["eval", str(tmp_path / "run"), str(small_data), "--limit", "8", "--json", flag])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout[result.stdout.index("{"):])["equivariance"]
+
+    assert equivariance("--no-frame-averaging")["energy_mev_per_atom"] > 1e-3  # learned, not exact
+    averaged = equivariance("--frame-averaging")
+    assert averaged["energy_mev_per_atom"] < 1e-9 and averaged["force_rel"] < 1e-9
+
+    run_training(Recipe.from_dict(tiny_recipe(small_data, run={"max_steps": 2, "valid_every": 2})), tmp_path / "tdn")
+    result = runner.invoke(app, ["eval", str(tmp_path / "tdn"), str(small_data), "--frame-averaging"])
+    assert result.exit_code == 2 and "applies to transip models" in result.output
