@@ -34,12 +34,13 @@ class EvalReport:
 
 
 def equivariance_error(model, graphs, device, rotations: int = 3, max_structures: int = 32,
-                       seed: int = 0) -> dict[str, float]:
-    """How far the model is from exact rotational symmetry on real inputs.
+                       seed: int = 0) -> dict:
+    """How far the model is from exact O(3) symmetry on real inputs, per symmetry type.
 
-    For ``rotations`` Haar-random rotations ``R`` of up to ``max_structures`` structures:
-    ``energy_mev_per_atom``: max ``|E(Rx) - E(x)| / N``; ``force_rel``: ``|F(Rx) - R F(x)| / |F(x)|`` over all
-    atoms (root of summed squares); ``force_angle_deg``: mean angle between ``F(Rx)`` and ``R F(x)`` per atom.
+    For ``rotations`` Haar-random proper rotations ``R`` (type ``rotation``) and as many improper ones ``-R``
+    (type ``reflection``: a rotation times the inversion) of up to ``max_structures`` structures:
+    ``energy_mev_per_atom``: max ``|E(gx) - E(x)| / N``; ``force_rel``: ``|F(gx) - g F(x)| / |F(x)|`` over all
+    atoms (root of summed squares); ``force_angle_deg``: mean angle between ``F(gx)`` and ``g F(x)`` per atom.
     """
     if len(graphs) == 0:
         return {}
@@ -47,21 +48,26 @@ def equivariance_error(model, graphs, device, rotations: int = 3, max_structures
     picks = list(range(min(len(graphs), max_structures)))
     batch = graphs.batch(picks).to(device)
     base = model(batch, compute_forces=True)
-    e_err, f_num, f_den, angles = 0.0, 0.0, 0.0, []
-    for _ in range(rotations):
-        R = random_rotation(batch.num_graphs, generator=generator).to(device)
-        out = model(transform_batch(batch, R), compute_forces=True)
-        natoms = batch.natoms.to(out["energy"].dtype)
-        e_err = max(e_err, float(((out["energy"] - base["energy"]).abs() / natoms).max()))
-        expected = torch.einsum("nij,nj->ni", R.to(out["forces"].dtype)[batch.batch], base["forces"])
-        f_num += float((out["forces"] - expected).pow(2).sum())
-        f_den += float(expected.pow(2).sum())
-        cos = torch.nn.functional.cosine_similarity(out["forces"], expected, dim=1).clamp(-1, 1)
-        strong = expected.norm(dim=1) > 1e-6
-        angles.append(torch.rad2deg(torch.acos(cos[strong])).double())
-    angle = float(torch.cat(angles).mean()) if angles and sum(a.numel() for a in angles) else 0.0
-    return {"rotations": rotations, "structures": len(picks), "energy_mev_per_atom": 1000.0 * e_err,
-            "force_rel": math.sqrt(f_num / f_den) if f_den > 0 else 0.0, "force_angle_deg": angle}
+    report: dict = {"rotations": rotations, "structures": len(picks)}
+    proper = [random_rotation(batch.num_graphs, generator=generator) for _ in range(rotations)]
+    for kind, sign in (("rotation", 1.0), ("reflection", -1.0)):
+        e_err, f_num, f_den, angles = 0.0, 0.0, 0.0, []
+        for R in proper:
+            g = (sign * R).to(device)
+            out = model(transform_batch(batch, g), compute_forces=True)
+            natoms = batch.natoms.to(out["energy"].dtype)
+            e_err = max(e_err, float(((out["energy"] - base["energy"]).abs() / natoms).max()))
+            expected = torch.einsum("nij,nj->ni", g.to(out["forces"].dtype)[batch.batch], base["forces"])
+            f_num += float((out["forces"] - expected).pow(2).sum())
+            f_den += float(expected.pow(2).sum())
+            cos = torch.nn.functional.cosine_similarity(out["forces"], expected, dim=1).clamp(-1, 1)
+            strong = expected.norm(dim=1) > 1e-6
+            angles.append(torch.rad2deg(torch.acos(cos[strong])).double())
+        count = sum(a.numel() for a in angles)
+        report[kind] = {"energy_mev_per_atom": 1000.0 * e_err,
+                        "force_rel": math.sqrt(f_num / f_den) if f_den > 0 else 0.0,
+                        "force_angle_deg": float(torch.cat(angles).mean()) if count else 0.0}
+    return report
 
 
 def evaluate_model(model, graphs, batch_size: int = 16, device="cpu", compute_stress: bool = True,

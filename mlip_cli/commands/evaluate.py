@@ -67,7 +67,9 @@ def evaluate(
                               v["components"]] for z, v in report.per_element.items()]))
     eq = report.equivariance
     if eq:
-        console.print(f"equivariance ({eq['rotations']} random rotations, {eq['structures']} structures): energy "
-                      f"{eq['energy_mev_per_atom']:.2e} meV/atom, force relative {eq['force_rel']:.2e}, "
-                      f"angle {eq['force_angle_deg']:.2e} deg", highlight=False)
+        for kind in ("rotation", "reflection"):
+            e = eq[kind]
+            console.print(f"{kind} equivariance ({eq['rotations']} random, {eq['structures']} structures): energy "
+                          f"{e['energy_mev_per_atom']:.2e} meV/atom, force relative {e['force_rel']:.2e}, "
+                          f"angle {e['force_angle_deg']:.2e} deg", highlight=False)
     console.print(f"parity plot: {png}", highlight=False)
