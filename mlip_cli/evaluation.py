@@ -73,20 +73,12 @@ def equivariance_error(model, graphs, device, rotations: int = 3, max_structures
 def evaluate_model(model, graphs, batch_size: int = 16, device="cpu", compute_stress: bool = True,
                    rotations: int = 3, progress=None) -> EvalReport:
     """Errors of ``model`` on every structure of ``graphs`` (a :class:`mlip_cli.train.data.GraphSet`)."""
-    from .train.metrics import ErrorMetrics
+    from .train.trainer import evaluate_set
 
-    metrics = ErrorMetrics(model.config.elements, keep=True)
-    atoms = 0
-    for start in range(0, len(graphs), batch_size):
-        batch = graphs.batch(range(start, min(start + batch_size, len(graphs)))).to(device)
-        stress = compute_stress and bool(batch.stress_mask.any())
-        out = model(batch, compute_forces=True, compute_stress=stress)
-        metrics.update(batch, out)
-        atoms += batch.num_atoms
-        if progress is not None:
-            progress(min(start + batch_size, len(graphs)))
+    metrics = evaluate_set(model, graphs, batch_size, torch.device(device), compute_stress=compute_stress,
+                           keep=True, progress=progress)
     equivariance = equivariance_error(model, graphs, device, rotations=rotations) if rotations > 0 else {}
-    return EvalReport(structures=len(graphs), atoms=atoms, metrics=metrics.summary(),
+    return EvalReport(structures=len(graphs), atoms=int(graphs.natoms().sum()), metrics=metrics.summary(),
                       per_element=metrics.per_element(), equivariance=equivariance, parity=metrics.parity_data())
 
 

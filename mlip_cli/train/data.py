@@ -39,6 +39,7 @@ class GraphSet:
         self.indices = np.asarray(indices, dtype=np.int64)
         self.cutoff, self.dtype = float(cutoff), dtype
         self._cache: dict[int, AtomicGraph] | None = {} if cache else None
+        self._natoms: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -56,7 +57,10 @@ class GraphSet:
         return self.reader[int(self.indices[i])]
 
     def natoms(self) -> np.ndarray:
-        return natoms_of(self.reader)[self.indices]
+        """Atom count per structure, read once (the batch sampler asks every epoch)."""
+        if self._natoms is None:
+            self._natoms = natoms_of(self.reader)[self.indices]
+        return self._natoms
 
     def batch(self, positions: Sequence[int]) -> Batch:
         return collate_graphs([self[int(i)] for i in positions])

@@ -8,6 +8,7 @@ Checkpoints are written at every validation (``last.pt``; ``best.pt`` on improve
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import time
@@ -54,8 +55,11 @@ def _device(name: str) -> torch.device:
 
 
 def evaluate_set(model, graphs: GraphSet, batch_size: int, device: torch.device, info: DistInfo | None = None,
-                 compute_stress: bool = False, keep: bool = False) -> ErrorMetrics:
-    """Error metrics of ``model`` on a graph set; with ``info``, each process takes a slice and sums are shared."""
+                 compute_stress: bool = False, keep: bool = False, progress=None) -> ErrorMetrics:
+    """Error metrics of ``model`` on a graph set; with ``info``, each process takes a slice and sums are shared.
+
+    ``progress(done)`` is called after each batch with the number of structures scored so far.
+    """
     info = info or DistInfo()
     metrics = ErrorMetrics(model.config.elements, keep=keep)
     mine = list(range(info.rank, len(graphs), info.world))
@@ -65,6 +69,8 @@ def evaluate_set(model, graphs: GraphSet, batch_size: int, device: torch.device,
         batch = graphs.batch(mine[start:start + batch_size]).to(device)
         out = model(batch, compute_forces=True, compute_stress=compute_stress and bool(batch.stress_mask.any()))
         metrics.update(batch, out)
+        if progress is not None:
+            progress(min(start + batch_size, len(mine)))
     metrics.all_reduce()
     model.train(was_training)
     return metrics
@@ -400,7 +406,7 @@ class Trainer:
         last_validated = s["step"] if self.resume else -1
         total = self.total_steps if self.total_steps else r.run.time_budget
         bar = self.progress_factory(total, "steps" if self.total_steps else "s") if self.progress_factory else None
-        with (bar if bar is not None else _null_context()) as update:
+        with (bar if bar is not None else contextlib.nullcontext()) as update:
             while stop is None:
                 for k, batch, data_time in iterate_batches(self.data.train, self.local_batch, True, r.run.seed,
                                                            s["epoch"], self.info.rank, self.info.world,
@@ -485,18 +491,8 @@ def _row_step(row: dict) -> float:
         return math.inf
 
 
-class _null_context:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _counting_progress(factory):
     """Adapt the trainer's progress factory to the ``progress(desc, total)`` shape data generation uses."""
-    import contextlib
-
     @contextlib.contextmanager
     def progress(description: str, total: int):
         with factory(total, description) as update:
