@@ -37,8 +37,9 @@ def equivariance_error(model, graphs, device, rotations: int = 3, max_structures
                        seed: int = 0) -> dict:
     """How far the model is from exact O(3) symmetry on real inputs, per symmetry type.
 
-    For ``rotations`` Haar-random proper rotations ``R`` (type ``rotation``) and as many improper ones ``-R``
-    (type ``reflection``: a rotation times the inversion) of up to ``max_structures`` structures:
+    For ``rotations`` Haar-random proper rotations (type ``rotation``) and the inversion ``r -> -r`` (type
+    ``reflection``; with the rotations it generates every improper rotation, and it can hold or fail
+    independently of them, as for the training regularisers) of up to ``max_structures`` structures:
     ``energy_mev_per_atom``: max ``|E(gx) - E(x)| / N``; ``force_rel``: ``|F(gx) - g F(x)| / |F(x)|`` over all
     atoms (root of summed squares); ``force_angle_deg``: mean angle between ``F(gx)`` and ``g F(x)`` per atom.
     """
@@ -50,10 +51,11 @@ def equivariance_error(model, graphs, device, rotations: int = 3, max_structures
     base = model(batch, compute_forces=True)
     report: dict = {"rotations": rotations, "structures": len(picks)}
     proper = [random_rotation(batch.num_graphs, generator=generator) for _ in range(rotations)]
-    for kind, sign in (("rotation", 1.0), ("reflection", -1.0)):
+    inversion = -torch.eye(3, dtype=torch.float64).expand(batch.num_graphs, 3, 3)
+    for kind, transforms in (("rotation", proper), ("reflection", [inversion])):
         e_err, f_num, f_den, angles = 0.0, 0.0, 0.0, []
-        for R in proper:
-            g = (sign * R).to(device)
+        for R in transforms:
+            g = R.to(device)
             out = model(transform_batch(batch, g), compute_forces=True)
             natoms = batch.natoms.to(out["energy"].dtype)
             e_err = max(e_err, float(((out["energy"] - base["energy"]).abs() / natoms).max()))

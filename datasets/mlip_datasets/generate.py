@@ -89,10 +89,20 @@ def slab_adsorbate(n: int, seed: int = 0, frames_per_system: int = 5,
         sid += 1
 
 
-def molecules(n: int, seed: int = 0, rattle: float = 0.05) -> Iterator[Structure]:
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A Haar-random rotation matrix: a normalised Gaussian quaternion is uniform on SO(3)'s double cover."""
+    w, x, y, z = (q := rng.normal(size=4)) / np.linalg.norm(q)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+
+
+def molecules(n: int, seed: int = 0, rattle: float = 0.05, random_orientation: bool = False) -> Iterator[Structure]:
     """Yield ``n`` rattled small molecules with EMT energy/forces and OMol25-style charge and spin.
 
     Spin is the multiplicity of the neutral molecule's lowest state by electron parity (1 or 2).
+    ``random_orientation`` turns each molecule by a uniformly random rotation (ASE's templates share
+    orientations, e.g. symmetry axes along z).
     """
     from ase.build import molecule
     from ase.calculators.emt import EMT
@@ -101,6 +111,8 @@ def molecules(n: int, seed: int = 0, rattle: float = 0.05) -> Iterator[Structure
     for i in range(n):
         name = MOLECULES[rng.integers(len(MOLECULES))]
         atoms = molecule(name)
+        if random_orientation:
+            atoms.positions = atoms.positions @ _random_rotation(rng).T
         atoms.rattle(stdev=rattle, seed=int(rng.integers(2**31)))
         atoms.calc = EMT()
         electrons = int(atoms.numbers.sum())
@@ -110,10 +122,24 @@ def molecules(n: int, seed: int = 0, rattle: float = 0.05) -> Iterator[Structure
             info={"system": name, "energy_kind": "total"})
 
 
-def generate(kind: str, n: int, seed: int = 0, **options) -> Iterator[Structure]:
-    """Dispatch on ``kind`` (one of :data:`KINDS`); ``options`` go to the kind's generator."""
+def generate(kind: str, n: int, seed: int = 0, breaking: str | None = None, strength: float = 1.0,
+             **options) -> Iterator[Structure]:
+    """Dispatch on ``kind`` (one of :data:`KINDS`); ``options`` go to the kind's generator.
+
+    ``breaking`` adds a symmetry-breaking term of that ``strength``
+    (:mod:`mlip_datasets.symmetry_breaking`); molecules are then randomly oriented, so the term's axis is the
+    only preferred direction in the data.
+    """
     if kind == "slab-adsorbate":
-        return slab_adsorbate(n, seed, **options)
-    if kind == "molecule":
-        return molecules(n, seed, **options)
-    raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
+        frames = slab_adsorbate(n, seed, **options)
+    elif kind == "molecule":
+        if breaking is not None:
+            options.setdefault("random_orientation", True)
+        frames = molecules(n, seed, **options)
+    else:
+        raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
+    if breaking is None:
+        return frames
+    from .symmetry_breaking import add_breaking_term
+
+    return add_breaking_term(frames, breaking, strength)

@@ -223,19 +223,30 @@ def generate(out: Path,
                                                               "(default 3,3,4).")] = None,
              max_force: Annotated[Optional[float], typer.Option(help="slab-adsorbate: drop frames with a force "
                                                                      "component above this (eV/A).")] = None,
+             breaking: Annotated[Optional[str], typer.Option(
+                 help="Add a symmetry-breaking energy term: uniaxial (easy axis along z: breaks rotations, keeps "
+                      "the inversion), field (bond dipoles in a field along z: breaks both) or chiral "
+                      "(handedness: keeps rotations, breaks the inversion).")] = None,
+             strength: Annotated[float, typer.Option(help="Strength of --breaking: eV (uniaxial), eV/A (field), "
+                                                          "eV/A^3 (chiral).")] = 1.0,
+             random_orientation: Annotated[Optional[bool], typer.Option(
+                 help="molecule: rotate each molecule at random (default: on with --breaking).")] = None,
              to: ToOpt = None,
              shards: Annotated[int, typer.Option(min=1, help="Number of output shards.")] = 1,
              overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False) -> None:
     """Make OC20-like slab+adsorbate frames or rattled molecules with ASE's EMT calculator."""
     from mlip_datasets.generate import KINDS, generate as make
     from mlip_datasets.io import write_dataset
+    from mlip_datasets.symmetry_breaking import TERMS
 
     from ..errors import UsageError
     from ..ui import console, progress
 
     if kind not in KINDS:
         raise UsageError(f"--kind {kind!r}: choose from {', '.join(KINDS)}")
-    options = {}
+    if breaking is not None and breaking not in TERMS:
+        raise UsageError(f"--breaking {breaking!r}: choose from {', '.join(TERMS)}")
+    options = {} if breaking is None else {"breaking": breaking, "strength": strength}
     if kind == "slab-adsorbate":
         if size is not None:
             try:
@@ -246,8 +257,12 @@ def generate(out: Path,
                 raise UsageError(f"--size {size!r}: expected three positive integers NX,NY,LAYERS, e.g. 2,2,3")
         if max_force is not None:
             options["max_force"] = max_force
+        if random_orientation:
+            raise UsageError("--random-orientation applies to --kind molecule only")
     elif size is not None or max_force is not None:
         raise UsageError("--size and --max-force apply to --kind slab-adsorbate only")
+    elif random_orientation is not None:
+        options["random_orientation"] = random_orientation
     with progress(f"generating {kind}", n) as update:
         count = write_dataset(out, make(kind, n, seed, **options), to, shards=shards, overwrite=overwrite,
                               progress=update)

@@ -67,9 +67,9 @@ def evaluate(
                               v["components"]] for z, v in report.per_element.items()]))
     eq = report.equivariance
     if eq:
-        for kind in ("rotation", "reflection"):
+        for kind, what in (("rotation", f"{eq['rotations']} random rotations"), ("reflection", "the inversion")):
             e = eq[kind]
-            console.print(f"{kind} equivariance ({eq['rotations']} random, {eq['structures']} structures): energy "
+            console.print(f"{kind} equivariance ({what}, {eq['structures']} structures): energy "
                           f"{e['energy_mev_per_atom']:.2e} meV/atom, force relative {e['force_rel']:.2e}, "
                           f"angle {e['force_angle_deg']:.2e} deg", highlight=False)
     console.print(f"parity plot: {png}", highlight=False)

@@ -42,7 +42,7 @@ from ..nn import BesselBasis, ElementEmbedding, PolynomialEnvelope, ScalarReadou
 from .config import ModelConfig
 from .potential import Potential
 from .registry import register_model
-from .soft_equivariance import (FRAME_SIGNS, Irreps, alignment_loss, pca_frames, random_reflections,
+from .soft_equivariance import (FRAME_SIGNS, Irreps, alignment_loss, pca_frames,
                                 rotate_embeddings, transform_batch)
 
 __all__ = ["TransIPPotential", "TransIPBlock"]
@@ -240,15 +240,17 @@ class TransIPPotential(Potential):
     def regularizers(self, batch, out: dict | None = None) -> dict[str, torch.Tensor]:
         """Alignment violations ``{"rotation": ..., "reflection": ...}`` (differentiable scalars).
 
-        Each structure gets its own Haar-random rotation, and its own mirror through a random plane, drawn
-        from torch's global RNG; the value is :func:`~mlip_cli.models.soft_equivariance.alignment_loss` of
+        ``rotation``: each structure gets its own Haar-random rotation (torch's global RNG); ``reflection``: the
+        inversion ``r -> -r``. Together they generate O(3), and each can hold without the other (a chiral
+        energy keeps rotations and breaks inversion; an easy axis does the opposite), which a random mirror
+        (a rotation times the inversion) could not separate. The value is :func:`~mlip_cli.models.soft_equivariance.alignment_loss` of
         ``embed(g x)`` against ``D(g) embed(x)`` over all layers' embeddings. ``out`` is unused.
         """
         emb, irreps = self.embed(batch, layers="all")
         atom_graph = batch.batch
         losses = {}
-        for name, g in (("rotation", random_rotation(batch.num_graphs)),
-                        ("reflection", random_reflections(batch.num_graphs))):
+        inversion = -torch.eye(3, dtype=torch.float64).expand(batch.num_graphs, 3, 3)
+        for name, g in (("rotation", random_rotation(batch.num_graphs)), ("reflection", inversion)):
             g = g.to(device=emb.device, dtype=emb.dtype)
             moved = self.embed(transform_batch(batch, g), layers="all")[0]
             losses[name] = alignment_loss(moved, rotate_embeddings(emb, irreps, g.index_select(0, atom_graph)))

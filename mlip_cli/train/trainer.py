@@ -28,6 +28,7 @@ from .loss import label_counts, weighted_loss
 from .metrics import ErrorMetrics
 from .recipe import Recipe
 from .schedule import LRSchedule
+from .symmetry_gap import symmetrization_gaps
 
 __all__ = ["Trainer", "TrainingError", "TrainResult", "evaluate_set"]
 
@@ -134,7 +135,7 @@ class Trainer:
         self.symmetry = self._symmetry_weights()
         if self.symmetry is not None:
             self.metric_columns = self.metric_columns + [
-                f"symmetry_{kind}/{t}" for t in self.symmetry.types for kind in ("weight", "violation")]
+                f"symmetry_{kind}/{t}" for t in self.symmetry.types for kind in ("weight", "violation", "gap", "holds")]
         self.batches_per_epoch = math.ceil(len(self.data.train) / r.data.batch_size)
         self.total_steps = r.run.max_steps
         if r.run.max_epochs is not None:
@@ -281,6 +282,10 @@ class Trainer:
             metrics = evaluate_set(self._eval_model(), self.data.valid, vbs, self.device, self.info,
                                    compute_stress=self.recipe.loss.stress > 0)
             summary = metrics.summary()
+            if self.symmetry is not None and self.symmetry.lr > 0:
+                self.symmetry.update_gaps(symmetrization_gaps(
+                    self._eval_model(), self.data.valid, self.recipe.loss, vbs, self.device, self.symmetry.types,
+                    self.info, seed=self.state["step"]))
         self.state["valid_s"] += time.perf_counter() - start
         # Without validation data, the training loss of the window decides what is "best".
         metric = self._valid_loss(summary) if summary else window["loss"]

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -99,6 +100,23 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path):
     result = mlip("data", "info", junk)
     assert result.exit_code == 2 and "junk.lmdb" in result.output
     assert mlip("data", "generate", tmp_path / "x.extxyz", "--kind", "nonsense").exit_code == 2
+    bad = mlip("data", "generate", tmp_path / "x.extxyz", "--breaking", "magnetic")
+    assert bad.exit_code == 2 and "--breaking 'magnetic': choose from chiral, uniaxial, field" in bad.output
+
+
+def test_generate_adds_a_symmetry_breaking_term(tmp_path):
+    from mlip_datasets.io import open_dataset
+    from mlip_datasets.symmetry_breaking import breaking_term
+
+    plain, broken = tmp_path / "plain.extxyz", tmp_path / "broken.extxyz"
+    common = ["--kind", "molecule", "--n", 4, "--seed", 3, "--random-orientation"]
+    assert mlip("data", "generate", plain, *common).exit_code == 0
+    assert mlip("data", "generate", broken, *common, "--breaking", "field", "--strength", 2.0).exit_code == 0
+    with open_dataset(plain) as a, open_dataset(broken) as b:
+        for i in range(4):
+            e, f = breaking_term("field", a[i].numbers, a[i].positions, None, a[i].pbc, 2.0)
+            assert b[i].energy == pytest.approx(a[i].energy + e, abs=1e-6)
+            np.testing.assert_allclose(b[i].forces, a[i].forces + f, atol=1e-6)
 
 
 def test_failed_convert_leaves_nothing_behind(tmp_path):

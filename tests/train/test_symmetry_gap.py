@@ -1,0 +1,80 @@
+"""The symmetrisation gap: zero for an exactly symmetric model, positive when the prediction needs the broken
+symmetry, negative when the model's asymmetry is noise the labels do not have."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mlip_cli.evaluation import open_graphs
+from mlip_cli.train.recipe import LossSection
+from mlip_cli.train.symmetry_gap import symmetrization_gaps
+from mlip_datasets.generate import generate
+from mlip_datasets.io import write_dataset
+
+
+def pair_energy(pos):  # rotation-, inversion- and translation-invariant
+    d = torch.cdist(pos, pos)
+    return torch.exp(-d).sum() / 2
+
+
+def uniaxial_energy(pos):  # invariant under the inversion, not under rotations
+    c = pos - pos.mean(0)
+    return 0.3 * (c[:, 2] ** 2).sum()
+
+
+def tilted_energy(pos):  # invariant + a small term that is neither rotation- nor inversion-invariant
+    return pair_energy(pos) + 0.05 * (pos - pos.mean(0))[:, 0].pow(3).sum()
+
+
+class ToyModel(torch.nn.Module):
+    """``model(batch, compute_forces=True)`` for an energy written as a function of one structure's positions."""
+
+    def __init__(self, energy_fn):
+        super().__init__()
+        self.energy_fn = energy_fn
+
+    def forward(self, batch, compute_forces=True):
+        pos = batch.positions.detach().clone().requires_grad_(True)
+        energy = torch.stack([self.energy_fn(pos[batch.batch == b]) for b in range(batch.num_graphs)])
+        (grad,) = torch.autograd.grad(energy.sum(), pos)
+        return {"energy": energy.detach(), "forces": -grad}
+
+
+def labelled(tmp_path, energy_fn, name, noise=0.0):
+    """Randomly oriented molecules labelled by ``energy_fn`` (+ Gaussian force noise)."""
+    rng = np.random.default_rng(0)
+    frames = list(generate("molecule", 24, seed=1, random_orientation=True))
+    for f in frames:
+        pos = torch.tensor(f.positions, requires_grad=True)
+        e = energy_fn(pos)
+        (g,) = torch.autograd.grad(e, pos)
+        f.energy, f.forces = float(e.detach()), -g.numpy() + noise * rng.normal(size=f.positions.shape)
+    path = tmp_path / f"{name}.extxyz"
+    write_dataset(path, frames)
+    return open_graphs(path, 4.0, torch.float64)
+
+
+def gaps(model, graphs):
+    return symmetrization_gaps(model, graphs, LossSection(energy=1.0, forces=10.0), 8, torch.device("cpu"))
+
+
+def test_gap_is_zero_for_a_symmetric_model(tmp_path):
+    graphs = labelled(tmp_path, uniaxial_energy, "uniaxial", noise=0.01)
+    g = gaps(ToyModel(pair_energy), graphs)
+    assert abs(g["rotation"]) < 1e-10 and abs(g["reflection"]) < 1e-10
+
+
+def test_gap_finds_the_symmetry_the_labels_break(tmp_path):
+    graphs = labelled(tmp_path, uniaxial_energy, "uniaxial", noise=0.01)
+    g = gaps(ToyModel(uniaxial_energy), graphs)  # the model has learned the labels' easy axis
+    assert g["rotation"] > 10.0  # averaging over rotations removes signal: the fit gets much worse
+    assert abs(g["reflection"]) < 1e-10  # the labels keep the inversion, and so does the model
+
+
+def test_gap_is_negative_when_the_asymmetry_is_noise(tmp_path):
+    graphs = labelled(tmp_path, pair_energy, "pairs")
+    g = gaps(ToyModel(tilted_energy), graphs)  # symmetric labels, a model with an accidental asymmetric term
+    assert g["rotation"] < -0.5  # 4 random rotations remove most of it
+    assert g["reflection"] == pytest.approx(-1.0, abs=1e-9)  # the odd term is all of the error; inversion removes it
