@@ -64,7 +64,8 @@ def plot(histories: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(histories), figsize=(3.2 * len(histories), 5.5), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(2, len(histories), figsize=(3.2 * len(histories), 5.5), sharex=True,
+                             sharey="row", squeeze=False)
     for col, (case, rows) in enumerate(histories.items()):
         steps = [int(r["step"]) for r in rows]
         for t, style in zip(TYPES, ("-", "--")):
@@ -73,9 +74,10 @@ def plot(histories: dict, path: Path) -> None:
         axes[0, col].set_title(case)
         axes[1, col].axhline(0.05, color="grey", lw=0.8, ls=":")
         axes[1, col].set_yscale("symlog", linthresh=0.1)
+        axes[1, col].set_ylim(-1.0, 200.0)
         axes[1, col].set_xlabel("step")
     axes[0, 0].set_ylabel("symmetry weight")
-    axes[1, 0].set_ylabel("symmetrisation gap")
+    axes[1, 0].set_ylabel("symmetrisation gap (dotted: release threshold)")
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
