@@ -165,29 +165,31 @@ class AutoSymmetryWeights:
 
       (the weight grows while the violation is above its target and shrinks, never below ``hold_floor``, while
       it is below; the tanh bounds each step to a factor ``exp(+-lr)``).
-    * **Release**: at each validation :meth:`update_gaps` takes the *symmetrisation gap* of type ``k``: the
-      relative change of the validation loss when the model's prediction is replaced by its average over the
-      symmetry group (``T_sym / T - 1``; :func:`mlip_cli.train.symmetry_gap.symmetrization_gaps`). Writing the
-      prediction as ``f = f_sym + f_anti``: if the labels have the symmetry, ``f_anti`` is noise and removing it
-      cannot hurt on held-out data (gap ``<= 0`` up to noise); if they do not, ``f_anti`` carries signal and
-      the gap is positive. Gaps count only once the violation is on target (``<= gap_gate * target``, see
-      :meth:`update_gaps`). While the running mean of the counted gaps (weight ``gap_beta`` on the past) is
-      above ``gap_tolerance`` the type is *released*: its weight decays by ``exp(-4 lr)`` per step to ``floor`` instead
-      of following the violation, so the model may learn the broken symmetry. It is enforced again when the gap
-      falls back. The weights themselves thus show the verdict: at least ``hold_floor`` for a symmetry that
-      holds, ``floor`` for one the data breaks.
+    * **Release**: at each validation :meth:`update_gaps` takes the *symmetrisation gap* of type ``k``: how much
+      the validation force MSE rises when the model's prediction is replaced by its average over the symmetry
+      group, as a share of the labels' mean square (``(T(f_sym) - T(f)) / T(0)``;
+      :func:`mlip_cli.train.symmetry_gap.symmetrization_gaps`). Writing the prediction as
+      ``f = f_sym + f_anti``: if the labels have the symmetry, ``f_anti`` is noise and removing it cannot hurt
+      on held-out data (gap ``<= 0`` up to noise); if they do not, ``f_anti`` carries signal and the gap
+      approaches the share of the labels' variance that breaks the symmetry. Gaps count only once the
+      violation is on target (``<= gap_gate * target``, see :meth:`update_gaps`). While the running mean of the
+      counted gaps (weight ``gap_beta`` on the past) is above ``gap_tolerance`` the type is *released*: its
+      weight decays by ``exp(-4 lr)`` per step to ``floor`` instead of following the violation, so the model
+      may learn the broken symmetry. It is enforced again when the gap falls back. The weights themselves thus
+      show the verdict: at least ``hold_floor`` for a symmetry that holds, ``floor`` for one the data breaks.
 
     Defaults: ``init=1.0``, ``target=1e-3`` (relative squared embedding violation, see :func:`alignment_loss`:
-    about 3% rms), ``lr=0.05`` (at most 5% change per step), ``beta=0.9``, ``floor=1e-3``, ``hold_floor=1``, ``ceiling=1e4``,
-    ``gap_tolerance=0.05``, ``gap_beta=0.5``, ``gap_gate=2``. ``lr=0`` keeps fixed weights (a number from the recipe; ``init``
-    may then be below the floor, even 0, since the clip applies only in :meth:`update`); gaps are then still
-    recorded. Non-finite measurements are skipped. Types: ``("rotation", "reflection")``.
+    about 3% rms), ``lr=0.05`` (at most 5% change per step), ``beta=0.9``, ``floor=1e-3``, ``hold_floor=1``,
+    ``ceiling=1e4``, ``gap_tolerance=0.05`` (5% of the labels' variance), ``gap_beta=0.5``, ``gap_gate=2``.
+    ``lr=0`` keeps fixed weights (a number from the recipe; ``init`` may then be below the floor, even 0, since
+    the clip applies only in :meth:`update`). Non-finite measurements are skipped. Types:
+    ``("rotation", "reflection")``.
     """
 
     def __init__(self, types=("rotation", "reflection"), init: float | Mapping[str, float] = 1.0,
                  target: float | Mapping[str, float] = 1e-3, lr: float = 0.05, beta: float = 0.9,
-                 floor: float = 1e-3, ceiling: float = 1e4, hold_floor: float = 1.0, gap_tolerance: float = 0.05, gap_beta: float = 0.5,
-                 gap_gate: float = 2.0):
+                 floor: float = 1e-3, ceiling: float = 1e4, hold_floor: float = 1.0, gap_tolerance: float = 0.05,
+                 gap_beta: float = 0.5, gap_gate: float = 2.0):
         self.types = tuple(str(t) for t in types)
         if not self.types or len(set(self.types)) != len(self.types):
             raise UsageError(f"symmetry weights: types must be distinct names, got {list(types)}")

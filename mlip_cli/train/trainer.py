@@ -284,7 +284,7 @@ class Trainer:
             summary = metrics.summary()
             if self.symmetry is not None and self.symmetry.lr > 0:
                 self.symmetry.update_gaps(symmetrization_gaps(
-                    self._eval_model(), self.data.valid, self.recipe.loss, vbs, self.device, self.symmetry.types,
+                    self._eval_model(), self.data.valid, vbs, self.device, self.symmetry.types,
                     self.info, seed=self.state["step"]))
         self.state["valid_s"] += time.perf_counter() - start
         # Without validation data, the training loss of the window decides what is "best".
