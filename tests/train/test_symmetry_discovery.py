@@ -10,10 +10,11 @@ from mlip_cli.train.recipe import load_recipe
 
 
 def test_auto_weights_find_that_rotations_are_broken_and_inversion_holds(tmp_path):
-    recipe = load_recipe("transip-symmetry", ["data.generate.n=240", "run.max_steps=300", "run.threads=1"])
+    overrides = ["data.generate.n=240", "data.generate.strength=6.0", "run.max_steps=300", "run.threads=1"]
+    recipe = load_recipe("transip-symmetry", overrides)
     run_training(recipe, tmp_path / "run")
     with open(tmp_path / "run" / "metrics.csv") as f:
         last = list(csv.DictReader(f))[-1]
-    assert last["symmetry_holds/rotation"] == "0" and float(last["symmetry_gap/rotation"]) > 1.0
+    assert last["symmetry_holds/rotation"] == "0" and float(last["symmetry_gap/rotation"]) > 0.05
     assert float(last["symmetry_weight/rotation"]) < 0.01  # released: decayed towards the floor
-    assert last["symmetry_holds/reflection"] == "1" and float(last["symmetry_gap/reflection"]) < 0.05
+    assert last["symmetry_holds/reflection"] == "1" and float(last["symmetry_gap/reflection"]) < 0.01
