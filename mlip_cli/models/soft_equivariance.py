@@ -92,16 +92,32 @@ def rotate_embeddings(x: torch.Tensor, irreps: Irreps, R: torch.Tensor) -> torch
     return torch.cat([q.reshape(x.shape[0], -1) for q in parts], dim=1)
 
 
-def alignment_loss(moved: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
-    """Relative violation ``sum |a - b|^2 / (sum (|a|^2 + |b|^2) / 2)`` (0: equivariant; 2: unrelated).
+def alignment_loss(moved: torch.Tensor, expected: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Relative violation ``sum |a - b|^2 / (sum (|a - a_g|^2 + |b - b_g|^2) / 2)``, with ``a_g`` the mean of
+    ``a`` over the rows of the same group (0: equivariant; about 2 or more: unrelated).
 
-    Scale-free, so a target violation means the same for any model width or training stage.
+    Scale-free, so a target violation means the same for any model width or training stage. The groups are the
+    atoms' elements: embeddings carry a large per-element offset that is trivially invariant, and measuring the
+    violation against it would let a small relative violation hide a large error in the part that encodes
+    geometry (a 2.5% rms violation by total norm left 3BPA forces 19% off under rotation). Without groups
+    the whole norm is used.
 
     Shapes:
-        moved ``[N, D]`` (``embed(g x)``), expected ``[N, D]`` (``D(g) embed(x)``) -> scalar.
+        moved ``[N, D]`` (``embed(g x)``), expected ``[N, D]`` (``D(g) embed(x)``), groups ``[N]`` int -> scalar.
     """
     num = (moved - expected).pow(2).sum()
-    den = 0.5 * (moved.pow(2).sum() + expected.pow(2).sum())
+    if groups is None:
+        den = 0.5 * (moved.pow(2).sum() + expected.pow(2).sum())
+    else:
+        size = int(groups.max()) + 1 if groups.numel() else 0
+        count = torch.zeros(size, dtype=moved.dtype, device=moved.device).index_add_(
+            0, groups, torch.ones_like(groups, dtype=moved.dtype)).clamp(min=1)[:, None]
+
+        def spread(x):
+            mean = torch.zeros(size, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, groups, x) / count
+            return (x - mean.index_select(0, groups)).pow(2).sum()
+
+        den = 0.5 * (spread(moved) + spread(expected))
     return num / (den + torch.finfo(moved.dtype).tiny)
 
 

@@ -247,11 +247,12 @@ class TransIPPotential(Potential):
         ``embed(g x)`` against ``D(g) embed(x)`` over all layers' embeddings. ``out`` is unused.
         """
         emb, irreps = self.embed(batch, layers="all")
-        atom_graph = batch.batch
+        atom_graph, species = batch.batch, self.element_table(batch.numbers)
         losses = {}
         inversion = -torch.eye(3, dtype=torch.float64).expand(batch.num_graphs, 3, 3)
         for name, g in (("rotation", random_rotation(batch.num_graphs)), ("reflection", inversion)):
             g = g.to(device=emb.device, dtype=emb.dtype)
             moved = self.embed(transform_batch(batch, g), layers="all")[0]
-            losses[name] = alignment_loss(moved, rotate_embeddings(emb, irreps, g.index_select(0, atom_graph)))
+            losses[name] = alignment_loss(moved, rotate_embeddings(emb, irreps, g.index_select(0, atom_graph)),
+                                          groups=species)
         return losses

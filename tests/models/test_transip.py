@@ -222,6 +222,23 @@ def test_alignment_loss_is_zero_for_an_equivariant_map():
     assert alignment_loss(embed(pos @ M.T), embed(pos)) > 1e-2  # vectors do move
 
 
+def test_alignment_loss_measures_against_the_spread_within_each_element():
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(8, 5, dtype=torch.float64, generator=gen)
+    b = a + 0.01 * torch.randn(8, 5, dtype=torch.float64, generator=gen)
+    groups = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
+    offset = 100.0 * torch.randn(3, 5, dtype=torch.float64, generator=gen)[groups]  # per-element constants
+    grouped = alignment_loss(a, b, groups)
+    # a large invariant per-element offset hides the violation from the plain norm but not from the grouped one
+    assert alignment_loss(a + offset, b + offset, groups) == pytest.approx(float(grouped), rel=1e-12)
+    assert alignment_loss(a + offset, b + offset) < 1e-3 * float(grouped)
+    # by hand: spread about each element's mean
+    mean = torch.stack([a[groups == g].mean(0) for g in range(3)])[groups]
+    mean_b = torch.stack([b[groups == g].mean(0) for g in range(3)])[groups]
+    expected = (a - b).pow(2).sum() / (0.5 * ((a - mean).pow(2).sum() + (b - mean_b).pow(2).sum()))
+    assert float(grouped) == pytest.approx(float(expected), rel=1e-12)
+
+
 def test_alignment_only_training_reduces_violation(graphs):
     """Two dozen Adam steps on the alignment loss alone cut the rotation violation by > 10x (~100x in practice)."""
     model = _model().train()
