@@ -135,6 +135,7 @@ def test_eval_cli_matches_direct_computation(tmp_path, small_data):
     for kind in ("rotation", "reflection"):
         assert report["equivariance"][kind]["energy_mev_per_atom"] < 1e-6
         assert report["equivariance"][kind]["force_rel"] < 1e-8
+        assert report["equivariance"][kind]["force_angle_deg"] < 1e-5
 
 
 def test_eval_rejects_a_file_that_is_not_a_checkpoint(tmp_path, small_data):
