@@ -102,7 +102,12 @@ class LossSection:
     forces: float = 10.0
     stress: float = 0.0
     symmetry: Any = "auto"
-    """TransIP only: weight of the learned-equivariance regularisers, a number or ``auto`` (tuned by dual ascent)."""
+    """TransIP only: weight of the learned-equivariance regularisers, a number or ``auto`` (enforced by dual
+    ascent, released where the data breaks the symmetry; see ``AutoSymmetryWeights``)."""
+    symmetry_target: float = 1e-3
+    """``auto``: the alignment violation each enforced symmetry is held to."""
+    symmetry_tolerance: float = 0.05
+    """``auto``: symmetrisation gap (share of the labels' variance) above which a symmetry is released."""
 
 
 @dataclass
@@ -236,6 +241,8 @@ class Recipe:
                 raise RecipeError(f"recipe: loss.{name} must be >= 0, got {getattr(lo, name)}")
         if lo.symmetry != "auto" and not (isinstance(lo.symmetry, (int, float)) and lo.symmetry >= 0):
             raise RecipeError(f"recipe: loss.symmetry must be 'auto' or a number >= 0, got {lo.symmetry!r}")
+        _positive(lo.symmetry_target, "loss.symmetry_target", float)
+        _positive(lo.symmetry_tolerance, "loss.symmetry_tolerance", float)
         r.time_budget = parse_duration(r.time_budget)
         if r.max_steps is None and r.max_epochs is None and r.time_budget is None:
             raise RecipeError("recipe: set at least one of run.max_steps, run.max_epochs, run.time_budget "

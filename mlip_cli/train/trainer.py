@@ -153,8 +153,10 @@ class Trainer:
         from ..models.soft_equivariance import AutoSymmetryWeights
 
         types = getattr(self.model, "symmetry_types", ("rotation", "reflection"))
-        return AutoSymmetryWeights(types) if weight == "auto" else AutoSymmetryWeights(types, init=float(weight),
-                                                                                       lr=0.0)
+        if weight == "auto":
+            loss = self.recipe.loss
+            return AutoSymmetryWeights(types, target=loss.symmetry_target, gap_tolerance=loss.symmetry_tolerance)
+        return AutoSymmetryWeights(types, init=float(weight), lr=0.0)
 
     def _data_progress(self):
         return None if self.progress_factory is None else _counting_progress(self.progress_factory)

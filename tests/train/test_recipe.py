@@ -42,6 +42,8 @@ def test_unknown_key_names_key_and_allowed_values(tmp_path):
     ("data", "batch_size", 0, "positive integer"),
     ("data", "split", [0.5, 0.2], "summing to 1"),
     ("optim", "ema_decay", 1.5, r"\[0, 1\)"),
+    ("loss", "symmetry_target", 0, "loss.symmetry_target must be a positive number"),
+    ("loss", "symmetry_tolerance", "high", "loss.symmetry_tolerance must be a positive number"),
 ])
 def test_bad_values_are_named(tmp_path, section, key, value, message):
     with pytest.raises(RecipeError, match=message):

@@ -163,6 +163,15 @@ def test_transip_trains_with_tuned_symmetry_weights(tmp_path, small_data):
         float(rows[-1]["symmetry_weight/rotation"]))
 
 
+def test_recipe_sets_the_automatic_symmetry_target_and_tolerance(tmp_path, small_data):
+    recipe = tiny_recipe(small_data, family="transip", run={"max_steps": 2, "valid_every": 2},
+                         loss={"symmetry": "auto", "symmetry_target": 2e-4, "symmetry_tolerance": 0.2})
+    recipe["model"].update({"vector_channels": 2, "num_heads": 2})
+    run_training(Recipe.from_dict(recipe), tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run" / "last.pt")["train_state"]["symmetry"]
+    assert state["targets"] == {"rotation": 2e-4, "reflection": 2e-4} and state["gap_tolerance"] == 0.2
+
+
 def test_fixed_symmetry_weight_stays(tmp_path, small_data):
     recipe = tiny_recipe(small_data, family="transip", run={"max_steps": 4, "valid_every": 4},
                          loss={"symmetry": 0.5})
