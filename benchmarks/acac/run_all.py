@@ -94,6 +94,20 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def machine_info(load_before) -> dict:
+    """Platform, CPU count and the load average before and after the jobs."""
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "load_before": load_before,
+            "load_after": os.getloadavg()}
+
+
+def write_report(path: Path, report: dict, text: str) -> None:
+    """Write the JSON report and print the Markdown table."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str))
+    print(text)
+    print(f"\nwritten {path}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", type=float, default=1200, help="training seconds per model")
@@ -124,12 +138,8 @@ def main() -> None:
         if codes.get(name) == 0:
             results[name] = mace_numbers(path) if name == "mace" else mlip_numbers(path)
     report = {"budget_s": args.budget, "threads": args.threads, "parallel": args.parallel, "exit_codes": codes,
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_before": load_before,
-                          "load_after": os.getloadavg()}, "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=str))
-    print(table(results))
-    print(f"\nwritten {args.out}")
+              "machine": machine_info(load_before), "results": results}
+    write_report(args.out, report, table(results))
 
 
 if __name__ == "__main__":

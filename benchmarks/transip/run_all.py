@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "acac"))
-from run_all import run_jobs  # noqa: E402  (the acac driver's job runner)
+from run_all import machine_info, run_jobs, write_report  # noqa: E402  (the acac driver's helpers)
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = {
@@ -137,13 +136,8 @@ def main() -> None:
         else:
             results[LABELS[v]] = summary(run, evaluate(run, files["test"], args.threads, None))
     report = {"dataset": args.dataset, "budget_s": args.budget, "threads": args.threads, "parallel": args.parallel,
-              "exit_codes": codes, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                               "load_before": load_before, "load_after": os.getloadavg()},
-              "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=str))
-    print(table(results))
-    print(f"\nwritten {args.out}")
+              "exit_codes": codes, "machine": machine_info(load_before), "results": results}
+    write_report(args.out, report, table(results))
 
 
 if __name__ == "__main__":

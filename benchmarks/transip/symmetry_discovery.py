@@ -24,13 +24,12 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "acac"))
-from run_all import run_jobs  # noqa: E402  (the acac driver's job runner)
+from run_all import machine_info, run_jobs  # noqa: E402  (the acac driver's helpers)
 
 CASES = {
     "symmetric": ["data.generate.breaking=null"],
@@ -113,6 +112,7 @@ def main() -> None:
         for s in CASES[case]:
             cmd += ["--set", s]
         jobs[case] = cmd
+    load_before = os.getloadavg()
     codes = run_jobs(jobs, args.parallel, args.work)
     histories = {c: read_rows(args.work / c) for c in args.cases if codes.get(c) == 0}
     plotted = {c: rows for c, rows in histories.items() if c in EXPECTED}
@@ -120,8 +120,7 @@ def main() -> None:
                for c, rows in histories.items()}
     table = markdown(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"steps": args.steps, "exit_codes": codes, "machine": {"platform": platform.platform(),
-                                                                     "cpus": os.cpu_count()}, "results": results}
+    report = {"steps": args.steps, "exit_codes": codes, "machine": machine_info(load_before), "results": results}
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     args.out.with_suffix(".md").write_text(table + "\n")
     if plotted:

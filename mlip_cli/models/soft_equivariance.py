@@ -167,6 +167,13 @@ def random_rotate_batch(batch, generator: torch.Generator | None = None, reflect
 
 
 # ------------------------------------------------------------------------------------ tuned weights
+def _running_mean(store: dict[str, float], name: str, value: float, beta: float) -> float:
+    """``store[name] <- value`` the first time, else ``beta * store[name] + (1 - beta) * value``; returns it."""
+    prev = store.get(name)
+    store[name] = value if prev is None else beta * prev + (1 - beta) * value
+    return store[name]
+
+
 class AutoSymmetryWeights:
     """One regulariser weight per symmetry type, tuned during training (no nn state).
 
@@ -257,9 +264,7 @@ class AutoSymmetryWeights:
             if not math.isfinite(v):
                 continue
             self.last[name] = v
-            prev = self.violations.get(name)
-            v_bar = v if prev is None else self.beta * prev + (1 - self.beta) * v
-            self.violations[name] = v_bar
+            v_bar = _running_mean(self.violations, name, v, self.beta)
             if self.lr > 0:  # lr = 0: fixed weights, measured and logged only
                 target = self.targets[name]
                 if self.released(name):
@@ -285,8 +290,7 @@ class AutoSymmetryWeights:
             self.last_gaps[name] = g
             on_target = self.violations.get(name, math.inf) <= self.gap_gate * self.targets[name]
             if self.released(name) or on_target:
-                prev = self.gaps.get(name)
-                self.gaps[name] = g if prev is None else self.gap_beta * prev + (1 - self.gap_beta) * g
+                _running_mean(self.gaps, name, g, self.gap_beta)
 
     def weighted_sum(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """``sum_k weight_k * losses[k]`` over the types present in ``losses``."""
