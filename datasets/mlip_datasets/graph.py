@@ -92,6 +92,21 @@ def structure_to_graph(structure: Structure, cutoff: float, dtype: torch.dtype =
     )
 
 
+def edge_vectors(positions: torch.Tensor, cell: torch.Tensor, shifts: torch.Tensor, edge_index: torch.Tensor,
+                 node_graph: torch.Tensor) -> torch.Tensor:
+    """The one definition of an edge vector: ``positions[j] - positions[i] + shifts @ cell[structure of i]``.
+
+    Models call it with strained positions and cells (stress), so it takes tensors rather than a batch.
+
+    Shapes:
+        positions (N, 3), cell (B, 3, 3) (or (3, 3) for one structure), shifts (E, 3), edge_index (2, E),
+        node_graph (N,) structure of each atom -> (E, 3).
+    """
+    src, dst = edge_index[0], edge_index[1]
+    edge_cell = cell.reshape(-1, 3, 3).index_select(0, node_graph.index_select(0, src))
+    return positions[dst] - positions[src] + torch.einsum("ei,eij->ej", shifts, edge_cell)
+
+
 @dataclass
 class Batch:
     """Several graphs concatenated. Labels a structure lacks are zeros, with ``*_mask`` False.
@@ -137,9 +152,7 @@ class Batch:
 
     def edge_vectors(self) -> torch.Tensor:
         """Edge vectors ``positions[j] - positions[i] + shifts @ cell[structure of i]``. Shapes: -> (E, 3)."""
-        src, dst = self.edge_index
-        cell = self.cell[self.batch[src]]
-        return self.positions[dst] - self.positions[src] + torch.einsum("ei,eij->ej", self.shifts, cell)
+        return edge_vectors(self.positions, self.cell, self.shifts, self.edge_index, self.batch)
 
     def to(self, device=None, dtype: torch.dtype | None = None, non_blocking: bool = False) -> "Batch":
         """Move every tensor to ``device``; ``dtype`` converts the floating-point ones (energies stay float64)."""
@@ -200,4 +213,46 @@ def collate_graphs(graphs: Sequence[AtomicGraph]) -> Batch:
         charge_mask=charge_mask,
         spin_mask=spin_mask,
         index=torch.tensor([g.index for g in graphs], dtype=torch.long),
+    )
+
+
+def unlabelled_batch(numbers: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
+                     edge_index: torch.Tensor, shifts: torch.Tensor, node_graph: torch.Tensor,
+                     charge: Sequence[float | None] | None = None, spin: Sequence[float | None] | None = None,
+                     index: Sequence[int] | None = None, dtype: torch.dtype | None = None) -> Batch:
+    """A :class:`Batch` without labels (what a model call needs), from tensors already on their device.
+
+    The calculator and batched relaxation build one on every step, so this skips ``collate_graphs``' per-graph
+    work. Label fields are zeros with False masks; ``charge``/``spin`` (one entry per structure, ``None`` for
+    unknown) set their masks; ``index`` defaults to -1 for every structure.
+
+    Shapes:
+        numbers (N,), positions (N, 3), cell (B, 3, 3), pbc (B, 3), edge_index (2, E), shifts (E, 3),
+        node_graph (N,) structure of each atom, in order.
+    """
+    dtype = dtype or positions.dtype
+    device = positions.device
+    num = int(cell.reshape(-1, 3, 3).shape[0])
+    n = int(numbers.shape[0])
+    natoms = torch.bincount(node_graph, minlength=num) if n else torch.zeros(num, dtype=torch.long, device=device)
+    ptr = torch.zeros(num + 1, dtype=torch.long, device=device)
+    torch.cumsum(natoms, 0, out=ptr[1:])
+    no = torch.zeros(num, dtype=torch.bool, device=device)
+
+    def optional(values: Sequence[float | None] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        values = [None] * num if values is None else list(values)
+        data = torch.tensor([0.0 if v is None else float(v) for v in values], dtype=dtype, device=device)
+        return data, torch.tensor([v is not None for v in values], dtype=torch.bool, device=device)
+
+    charge_t, charge_mask = optional(charge)
+    spin_t, spin_mask = optional(spin)
+    return Batch(
+        numbers=numbers, positions=positions.to(dtype), cell=cell.to(dtype).reshape(num, 3, 3),
+        pbc=pbc.reshape(num, 3), edge_index=edge_index, shifts=shifts.to(dtype), batch=node_graph, ptr=ptr,
+        natoms=natoms, energy=torch.zeros(num, dtype=torch.float64, device=device),
+        forces=torch.zeros(n, 3, dtype=dtype, device=device), stress=torch.zeros(num, 3, 3, dtype=dtype, device=device),
+        charge=charge_t, spin=spin_t, energy_mask=no, forces_mask=torch.zeros(n, dtype=torch.bool, device=device),
+        stress_mask=no, charge_mask=charge_mask, spin_mask=spin_mask,
+        index=torch.full((num,), -1, dtype=torch.long, device=device) if index is None
+        else torch.as_tensor(list(index), dtype=torch.long, device=device),
     )

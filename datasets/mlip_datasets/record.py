@@ -14,6 +14,15 @@ import numpy as np
 
 LABELS = ("energy", "forces", "stress", "charge", "spin")
 
+#: |det(cell)| below this (A^3) counts as no cell: molecules store an all-zero cell.
+MIN_CELL_VOLUME = 1e-6
+
+
+def is_periodic(cell, pbc) -> bool:
+    """True when any axis is periodic and the cell has a volume (the one test calculator and models share)."""
+    volume = abs(float(np.linalg.det(np.asarray(cell, dtype=np.float64).reshape(3, 3))))
+    return bool(np.any(pbc)) and volume > MIN_CELL_VOLUME
+
 
 @dataclass
 class Structure:
