@@ -17,6 +17,7 @@ from torch import nn
 from ..nn.embedding import ElementTable
 from ..nn.readout import AtomicReference, ScaleShift
 from .config import ModelConfig
+from .hooks import TrainingHooks
 
 __all__ = ["Potential"]
 
@@ -46,6 +47,10 @@ class Potential(nn.Module):
     @property
     def cutoff(self) -> float:
         return self.config.cutoff
+
+    def training_hooks(self) -> TrainingHooks:
+        """What this model adds to training beyond the data loss (none by default)."""
+        return TrainingHooks()
 
     def interaction_energies(self, species: torch.Tensor, vectors: torch.Tensor, src: torch.Tensor,
                              dst: torch.Tensor, num_atoms: int) -> torch.Tensor:
