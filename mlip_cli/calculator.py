@@ -23,20 +23,16 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from mlip_datasets.graph import Batch
+from mlip_datasets.graph import Batch, unlabelled_batch
 from mlip_datasets.neighbors import neighbor_list
+from mlip_datasets.record import is_periodic, stress_to_voigt
 
 from .checkpoint import load_model, resolve_dtype
 
-__all__ = ["MLIPCalculator", "SkinNeighborList", "DEFAULT_SKIN", "single_batch", "is_periodic"]
+__all__ = ["MLIPCalculator", "SkinNeighborList", "DEFAULT_SKIN", "single_batch"]
 
 #: Default skin in Angstrom: the list is rebuilt once some atom has moved 0.25 A (tens of MD steps).
 DEFAULT_SKIN = 0.5
-
-
-def is_periodic(cell: np.ndarray, pbc: np.ndarray) -> bool:
-    """Whether stress is defined: some periodic axis and a cell of full rank (a volume)."""
-    return bool(np.any(pbc)) and abs(float(np.linalg.det(np.asarray(cell, dtype=np.float64)))) > 1e-6
 
 
 class SkinNeighborList:
@@ -109,40 +105,19 @@ def single_batch(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, p
                  spin: float | None = None) -> Batch:
     """A :class:`~mlip_datasets.graph.Batch` of one structure without labels (what a model call needs).
 
-    Built directly rather than through ``collate_graphs``: it is on the per-step path of MD.
-
     Shapes:
         numbers (N,), positions (N, 3), cell (3, 3), pbc (3,), edges ``(src (E,), dst (E,), shifts (E, 3))``.
     """
-    n = len(numbers)
     src, dst, shifts = edges
 
-    def real(x):
+    def real(x) -> torch.Tensor:
         return torch.as_tensor(np.asarray(x, dtype=np.float64), device=device).to(dtype)
 
-    def flag(value) -> torch.Tensor:
-        return torch.tensor([value is not None], device=device)
-
-    zero1 = torch.zeros(1, dtype=dtype, device=device)
-    return Batch(
-        numbers=torch.as_tensor(np.asarray(numbers, dtype=np.int64), device=device),
-        positions=real(positions),
-        cell=real(cell).reshape(1, 3, 3),
-        pbc=torch.as_tensor(np.asarray(pbc, dtype=bool), device=device).reshape(1, 3),
-        edge_index=torch.as_tensor(np.stack([src, dst]), device=device),
-        shifts=real(shifts),
-        batch=torch.zeros(n, dtype=torch.long, device=device),
-        ptr=torch.tensor([0, n], device=device),
-        natoms=torch.tensor([n], device=device),
-        energy=zero1,
-        forces=torch.zeros(n, 3, dtype=dtype, device=device),
-        stress=torch.zeros(1, 3, 3, dtype=dtype, device=device),
-        charge=torch.tensor([0.0 if charge is None else float(charge)], dtype=dtype, device=device),
-        spin=torch.tensor([0.0 if spin is None else float(spin)], dtype=dtype, device=device),
-        energy_mask=flag(None), forces_mask=torch.zeros(n, dtype=torch.bool, device=device),
-        stress_mask=flag(None), charge_mask=flag(charge), spin_mask=flag(spin),
-        index=torch.tensor([-1], device=device),
-    )
+    return unlabelled_batch(
+        numbers=torch.as_tensor(np.asarray(numbers, dtype=np.int64), device=device), positions=real(positions),
+        cell=real(cell), pbc=torch.as_tensor(np.asarray(pbc, dtype=bool), device=device),
+        edge_index=torch.as_tensor(np.stack([src, dst]), device=device), shifts=real(shifts),
+        node_graph=torch.zeros(len(numbers), dtype=torch.long, device=device), charge=[charge], spin=[spin])
 
 
 class MLIPCalculator(Calculator):
@@ -255,5 +230,4 @@ class MLIPCalculator(Calculator):
             "forces": out["forces"].detach().to("cpu", torch.float64).numpy().copy(),
         }
         if want_stress:
-            s = out["stress"][0].detach().to("cpu", torch.float64).numpy()
-            self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+            self.results["stress"] = stress_to_voigt(out["stress"][0].detach().to("cpu", torch.float64).numpy())

@@ -45,7 +45,7 @@ def md(
     from ..calculator import MLIPCalculator
     from ..md import ENSEMBLES, MDFailure, run_md
     from ..ui import console, err_console, print_json, progress, table
-    from .relax import check_elements, read_structures
+    from ..structures import check_elements, read_structures
 
     ensemble = ensemble.lower()
     if ensemble not in ENSEMBLES:
@@ -60,7 +60,7 @@ def md(
     if not -len(frames) <= index < len(frames):
         raise UsageError(f"{structure}: --index {index} out of range for {len(frames)} frames")
     calc = MLIPCalculator.from_checkpoint(model, device=device, dtype=dtype, skin=skin)
-    check_elements([frames[index]], calc.model, structure)
+    check_elements([frames[index]], calc.model.config.elements, structure)
     atoms = frames[index].to_atoms()
     atoms.calc = calc
     try:

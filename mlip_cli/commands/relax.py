@@ -22,30 +22,6 @@ def _parse_tags(text: str | None) -> tuple[int, ...]:
         raise UsageError(f"--fix-tags must be comma-separated integers, got {text!r}") from None
 
 
-def check_elements(structures, model, path: Path) -> None:
-    """Every element must be one the model was built for; the error names the first bad record."""
-    known = set(int(z) for z in model.config.elements)
-    for i, s in enumerate(structures):
-        extra = sorted(set(int(z) for z in s.numbers) - known)
-        if extra:
-            from ase.data import chemical_symbols
-
-            names = ", ".join(chemical_symbols[z] for z in extra)
-            raise UsageError(f"{path}: structure {i} has elements ({names}) that the model does not cover "
-                             f"(model elements: {' '.join(chemical_symbols[z] for z in sorted(known))})")
-
-
-def read_structures(path: Path) -> list:
-    """Every frame of ``path`` (any ``ase.io`` file, or any data set ``mlip data`` reads)."""
-    from mlip_datasets.io import open_dataset
-
-    with open_dataset(path) as reader:
-        structures = [reader[i] for i in range(len(reader))]
-    if not structures:
-        raise UsageError(f"{path}: holds no structures")
-    return structures
-
-
 def _formula(s) -> str:
     from ase.symbols import Symbols
 
@@ -89,6 +65,7 @@ def relax(
 
     from ..checkpoint import load_model
     from ..relax import CONVERGED, FAILED, relax_structures, uses_batched
+    from ..structures import check_elements, read_structures
     from ..ui import console, err_console, print_json, progress, table
 
     optimizer = optimizer.upper()
@@ -106,7 +83,7 @@ def relax(
         torch.set_num_threads(threads)
     frames = read_structures(structures)
     net = load_model(model, device=device, dtype=dtype)
-    check_elements(frames, net, structures)
+    check_elements(frames, net.config.elements, structures)
 
     path = ("batched " if uses_batched(optimizer, relax_cell, batched) else "ASE ") + optimizer
     start = time.perf_counter()

@@ -11,9 +11,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from mlip_datasets.record import Structure
+from mlip_datasets.record import Structure, is_periodic, stress_to_matrix
 
-from ..calculator import MLIPCalculator, is_periodic
+from ..calculator import MLIPCalculator
 from .result import (CONVERGED, DEFAULT_MAX_FORCE, FAILED, NOT_CONVERGED, RelaxResult, failure_reason,
                      finished_structure, fixed_mask, frame)
 
@@ -74,16 +74,11 @@ def relax_one(calc: MLIPCalculator, s: Structure, index: int, optimizer: str = "
     status = CONVERGED if converged else NOT_CONVERGED
     stress = None
     if cell_dofs:
-        stress = _voigt_to_matrix(atoms.get_stress())
+        stress = stress_to_matrix(atoms.get_stress())
     final = finished_structure(s, atoms.positions, atoms.cell.array, calc.results["energy"],
                                calc.results["forces"], stress, status, opt.nsteps, fmax_now)
     return RelaxResult(index, status, opt.nsteps, float(calc.results["energy"]), fmax_now, final,
                        trajectory=frames if trajectory else None)
-
-
-def _voigt_to_matrix(v: np.ndarray) -> np.ndarray:
-    xx, yy, zz, yz, xz, xy = v
-    return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
 
 
 def relax_ase(calc: MLIPCalculator, structures: Sequence[Structure], optimizer: str = "BFGS",

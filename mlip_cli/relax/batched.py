@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from mlip_datasets.graph import Batch
+from mlip_datasets.graph import Batch, edge_vectors, unlabelled_batch
 from mlip_datasets.record import Structure
 
 from ..calculator import DEFAULT_SKIN, SkinNeighborList
@@ -97,30 +97,16 @@ class _Chunk:
             self._gather_edges()
         src, dst, shifts = self._edges
         shifts = shifts.to(self.positions.dtype)
-        cell = self.cell[self.graph[src]]
-        vec = self.positions[dst] - self.positions[src] + torch.einsum("ei,eij->ej", shifts, cell)
+        edge_index = torch.stack([src, dst])
+        vec = edge_vectors(self.positions, self.cell, shifts, edge_index, self.graph)
         keep = (vec * vec).sum(dim=1) < self.cutoff ** 2
-        return torch.stack([src[keep], dst[keep]]), shifts[keep]
+        return edge_index[:, keep], shifts[keep]
 
     def batch(self, dtype: torch.dtype) -> Batch:
         edge_index, shifts = self.edges()
-        num, n, dev = len(self.ids), len(self.numbers), self.device
-        no = torch.zeros(num, dtype=torch.bool, device=dev)
-        zeros = torch.zeros(num, dtype=dtype, device=dev)
-        charge = [s.charge for s in self.structures]
-        spin = [s.spin for s in self.structures]
-        return Batch(
-            numbers=self.numbers, positions=self.positions.to(dtype), cell=self.cell.to(dtype), pbc=self.pbc,
-            edge_index=edge_index, shifts=shifts.to(dtype), batch=self.graph, ptr=self.ptr, natoms=self.natoms,
-            energy=zeros, forces=torch.zeros(n, 3, dtype=dtype, device=dev),
-            stress=torch.zeros(num, 3, 3, dtype=dtype, device=dev),
-            charge=torch.tensor([0.0 if c is None else float(c) for c in charge], dtype=dtype, device=dev),
-            spin=torch.tensor([0.0 if c is None else float(c) for c in spin], dtype=dtype, device=dev),
-            energy_mask=no, forces_mask=torch.zeros(n, dtype=torch.bool, device=dev), stress_mask=no,
-            charge_mask=torch.tensor([c is not None for c in charge], device=dev),
-            spin_mask=torch.tensor([c is not None for c in spin], device=dev),
-            index=torch.tensor(self.ids, device=dev),
-        )
+        return unlabelled_batch(self.numbers, self.positions, self.cell, self.pbc, edge_index, shifts, self.graph,
+                                charge=[s.charge for s in self.structures], spin=[s.spin for s in self.structures],
+                                index=self.ids, dtype=dtype)
 
     def keep(self, structures: torch.Tensor) -> torch.Tensor:
         """Keep only the structures where ``structures [B]`` is True; returns the atom mask ``[N]``."""
