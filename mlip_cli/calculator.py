@@ -17,7 +17,7 @@ only the listed pairs closer than ``cutoff``; the model's envelope is exactly ze
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -161,7 +161,7 @@ class MLIPCalculator(Calculator):
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
-                        dtype: str | torch.dtype | None = None, use_ema: bool = True, **kwargs) -> "MLIPCalculator":
+                        dtype: str | torch.dtype | None = None, use_ema: bool = True, **kwargs) -> MLIPCalculator:
         """Load the model of a checkpoint (or run directory) with :func:`mlip_cli.checkpoint.load_model`.
 
         Args:

@@ -14,9 +14,9 @@ time, in eV/atom/ps (the conserved quantity only in NVE); speed is steps per wal
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -131,7 +131,7 @@ class _Writer:
 
             self._traj, self._fh = Trajectory(str(self.path), "w", atoms), None
         else:
-            self._traj, self._fh = None, open(self.path, "w")
+            self._traj, self._fh = None, open(self.path, "w")  # noqa: SIM115 (open for the whole run; closed in close())
 
     def __call__(self) -> None:
         if self._traj is not None:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from ..errors import UsageError
+from .options import Device, Dtype, ModelPath, Skin, Threads, set_threads
 
 
 def md(
     structure: Annotated[Path, typer.Argument(help="Input: any ase.io file or a data set from `mlip data`.")],
-    model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (.pt) or run directory.")],
+    model: ModelPath,
     ensemble: Annotated[str, typer.Option(help="nve (velocity Verlet), nvt (Langevin) or npt (isotropic MTK).")]
     = "nve",
     temperature: Annotated[float, typer.Option(help="Initial-velocity and thermostat temperature, K.")] = 300.0,
@@ -21,31 +22,30 @@ def md(
     index: Annotated[int, typer.Option(help="Which frame of the input to run (default: the first).")] = 0,
     friction: Annotated[float, typer.Option(help="Langevin friction, 1/fs (nvt).")] = 0.01,
     pressure: Annotated[float, typer.Option(help="Target pressure, GPa (npt).")] = 0.0,
-    tdamp: Annotated[Optional[float], typer.Option(help="NPT thermostat time constant, fs (default 100 steps).")]
+    tdamp: Annotated[float | None, typer.Option(help="NPT thermostat time constant, fs (default 100 steps).")]
     = None,
-    pdamp: Annotated[Optional[float], typer.Option(help="NPT barostat time constant, fs (default 1000 steps).")]
+    pdamp: Annotated[float | None, typer.Option(help="NPT barostat time constant, fs (default 1000 steps).")]
     = None,
     seed: Annotated[int, typer.Option(help="Seed of the Maxwell-Boltzmann initial velocities (drawn at "
                                            "--temperature) and of the Langevin noise.")] = 0,
-    traj: Annotated[Optional[Path], typer.Option(help="Trajectory file (.traj, else extended XYZ).")] = None,
+    traj: Annotated[Path | None, typer.Option(help="Trajectory file (.traj, else extended XYZ).")] = None,
     traj_interval: Annotated[int, typer.Option(min=1, help="Write a frame every N steps.")] = 10,
-    log: Annotated[Optional[Path], typer.Option(help="ASE MD log (time, energies per atom, temperature).")] = None,
+    log: Annotated[Path | None, typer.Option(help="ASE MD log (time, energies per atom, temperature).")] = None,
     log_interval: Annotated[int, typer.Option(min=1, help="Log every N steps.")] = 10,
-    out: Annotated[Optional[Path], typer.Option(help="Write the final frame here.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the final frame here.")] = None,
     max_force: Annotated[float, typer.Option(help="Stop if a force exceeds this, eV/A.")] = 1000.0,
-    device: Annotated[str, typer.Option(help="cpu or cuda[:i].")] = "cpu",
-    dtype: Annotated[Optional[str], typer.Option(help="float32 or float64 (default: the checkpoint's).")] = None,
-    skin: Annotated[float, typer.Option(min=0.0, help="Neighbour-list skin, A.")] = 0.5,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="torch threads.")] = None,
+    device: Device = "cpu",
+    dtype: Dtype = None,
+    skin: Skin = 0.5,
+    threads: Threads = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Run MD and report energy drift per atom per ps, steps/s and ns/day."""
-    import torch
 
     from ..calculator import MLIPCalculator
     from ..md import ENSEMBLES, MDFailure, run_md
-    from ..ui import console, err_console, print_json, progress, table
     from ..structures import check_elements, read_structures
+    from ..ui import console, err_console, print_json, progress, table
 
     ensemble = ensemble.lower()
     if ensemble not in ENSEMBLES:
@@ -54,8 +54,7 @@ def md(
         raise UsageError(f"--timestep must be positive, got {timestep}")
     if temperature < 0:
         raise UsageError(f"--temperature must be >= 0, got {temperature}")
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     frames = read_structures(structure)
     if not -len(frames) <= index < len(frames):
         raise UsageError(f"{structure}: --index {index} out of range for {len(frames)} frames")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from ..errors import UsageError
+from .options import Device, Dtype, ModelPath, Skin, Threads, set_threads
 
 OPTIMIZERS = ("FIRE", "BFGS", "LBFGS")
 _MAX_TABLE_ROWS = 50
@@ -31,35 +32,33 @@ def _formula(s) -> str:
 def relax(
     structures: Annotated[Path, typer.Argument(help="Input: any ase.io file (every frame is relaxed) or a data "
                                                     "set written by `mlip data`.")],
-    model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (.pt) or run directory.")],
+    model: ModelPath,
     optimizer: Annotated[str, typer.Option(help="FIRE, BFGS or LBFGS (ASE's algorithms and defaults).")] = "FIRE",
     fmax: Annotated[float, typer.Option(help="Converged when every free atom (and, with --relax-cell, every cell "
                                              "force) is below this, eV/A.")] = 0.05,
     steps: Annotated[int, typer.Option(help="At most this many optimizer steps per structure.")] = 500,
     relax_cell: Annotated[bool, typer.Option("--relax-cell", help="Relax the cell of periodic structures too "
                                                                   "(ASE FrechetCellFilter, one by one).")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="Output file or data set for the final frames "
+    out: Annotated[Path | None, typer.Option(help="Output file or data set for the final frames "
                                                      "(default: INPUT_relaxed.extxyz).")] = None,
-    trajectory: Annotated[Optional[Path], typer.Option(help="Also write each structure's frames to "
+    trajectory: Annotated[Path | None, typer.Option(help="Also write each structure's frames to "
                                                             "DIR/<index>.extxyz.")] = None,
     batched: Annotated[bool, typer.Option("--batched/--one-by-one", help="FIRE/LBFGS at fixed cell: relax many "
                                           "structures per model call (default), or one by one with ASE.")] = True,
     batch_atoms: Annotated[int, typer.Option(min=1, help="At most this many atoms per batched model call.")] = 4096,
-    fix_tags: Annotated[Optional[str], typer.Option(help="Also fix atoms with these tags, e.g. 0 for OC20 "
+    fix_tags: Annotated[str | None, typer.Option(help="Also fix atoms with these tags, e.g. 0 for OC20 "
                                                          "sub-surface atoms.")] = None,
     max_force: Annotated[float, typer.Option(help="A force above this (eV/A) marks the structure as failed "
                                                   "(exploded); it is reported and not written.")] = 1000.0,
-    device: Annotated[str, typer.Option(help="cpu or cuda[:i].")] = "cpu",
-    dtype: Annotated[Optional[str], typer.Option(help="float32 or float64 (default: the checkpoint's).")] = None,
-    skin: Annotated[float, typer.Option(min=0.0, help="Neighbour-list skin, A.")] = 0.5,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="torch threads.")] = None,
+    device: Device = "cpu",
+    dtype: Dtype = None,
+    skin: Skin = 0.5,
+    threads: Threads = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the per-structure results as JSON.")] = False,
 ) -> None:
     """Relax every structure in STRUCTURES; exit code 0 only if all converged (1 otherwise)."""
     import time
-
-    import torch
 
     from mlip_datasets.io import write_dataset
 
@@ -79,8 +78,7 @@ def relax(
     out = out or structures.with_name(structures.name.split(".")[0] + "_relaxed.extxyz")
     if out.exists() and not overwrite:
         raise UsageError(f"{out}: output already exists (pass --overwrite to replace it)")
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     frames = read_structures(structures)
     net = load_model(model, device=device, dtype=dtype)
     check_elements(frames, net.config.elements, structures)

@@ -10,7 +10,7 @@ per-structure ASE path (:mod:`.ase_path`) for BFGS, for cell relaxation, or when
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .result import CONVERGED, DEFAULT_MAX_FORCE, FAILED, NOT_CONVERGED, RelaxResult, fixed_mask
 

@@ -7,15 +7,24 @@ cell forces, so convergence covers the cell too) and for anyone who asks for it.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from mlip_datasets.record import Structure, is_periodic, stress_to_matrix
 
 from ..calculator import MLIPCalculator
-from .result import (CONVERGED, DEFAULT_MAX_FORCE, FAILED, NOT_CONVERGED, RelaxResult, failure_reason,
-                     finished_structure, fixed_mask, frame)
+from .result import (
+    CONVERGED,
+    DEFAULT_MAX_FORCE,
+    FAILED,
+    NOT_CONVERGED,
+    RelaxResult,
+    failure_reason,
+    finished_structure,
+    fixed_mask,
+    frame,
+)
 
 __all__ = ["relax_ase", "ASE_OPTIMIZERS", "ase_optimizer"]
 
@@ -61,7 +70,7 @@ def relax_one(calc: MLIPCalculator, s: Structure, index: int, optimizer: str = "
     opt = ase_optimizer(optimizer)(target, logfile=None, **(optimizer_options or {}))
     frames: list[Structure] = []
     converged, fmax_now = False, float("nan")
-    for converged in opt.irun(fmax=fmax, steps=steps):
+    for converged in opt.irun(fmax=fmax, steps=steps):  # noqa: B007 (the last value is the verdict)
         energy = float(calc.results["energy"])
         forces = calc.results["forces"]
         gradient = target.get_forces()  # constrained; with the filter, the cell rows are included

@@ -9,7 +9,7 @@ through ASE's ``FrechetCellFilter`` per structure, :mod:`mlip_cli.relax.ase_path
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,8 +19,17 @@ from mlip_datasets.record import Structure
 
 from ..calculator import DEFAULT_SKIN, SkinNeighborList
 from .optimizers import OPTIMIZERS, segment_max, segment_sum
-from .result import (CONVERGED, DEFAULT_MAX_FORCE, FAILED, NOT_CONVERGED, RelaxResult, failure_reason,
-                     finished_structure, fixed_mask, frame)
+from .result import (
+    CONVERGED,
+    DEFAULT_MAX_FORCE,
+    FAILED,
+    NOT_CONVERGED,
+    RelaxResult,
+    failure_reason,
+    finished_structure,
+    fixed_mask,
+    frame,
+)
 
 __all__ = ["relax_batched", "chunks_by_atoms"]
 
