@@ -8,17 +8,10 @@ import numpy as np
 import pytest
 from ase.io import read, write
 from ase_testlib import overlapping, periodic_bulk
-from typer.testing import CliRunner
+from cli_runner import mlip
 
-from mlip_cli.cli import app
 from mlip_datasets.generate import generate
 from mlip_datasets.io import open_dataset, write_dataset
-
-runner = CliRunner()
-
-
-def mlip(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
-from mlip_cli.cli import app
-
-runner = CliRunner()
-
-
-def mlip(*args):
-    return runner.invoke(app, [str(a) for a in args])
+from cli_runner import mlip
 
 
 @pytest.fixture(scope="module")
