@@ -6,7 +6,7 @@ realistic-looking data for demos, tests and benchmarks without downloads.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -83,8 +83,7 @@ def slab_adsorbate(n: int, seed: int = 0, frames_per_system: int = 5,
         opt.attach(record)
         opt.run(fmax=0.05, steps=frames_per_system - 1 if max_force is None else 4 * frames_per_system)
         frames = frames[:frames_per_system]
-        for frame in frames[: n - made]:
-            yield frame
+        yield from frames[: n - made]
         made += min(len(frames), n - made)
         sid += 1
 

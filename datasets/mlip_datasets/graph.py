@@ -11,15 +11,14 @@ offset accordingly; ``batch`` maps each atom to its structure. Missing labels ar
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from .neighbors import neighbor_list
 from .record import Structure
-
 
 _NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32, torch.float16: np.float16}
 
@@ -154,7 +153,7 @@ class Batch:
         """Edge vectors ``positions[j] - positions[i] + shifts @ cell[structure of i]``. Shapes: -> (E, 3)."""
         return edge_vectors(self.positions, self.cell, self.shifts, self.edge_index, self.batch)
 
-    def to(self, device=None, dtype: torch.dtype | None = None, non_blocking: bool = False) -> "Batch":
+    def to(self, device=None, dtype: torch.dtype | None = None, non_blocking: bool = False) -> Batch:
         """Move every tensor to ``device``; ``dtype`` converts the floating-point ones (energies stay float64)."""
         out = {}
         for f in fields(self):
@@ -163,7 +162,7 @@ class Batch:
             out[f.name] = t.to(device=device, dtype=dtype if convert else None, non_blocking=non_blocking)
         return Batch(**out)
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         """Called by ``DataLoader(pin_memory=True)``."""
         return Batch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from .errors import DataError
 from .formats import Format, Reader, all_formats, get_format
@@ -38,9 +38,9 @@ def detect_format(path: str | Path) -> Format:
         raise DataError(path, "no such file or directory")
     if path.is_dir():
         for fmt in all_formats():
-            if fmt.directory_shards and any(path.glob(fmt.directory_shards)):
-                if fmt.sniff is None or fmt.sniff(path):
-                    return fmt
+            has_shards = fmt.directory_shards and any(path.glob(fmt.directory_shards))
+            if has_shards and (fmt.sniff is None or fmt.sniff(path)):
+                return fmt
         raise DataError(path, "directory holds no recognised data shards (*.aselmdb, *.lmdb, native store)")
     suffix = path.suffix.lower()
     if not suffix:

@@ -1,8 +1,9 @@
-"""Read-only LMDB environments shared per (process, file), counted, and never used across ``fork()``.
+"""LMDB access for the formats: shared read-only environments, shard listing, and the one writer of new files.
 
-py-lmdb (3.x) refuses to open a file that is already open in the process ("already open in this process"), yet
-one process often needs a file twice: ``sniff`` during ``open_dataset``, train and validation readers of one
-store, a pickled copy of a reader. Every LMDB reader of this package therefore gets its environments here:
+Reading: environments shared per (process, file), counted, and never used across ``fork()``. py-lmdb (3.x)
+refuses to open a file that is already open in the process ("already open in this process"), yet one process often
+needs a file twice: ``sniff`` during ``open_dataset``, train and validation readers of one store, a pickled copy of
+a reader. Every LMDB reader of this package therefore gets its environments here:
 
 - :func:`open_readonly` returns this process's environment for a file, opening it on first use, and counts one
   reference; :func:`release` gives one back and the last one closes the environment. :func:`readonly` is the
@@ -19,6 +20,11 @@ store, a pickled copy of a reader. Every LMDB reader of this package therefore g
   help: a fork while another thread of the parent is inside an LMDB call on the same environment.
 
 Environments open with ``subdir=False, readonly=True, lock=False, readahead=False, meminit=False``.
+
+Writing: :class:`LmdbWriter` writes one new file for the native store, the OC20 LMDB and the aselmdb formats. It
+batches puts into write transactions and doubles the map when a transaction does not fit (``lmdb.MapFullError``),
+so the first map can stay small. It takes no lock and syncs once at the end: a file being written is seen by
+nobody else (``io.write_dataset`` writes to a temporary path and renames it when complete).
 """
 
 from __future__ import annotations
@@ -26,13 +32,15 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import lmdb
 
-__all__ = ["ShardEnvs", "open_readonly", "readonly", "references", "release"]
+__all__ = ["LmdbWriter", "ShardEnvs", "first_shard", "open_readonly", "readonly", "references", "release",
+           "shard_files", "sniff_first_shard"]
 
 _lock = threading.Lock()
 _pid = os.getpid()
@@ -51,6 +59,24 @@ def first_shard(path: str | Path, pattern: str = "*.lmdb") -> Path | None:
     """The first shard of ``path`` if it is a readable file, for content sniffing; else None."""
     files = shard_files(path, pattern)
     return files[0] if files and files[0].is_file() else None
+
+
+def sniff_first_shard(path: str | Path, looks_right: Callable[[lmdb.Transaction], bool],
+                      pattern: str = "*.lmdb") -> bool:
+    """``looks_right(txn)`` in a read transaction on the first shard of ``path``; False if that is no LMDB file.
+
+    Uses the process's shared environment, so sniffing works while a reader holds the file.
+    """
+    import lmdb
+
+    shard = first_shard(path, pattern)
+    if shard is None:
+        return False
+    try:
+        with readonly(shard) as env, env.begin() as txn:
+            return looks_right(txn)
+    except lmdb.Error:
+        return False
 
 
 def _new_lock() -> None:
@@ -85,10 +111,8 @@ def _own_process() -> None:
     _pending.clear()
     _pid = os.getpid()
     for env in inherited:
-        try:
+        with contextlib.suppress(Exception):  # an unusable inherited handle is gone either way
             env.close()
-        except Exception:  # noqa: BLE001 - an unusable inherited handle is gone either way
-            pass
 
 
 def _release_locked(env) -> None:
@@ -206,3 +230,65 @@ class ShardEnvs:
 
     def __getstate__(self) -> dict:
         return {"paths": self.paths, "_held": {}, "_pid": None}
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+
+WRITE_MAP_SIZE = 1 << 28  # first map of a new file (bytes); doubled as often as the data needs
+
+
+class LmdbWriter:
+    """Writes one new LMDB file (``subdir=False``): puts are committed in batches, the map grows when full.
+
+    ``with LmdbWriter(path) as w: w.put(key, value)`` commits what is queued, syncs and closes on leaving the
+    block; after an exception it closes without committing more (the caller discards the file).
+    ``map_size`` (bytes) defaults to :data:`WRITE_MAP_SIZE`.
+    """
+
+    BATCH = 1024  # puts per write transaction: bounds the memory held, keeps commits rare
+
+    def __init__(self, path: str | Path, map_size: int | None = None):
+        import lmdb
+
+        self.path = Path(path)
+        # one writer of a file nobody else sees yet: no lock table, and one sync on close instead of one per commit
+        self.env = lmdb.open(str(path), subdir=False, map_size=map_size or WRITE_MAP_SIZE, lock=False, sync=False,
+                             metasync=False, meminit=False)
+        self._pending: list[tuple[bytes, bytes, bool]] = []
+
+    def put(self, key: bytes, value: bytes, *, append: bool = False) -> None:
+        """Queue ``key -> value``. ``append=True`` promises keys in ascending order (LMDB then packs pages full)."""
+        self._pending.append((key, value, append))
+        if len(self._pending) >= self.BATCH:
+            self.commit()
+
+    def commit(self) -> None:
+        """Write the queued puts in one transaction, doubling the map and redoing it until it fits."""
+        import lmdb
+
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    for key, value, append in self._pending:
+                        txn.put(key, value, append=append)
+                break
+            except lmdb.MapFullError:  # the transaction was aborted: grow and redo it
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+        self._pending.clear()
+
+    def close(self) -> None:
+        """Commit what is queued, write the file to disk and close it."""
+        try:
+            self.commit()
+            self.env.sync(True)
+        finally:
+            self.env.close()
+
+    def __enter__(self) -> LmdbWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.env.close()

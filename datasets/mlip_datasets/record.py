@@ -73,7 +73,7 @@ class Structure:
         """Names of the labels present on this record."""
         return [name for name in LABELS if getattr(self, name) is not None]
 
-    def replace(self, **changes: Any) -> "Structure":
+    def replace(self, **changes: Any) -> Structure:
         return dataclasses.replace(self, **changes)
 
     def to_atoms(self):
@@ -83,7 +83,7 @@ class Structure:
         return structure_to_atoms(self)
 
     @classmethod
-    def from_atoms(cls, atoms, **kwargs) -> "Structure":
+    def from_atoms(cls, atoms, **kwargs) -> Structure:
         """Build from :class:`ase.Atoms`; see :func:`mlip_datasets.ase_convert.atoms_to_structure`."""
         from .ase_convert import atoms_to_structure
 

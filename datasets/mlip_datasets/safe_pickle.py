@@ -16,8 +16,8 @@ fixed allow-list and refuses anything else before it is called. What is allowed,
   through stand-ins: numpy's own ``dtype.__setstate__`` accepts field offsets past the item size (an
   out-of-bounds read later), so structured/void dtypes and dtype states with fields are refused.
 - ``torch_geometric.data`` ``Data``, ``GlobalStorage``/``BaseStorage``/``NodeStorage``/``EdgeStorage``,
-  ``DataEdgeAttr``/``DataTensorAttr`` (and ``TensorAttr``/``EdgeAttr``): mapped onto :class:`PygData`/:class:`PygStorage` and inert markers, so
-  ``torch_geometric`` (and torch) are never imported while reading.
+  ``DataEdgeAttr``/``DataTensorAttr`` (and ``TensorAttr``/``EdgeAttr``): mapped onto :class:`PygData`/
+  :class:`PygStorage` and inert markers, so ``torch_geometric`` (and torch) are never imported while reading.
 
 Tensors come back as numpy arrays. Every allowed callable is a frozen wrapper and every class is frozen, so a
 pickle's BUILD opcodes cannot rewrite them between records.
@@ -29,7 +29,8 @@ import collections
 import io
 import pickle
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -16,7 +16,7 @@ Worker safety: readers open OS handles lazily and reopen after a fork, so the sa
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -57,13 +57,13 @@ def check_structure(s: Structure, min_distance: float = MIN_DISTANCE) -> list[st
 
 
 def _close_atoms(s: Structure, min_distance: float) -> list[str]:
-    from .neighbors import neighbor_list
+    from .neighbors import edge_vectors, neighbor_list
 
     # cell-list libraries bin space by the cutoff: a 0.1 A cutoff makes millions of bins, 1 A is fast
     src, dst, shifts = neighbor_list(s.positions, s.cell, s.pbc, max(min_distance, 1.0))
     if len(src) == 0:
         return []
-    dist = np.linalg.norm(s.positions[dst] - s.positions[src] + shifts @ s.cell, axis=1)
+    dist = np.linalg.norm(edge_vectors(s.positions, s.cell, src, dst, shifts), axis=1)
     k = int(np.argmin(dist))
     d = float(dist[k])
     if d >= min_distance:

@@ -1,4 +1,4 @@
-"""Shared read-only LMDB handles: two readers of one file, sniffing while a reader holds it, fork and spawn."""
+"""LMDB handles: two readers of one file, sniffing while a reader holds it, fork and spawn; the growing writer."""
 
 from __future__ import annotations
 
@@ -10,39 +10,33 @@ import pickle
 import sys
 
 import lmdb
-import numpy as np
 import pytest
+from datasets_testlib import FLOAT32, assert_same_structure, random_structures
 
 from mlip_datasets import lmdb_handles
-from mlip_datasets.formats import aselmdb, get_format, native, oc20_lmdb
+from mlip_datasets.formats import get_format, native, oc20_lmdb
 from mlip_datasets.io import detect_format, open_dataset, write_dataset
-from mlip_datasets.lmdb_handles import ShardEnvs, open_readonly, readonly, references, release
+from mlip_datasets.lmdb_handles import LmdbWriter, ShardEnvs, open_readonly, readonly, references, release
 from mlip_datasets.record import Structure
 
 fork_only = pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
 
 
 def _structures(n: int = 5, seed: int = 0) -> list[Structure]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        natoms = int(rng.integers(1, 6))
-        out.append(Structure(numbers=rng.integers(1, 30, natoms), positions=rng.normal(size=(natoms, 3)),
-                             cell=np.diag(rng.uniform(5, 8, 3)), pbc=np.ones(3, bool), energy=float(rng.normal()),
-                             forces=rng.normal(size=(natoms, 3)), sid=100 + i + 1000 * seed))
-    return out
+    return random_structures(n, seed, complete=True)  # complete: OC20 files store absent tags/fixed as zeros
 
 
-def _all_match(reader, structures) -> bool:
+def _assert_same(a: Structure, b: Structure) -> None:
+    assert_same_structure(a, b, tolerance=FLOAT32, info=False)  # OC20 keeps float32 and only some of info
+
+
+def _assert_all_match(reader, structures) -> None:
     # sharded aselmdb reads shard by shard, not in the writer's round-robin order: match records by sid
     by_sid = {s.sid: s for s in structures}
-    return len(reader) == len(structures) and all(_same(reader[i], by_sid[reader[i].sid]) for i in range(len(reader)))
-
-
-def _same(a: Structure, b: Structure) -> bool:
-    # positions/forces go through float32 in OC20 files: compare at that precision
-    return (a.sid == b.sid and np.array_equal(a.numbers, b.numbers) and np.allclose(a.positions, b.positions, atol=1e-5)
-            and np.allclose(a.forces, b.forces, atol=1e-5) and abs(a.energy - b.energy) < 1e-9)
+    assert len(reader) == len(structures)
+    for i in range(len(reader)):
+        got = reader[i]
+        _assert_same(by_sid[got.sid], got)
 
 
 # name -> (format, file name, shards)
@@ -73,14 +67,15 @@ def test_two_readers_share_one_handle_and_close_independently(dataset):
     fmt, path, structures = dataset
     first, second = open_dataset(path), open_dataset(path)  # py-lmdb alone would refuse the second open
     assert first.format_name == second.format_name == fmt
-    assert _all_match(first, structures) and _all_match(second, structures)
+    _assert_all_match(first, structures)
+    _assert_all_match(second, structures)
     files = _files(path)
     assert all(references(f) == 2 for f in files)
     assert first._envs[0] is second._envs[0]
     first.close()
     assert all(references(f) == 1 for f in files)
-    assert _all_match(second, structures)
-    assert _all_match(first, structures)  # a closed reader reopens on use
+    _assert_all_match(second, structures)
+    _assert_all_match(first, structures)  # a closed reader reopens on use
     first.close()
     second.close()
     assert all(references(f) == 0 for f in files)
@@ -94,7 +89,8 @@ def test_sniff_and_detect_format_while_a_reader_is_open(dataset):
         assert native.sniff(path) == (fmt == "native")
         assert oc20_lmdb.sniff(path) == (fmt == "oc20")
         again = open_dataset(path)
-        assert _all_match(again, structures) and _all_match(reader, structures)
+        _assert_all_match(again, structures)
+        _assert_all_match(reader, structures)
         again.close()
         assert references(_files(path)[0]) == 1  # the sniffs gave their references back
     assert references(_files(path)[0]) == 0
@@ -131,10 +127,11 @@ def test_forked_workers_read_through_a_reader_opened_in_the_parent(dataset):
             results = pool.map(_read_in_child, range(len(reader)), chunksize=1)
     finally:
         _PARENT.clear()
-    assert all(_same(got, want) for (got, *_), want in zip(results, expected))  # the same records, in order
+    for (got, *_), want in zip(results, expected, strict=True):  # the same records, in order
+        _assert_same(want, got)
     assert all(pid != os.getpid() and fresh and closed for _, pid, fresh, closed in results)
     # the children closed their copies of the inherited handles; the parent's are untouched
-    assert _all_match(reader, structures)
+    _assert_all_match(reader, structures)
     assert references(_files(path)[0]) == 1
     reader.close()
 
@@ -191,11 +188,13 @@ def test_pickled_and_spawned_readers(tmp_path):
         readers.append(open_dataset(path))
     expected = [r[2] for r in readers]  # handles open in this process
     clones = [pickle.loads(pickle.dumps(r)) for r in readers]  # in-process copies share the handles
-    assert all(_same(c[2], s) for c, s in zip(clones, expected))
+    for clone, want in zip(clones, expected, strict=True):
+        _assert_same(want, clone[2])
     assert all(c._envs[0] is r._envs[0] for c, r in zip(clones, readers))
     with multiprocessing.get_context("spawn").Pool(1) as pool:  # workers that get the readers by pickle
         got = pool.starmap(operator.getitem, [(r, 2) for r in readers])
-    assert all(_same(g, s) for g, s in zip(got, expected))
+    for g, want in zip(got, expected, strict=True):
+        _assert_same(want, g)
     for r in readers + clones:
         r.close()
     assert all(references(_files(r.path)[0]) == 0 for r in readers)
@@ -231,13 +230,15 @@ def test_counts_identity_and_close(tmp_path):
 
 def test_replaced_file_gets_a_new_environment(tmp_path):
     path = tmp_path / "data.lmdb"
-    write_dataset(path, _structures(2, seed=0), "native")
+    first, second = _structures(2, seed=0), _structures(3, seed=1)
+    assert first[0].sid != second[0].sid
+    write_dataset(path, first, "native")
     old = open_dataset(path)
-    assert old[0].sid == 100
-    write_dataset(path, _structures(3, seed=1), "native", overwrite=True)  # renamed over the open file
+    assert old[0].sid == first[0].sid
+    write_dataset(path, second, "native", overwrite=True)  # renamed over the open file
     new = open_dataset(path)
-    assert len(new) == 3 and new[0].sid == 1100
-    assert old[0].sid == 100 and new._envs[0] is not old._envs[0]  # the old reader keeps its (unlinked) file
+    assert len(new) == 3 and new[0].sid == second[0].sid
+    assert old[0].sid == first[0].sid and new._envs[0] is not old._envs[0]  # the old reader keeps its unlinked file
     old.close()
     new.close()
 
@@ -272,3 +273,50 @@ def test_shard_envs_pickle_without_handles(tmp_path):
     clone.close()
     envs.close()
     assert references(path) == 0
+
+
+# -- the writer --------------------------------------------------------------------------------------------------
+
+TINY_MAP = 1 << 16  # 64 KiB: the data below needs several doublings
+
+
+def _stored_map_size(path) -> int:
+    # map_size=0 adopts the size recorded in the file, which is what the writer's map had grown to
+    with lmdb.open(str(path), subdir=False, readonly=True, lock=False, map_size=0) as env:
+        return env.info()["map_size"]
+
+
+def test_writer_grows_the_map_and_keeps_every_put(tmp_path):
+    path = tmp_path / "grown.lmdb"
+    values = {i.to_bytes(8, "big"): os.urandom(int(i % 7) * 300 + 1) for i in range(3 * LmdbWriter.BATCH)}
+    with LmdbWriter(path, map_size=TINY_MAP) as writer:
+        for key, value in values.items():
+            writer.put(key, value, append=True)  # keys ascend
+        writer.put(b"meta", b"last")
+        assert writer.env.info()["map_size"] > TINY_MAP  # full batches were committed, so it has grown already
+    assert sum(map(len, values.values())) > 10 * TINY_MAP
+    assert _stored_map_size(path) > TINY_MAP and not list(tmp_path.glob("*-lock"))
+    with lmdb.open(str(path), subdir=False, readonly=True, lock=False) as env, env.begin() as txn:
+        assert dict(txn.cursor()) == {**values, b"meta": b"last"}  # nothing lost or doubled by the redone commits
+
+
+def test_writer_commits_nothing_more_after_an_error(tmp_path):
+    path = tmp_path / "failed.lmdb"
+    with pytest.raises(RuntimeError), LmdbWriter(path) as writer:
+        writer.put(b"k", b"v")
+        raise RuntimeError("the caller failed mid-write")
+    with lmdb.open(str(path), subdir=False, readonly=True, lock=False) as env:
+        assert env.stat()["entries"] == 0
+
+
+@pytest.mark.parametrize("fmt, name", [("native", "data.lmdb"), ("oc20", "oc20.lmdb"), ("aselmdb", "data.aselmdb")])
+def test_every_lmdb_format_writes_through_the_growing_writer(tmp_path, monkeypatch, fmt, name):
+    monkeypatch.setattr(lmdb_handles, "WRITE_MAP_SIZE", TINY_MAP)
+    structures = _structures(300)
+    path = tmp_path / name
+    assert get_format(fmt).write(path, structures) == 300
+    assert _stored_map_size(path) in {TINY_MAP << k for k in range(1, 12)}  # the tiny map, doubled a few times
+    with open_dataset(path) as reader:
+        assert len(reader) == 300
+        for want, got in zip(structures, reader):
+            _assert_same(want, got)

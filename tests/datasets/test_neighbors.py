@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import itertools
 
+import matscipy  # noqa: F401 - a dev dependency: the second maintained library to compare against
 import numpy as np
 import pytest
 from ase.build import add_adsorbate, bulk, fcc111, molecule
 
 from mlip_datasets.neighbors import BACKENDS, edge_vectors, neighbor_list
-
-pytest.importorskip("matscipy")  # a dev dependency: the second maintained library to compare against
 
 
 def brute_force(positions, cell, pbc, cutoff):

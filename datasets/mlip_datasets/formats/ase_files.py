@@ -13,9 +13,9 @@ aselmdb writer and OMol25 do); the reader looks in ``data`` and then ``key_value
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
-from typing import Iterable
 
 from ..ase_convert import atoms_to_structure, structure_to_atoms
 from ..errors import DataError

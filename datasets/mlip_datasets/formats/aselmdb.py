@@ -12,29 +12,21 @@ A data set is one file or a directory of shards read in sorted file order. This 
 
 from __future__ import annotations
 
+import contextlib
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
 from ..errors import DataError
 from ..keys import DEFAULT_KEYS, LabelKeys
-from ..lmdb_handles import ShardEnvs
+from ..lmdb_handles import LmdbWriter, ShardEnvs, shard_files
 from ..record import Structure
 from ._aserows import RowError, check_structure_shapes, decode, encode, row_to_structure, structure_to_row
 from .base import Format, Reader
 
 SUFFIX = ".aselmdb"
-
-
-def _shard_files(path: Path) -> list[Path]:
-    if path.is_dir():
-        shards = sorted(path.glob(f"*{SUFFIX}"))
-        if not shards:
-            raise DataError(path, f"directory holds no *{SUFFIX} shards")
-        return shards
-    return [path]
 
 
 def _decode_value(raw: bytes, path: Path, record):
@@ -56,7 +48,9 @@ class AseLmdbReader(Reader):
 
     def __init__(self, path: str | Path, keys: LabelKeys = DEFAULT_KEYS):
         super().__init__(path, keys)
-        self.shards = _shard_files(self.path)
+        self.shards = shard_files(self.path, f"*{SUFFIX}")
+        if not self.shards:
+            raise DataError(self.path, f"directory holds no *{SUFFIX} shards")
         self._envs = ShardEnvs(self.shards)
         # ids[k] is None when shard k's live ids are exactly 1..count (no deletions): saves memory on 100M rows
         self._ids: list[np.ndarray | None] = []
@@ -164,53 +158,24 @@ class AseLmdbReader(Reader):
 
 
 class _ShardWriter:
-    """Appends rows to one new LMDB file in batched transactions, growing the map when it fills."""
+    """Rows of one new file under ids 1, 2, ...; :meth:`finish` records ``nextid`` as ase-db-backends does."""
 
-    BATCH = 256
-
-    def __init__(self, path: Path):
-        import lmdb
-
-        self.path = path
-        # no lock file: nobody else can see a file that is being written (io.write_dataset renames it later)
-        self.env = lmdb.open(str(path), subdir=False, map_size=1 << 28, lock=False, meminit=False,
-                             sync=False, metasync=False)
-        self.pending: list[tuple[bytes, bytes]] = []
+    def __init__(self, lmdb_writer: LmdbWriter):
+        self.lmdb = lmdb_writer
         self.nextid = 1
 
     def add(self, s: Structure, record) -> None:
-        check_structure_shapes(s, self.path, record)
+        check_structure_shapes(s, self.lmdb.path, record)
         try:
             text = encode(structure_to_row(s))
         except TypeError as err:  # something in info that JSON cannot hold
-            raise DataError(self.path, f"cannot store record: {err}", record=record) from None
-        self.pending.append((str(self.nextid).encode("ascii"), zlib.compress(text.encode("utf-8"))))
+            raise DataError(self.lmdb.path, f"cannot store record: {err}", record=record) from None
+        self.lmdb.put(str(self.nextid).encode("ascii"), zlib.compress(text.encode("utf-8")))
         self.nextid += 1
-        if len(self.pending) >= self.BATCH:
-            self.flush()
 
-    def flush(self) -> None:
-        import lmdb
-
-        if not self.pending:
-            return
-        items = [*self.pending, (b"nextid", zlib.compress(encode(self.nextid).encode("utf-8")))]
-        while True:
-            try:
-                with self.env.begin(write=True) as txn:
-                    for key, value in items:
-                        txn.put(key, value)
-                break
-            except lmdb.MapFullError:  # the transaction was aborted: grow and redo it
-                self.env.set_mapsize(self.env.info()["map_size"] * 2)
-        self.pending = []
-
-    def close(self) -> None:
-        try:
-            self.flush()
-            self.env.sync(True)
-        finally:
-            self.env.close()
+    def finish(self) -> None:
+        if self.nextid > 1:  # a shard that got no rows stays empty
+            self.lmdb.put(b"nextid", zlib.compress(encode(self.nextid).encode("utf-8")))
 
 
 def write(path: str | Path, structures: Iterable[Structure], *, shards: int = 1) -> int:
@@ -227,16 +192,13 @@ def write(path: str | Path, structures: Iterable[Structure], *, shards: int = 1)
     else:
         path.mkdir(parents=True, exist_ok=True)
         targets = [path / f"data.{k:04d}{SUFFIX}" for k in range(shards)]
-    writers: list[_ShardWriter] = []
     count = 0
-    try:
-        for target in targets:
-            writers.append(_ShardWriter(target))
+    with contextlib.ExitStack() as opened:  # each file commits and closes on success, only closes on error
+        writers = [_ShardWriter(opened.enter_context(LmdbWriter(target))) for target in targets]
         for count, s in enumerate(structures, 1):
             writers[(count - 1) % shards].add(s, count - 1)
-    finally:
-        for w in writers:
-            w.close()
+        for writer in writers:
+            writer.finish()
     return count
 
 

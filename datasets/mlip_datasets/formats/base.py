@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from ..keys import DEFAULT_KEYS, LabelKeys
 from ..record import Structure
@@ -43,7 +43,7 @@ class Reader(abc.ABC):
         """Format-level facts worth showing in ``mlip data info`` (e.g. OC20 energy kind)."""
         return {}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: only readers that hold files open override it
         pass
 
     def __iter__(self) -> Iterator[Structure]:

@@ -30,17 +30,18 @@ Labels are kept in float64 so a round trip is exact; positions and forces domina
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import lmdb
 import numpy as np
 
 from ..errors import DataError
 from ..keys import DEFAULT_KEYS, LabelKeys
-from ..lmdb_handles import ShardEnvs, first_shard, readonly, shard_files
+from ..lmdb_handles import LmdbWriter, ShardEnvs, readonly, shard_files, sniff_first_shard
 from ..record import Structure
 from .base import Format, Reader
 
@@ -50,8 +51,6 @@ NATOMS_KEY = b"__natoms__"
 STATS_KEY = b"__stats__"
 FLAGS = {"energy": 1, "forces": 2, "stress": 4, "charge": 8, "spin": 16, "tags": 32, "fixed": 64, "extra": 128}
 _SCALARS = ("energy", "charge", "spin")
-_COMMIT_EVERY = 1024  # records per write transaction: bounds the writer's memory, keeps commits rare
-_INITIAL_MAP = 1 << 30  # grown by doubling on MapFullError, so small stores stay small on every OS
 
 
 def _key(local: int) -> bytes:
@@ -186,22 +185,6 @@ def _structure(values: dict) -> Structure:
 
 # ---------------------------------------------------------------------------------------------------- writing
 
-def _open_writer(path: Path):
-    # single writer of a fresh file: no lock table needed; sync once at the end instead of per commit
-    return lmdb.open(str(path), subdir=False, map_size=_INITIAL_MAP, lock=False, sync=False, meminit=False)
-
-
-def _put_all(env, items: list[tuple[bytes, bytes]], append: bool) -> None:
-    while True:
-        try:
-            with env.begin(write=True) as txn:
-                for k, v in items:
-                    txn.put(k, v, append=append)
-            return
-        except lmdb.MapFullError:  # the transaction was aborted: grow the map and redo it
-            env.set_mapsize(env.info()["map_size"] * 2)
-
-
 def write(path: str | Path, structures: Iterable[Structure], *, shards: int = 1, stats: bool = True) -> int:
     """Write a native store; returns the number of records.
 
@@ -221,28 +204,24 @@ def write(path: str | Path, structures: Iterable[Structure], *, shards: int = 1,
     else:
         path.mkdir(parents=True, exist_ok=True)
         files = [path / _shard_name(k) for k in range(shards)]
-    envs = [_open_writer(f) for f in files]
-    pending: list[list[tuple[bytes, bytes]]] = [[] for _ in range(shards)]
     natoms: list[list[int]] = [[] for _ in range(shards)]
     count = 0
+    with contextlib.ExitStack() as opened:  # each writer commits and closes on success, only closes on error
+        writers = [opened.enter_context(LmdbWriter(f)) for f in files]
 
-    def stored():
-        nonlocal count
-        for i, s in enumerate(structures):
-            k, local = i % shards, i // shards
-            try:
-                value = encode(s)
-            except ValueError as err:
-                raise DataError(path, str(err), record=i) from None
-            pending[k].append((_key(local), value))
-            natoms[k].append(s.natoms)
-            if len(pending[k]) >= _COMMIT_EVERY:
-                _put_all(envs[k], pending[k], append=True)
-                pending[k].clear()
-            count = i + 1
-            yield s
+        def stored():
+            nonlocal count
+            for i, s in enumerate(structures):
+                k, local = i % shards, i // shards
+                try:
+                    value = encode(s)
+                except ValueError as err:
+                    raise DataError(path, str(err), record=i) from None
+                writers[k].put(_key(local), value, append=True)  # keys ascend: LMDB packs its pages full
+                natoms[k].append(s.natoms)
+                count = i + 1
+                yield s
 
-    try:
         if stats:
             from ..stats import compute_stats
 
@@ -250,21 +229,15 @@ def write(path: str | Path, structures: Iterable[Structure], *, shards: int = 1,
         else:
             for _ in stored():
                 pass
-        for k, env in enumerate(envs):
-            _put_all(env, pending[k], append=True)
+        for k, writer in enumerate(writers):
             header = {"format": "mlip-native", "schema": SCHEMA, "shard": k, "shards": shards,
                       "count": len(natoms[k]), "total": count, "byteorder": "little",
                       "layout": "record i is in shard i % shards under key (i // shards) as 8-byte big-endian",
                       "flags": FLAGS}
-            meta = [(HEADER_KEY, json.dumps(header).encode()),
-                    (NATOMS_KEY, np.asarray(natoms[k], dtype="<i8").tobytes())]
+            writer.put(HEADER_KEY, json.dumps(header).encode())
+            writer.put(NATOMS_KEY, np.asarray(natoms[k], dtype="<i8").tobytes())
             if stats and k == 0:
-                meta.append((STATS_KEY, json.dumps(summary, default=_json_default).encode()))
-            _put_all(env, meta, append=False)
-            env.sync(True)
-    finally:
-        for env in envs:
-            env.close()
+                writer.put(STATS_KEY, json.dumps(summary, default=_json_default).encode())
     return count
 
 
@@ -272,14 +245,7 @@ def write(path: str | Path, structures: Iterable[Structure], *, shards: int = 1,
 
 def sniff(path: str | Path) -> bool:
     """True iff ``path`` (or the first shard of a directory) is an LMDB holding the native header key."""
-    shard = first_shard(path)
-    if shard is None:
-        return False
-    try:  # the process's shared handle: sniffing works while a reader holds the file
-        with readonly(shard) as env, env.begin() as txn:
-            return txn.get(HEADER_KEY) is not None
-    except lmdb.Error:
-        return False
+    return sniff_first_shard(path, lambda txn: txn.get(HEADER_KEY) is not None)
 
 
 class NativeReader(Reader):

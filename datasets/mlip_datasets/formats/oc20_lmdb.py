@@ -11,8 +11,9 @@ from __future__ import annotations
 import bisect
 import pickle
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import lmdb  # this module itself is imported only when the format is used
 import numpy as np
@@ -20,7 +21,7 @@ import numpy as np
 from .. import safe_pickle
 from ..errors import DataError
 from ..keys import DEFAULT_KEYS, LabelKeys
-from ..lmdb_handles import ShardEnvs, first_shard, open_readonly, readonly, release, shard_files
+from ..lmdb_handles import LmdbWriter, ShardEnvs, open_readonly, release, shard_files, sniff_first_shard
 from ..record import Structure, stress_to_matrix
 from ._pyg_pickle import encode_data
 from .base import Format, Reader
@@ -33,21 +34,18 @@ _ASE_KEY = b"nextid"  # ASE's LMDB database keeps integer keys too; this reserve
 
 def sniff(path: str | Path) -> bool:
     """True for an OC20-style LMDB (file, or first shard of a directory); False for other LMDBs and non-LMDBs."""
-    shard = first_shard(path)
-    if shard is None:
+    return sniff_first_shard(path, _holds_oc20_records)
+
+
+def _holds_oc20_records(txn) -> bool:
+    if txn.get(NATIVE_KEY) is not None or txn.get(_ASE_KEY) is not None:
         return False
-    try:  # the process's shared handle: sniffing works while a reader holds the file
-        with readonly(shard) as env, env.begin() as txn:
-            if txn.get(NATIVE_KEY) is not None or txn.get(_ASE_KEY) is not None:
-                return False
-            for key, value in txn.cursor():
-                if key == LENGTH_KEY:
-                    continue
-                # pickles start with PROTO (protocol >= 2) or GLOBAL (protocol < 2 objects)
-                return key.isdigit() and value[:1] in (b"\x80", b"c")
-            return True  # empty, or only a length key
-    except lmdb.Error:
-        return False
+    for key, value in txn.cursor():
+        if key == LENGTH_KEY:
+            continue
+        # pickles start with PROTO (protocol >= 2) or GLOBAL (protocol < 2 objects)
+        return key.isdigit() and value[:1] in (b"\x80", b"c")
+    return True  # empty, or only a length key
 
 
 # ---- reading -------------------------------------------------------------------------------------------
@@ -314,35 +312,14 @@ def _record_fields(s: Structure, legacy_names: bool) -> dict:
     return f
 
 
-class _ShardWriter:
-    """Appends records under keys b"0", b"1", ... in batched transactions; ``close`` adds ``b"length"``."""
-
-    def __init__(self, path: Path):
-        # lock=False: one writer, and no "-lock" file left beside the data; the map grows on demand
-        self.env = lmdb.open(str(path), subdir=False, map_size=1 << 28, lock=False, meminit=False)
-        self.count, self.pending = 0, []
-
-    def put(self, value: bytes) -> None:
-        self.pending.append((str(self.count).encode(), value))
-        self.count += 1
-        if len(self.pending) >= 256:
-            self.flush()
-
-    def flush(self) -> None:
-        while True:
-            try:
-                with self.env.begin(write=True) as txn:
-                    for key, value in self.pending:
-                        txn.put(key, value)
-                break
-            except lmdb.MapFullError:
-                self.env.set_mapsize(self.env.info()["map_size"] * 2)
-        self.pending = []
-
-    def close(self) -> None:
-        self.pending.append((LENGTH_KEY, pickle.dumps(self.count, protocol=4)))
-        self.flush()
-        self.env.close()
+def _write_shard(path: Path, values: Iterable[bytes]) -> int:
+    """One file: records under keys b"0", b"1", ... and their count under ``b"length"``; returns the count."""
+    count = 0
+    with LmdbWriter(path) as writer:
+        for count, value in enumerate(values, 1):
+            writer.put(str(count - 1).encode(), value)
+        writer.put(LENGTH_KEY, pickle.dumps(count, protocol=4))
+    return count
 
 
 def write(path: str | Path, structures: Iterable[Structure], *, shards: int = 1, legacy_names: bool = True) -> int:
@@ -354,13 +331,7 @@ def write(path: str | Path, structures: Iterable[Structure], *, shards: int = 1,
     path = Path(path)
     encoded = _encoded(structures, path, legacy_names)
     if shards <= 1:
-        writer = _ShardWriter(path)
-        try:
-            for value in encoded:
-                writer.put(value)
-        finally:
-            writer.close()
-        return writer.count
+        return _write_shard(path, encoded)
     # contiguous shards keep the order, but need the count first: spool encoded records to a temporary file
     path.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=path) as spool:
@@ -371,12 +342,7 @@ def write(path: str | Path, structures: Iterable[Structure], *, shards: int = 1,
         spool.seek(0)
         bounds = [len(sizes) * k // shards for k in range(shards + 1)]
         for k in range(shards):
-            writer = _ShardWriter(path / f"data.{k:04d}.lmdb")
-            try:
-                for i in range(bounds[k], bounds[k + 1]):
-                    writer.put(spool.read(sizes[i]))
-            finally:
-                writer.close()
+            _write_shard(path / f"data.{k:04d}.lmdb", (spool.read(sizes[i]) for i in range(bounds[k], bounds[k + 1])))
     return len(sizes)
 
 
