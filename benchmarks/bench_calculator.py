@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,8 +33,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from mace_calculator import (CHANNELS, CUTOFF, ELEMENTS, LMAX, NUM_INTERACTIONS, SYSTEMS,  # noqa: E402
-                             time_calls, time_md)
+from mace_calculator import (  # noqa: E402
+    CHANNELS,
+    CUTOFF,
+    ELEMENTS,
+    LMAX,
+    NUM_INTERACTIONS,
+    SYSTEMS,
+    time_calls,
+    time_md,
+)
+from report import load_average, provenance, write_report  # noqa: E402  (benchmarks/report.py)
 
 FAMILIES = ("tdn", "gaunt", "cg")
 MACE_PYTHON = "/work/venvs/mace/bin/python"
@@ -137,34 +145,6 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def source_fingerprint() -> dict:
-    """The commit and a hash of the model, kernel and calculator sources as they are on disk (numbers from a
-    dirty tree are only comparable with the same hash)."""
-    import hashlib
-
-    root = HERE.parent
-    digest = hashlib.sha256()
-    for pattern in ("mlip_cli/models/*.py", "mlip_cli/nn/*.py", "kernels/mlip_kernels/*.py", "mlip_cli/calculator.py"):
-        for path in sorted(root.glob(pattern)):
-            digest.update(path.read_bytes())
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                                text=True).stdout.strip()
-    except OSError:
-        commit = "?"
-    return {"commit": commit, "sources_sha256": digest.hexdigest()[:16]}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--families", default=",".join(FAMILIES))
@@ -185,7 +165,7 @@ def main() -> None:
         return
     families, systems, dtypes = (args.families.split(","), args.systems.split(","), args.dtypes.split(","))
     rounds, mace_meta = [], None
-    start, load_start, fingerprint = time.time(), os.getloadavg()[0], source_fingerprint()
+    start, load_start = time.time(), load_average()
     for k in range(args.repeats):
         print(f"round {k + 1}/{args.repeats}", file=sys.stderr, flush=True)
         rows = run_mlip(families, dtypes, systems, args.min_time)
@@ -193,20 +173,14 @@ def main() -> None:
             mace_rows, mace_meta = run_mace(dtypes, systems, args.min_time, args.mace_python)
             rows += mace_rows
         rounds.append(rows)
-    import torch
-
     summary = summarize(rounds)
-    meta = {"machine": cpu_name(), "cpus": os.cpu_count(), "load_avg_start_end": [load_start, os.getloadavg()[0]],
-            "threads": 1, "torch": torch.__version__, "code": fingerprint,
-            "python": platform.python_version(), "repeats": args.repeats, "min_time_s": args.min_time,
-            "wall_s": time.time() - start, "mace": mace_meta, "sizes": {"channels": CHANNELS, "lmax": LMAX,
-                                                                        "num_interactions": NUM_INTERACTIONS,
-                                                                        "cutoff": CUTOFF}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "rows": summary, "rounds": rounds}, indent=2))
+    meta = {"provenance": provenance(threads=1, dtype=args.dtypes, load_before=load_start,
+                                     sizes={"channels": CHANNELS, "lmax": LMAX, "num_interactions": NUM_INTERACTIONS,
+                                            "cutoff": CUTOFF, "systems": {k: len(SYSTEMS[k]()) for k in systems}}),
+            "repeats": args.repeats, "min_time_s": args.min_time, "wall_s": time.time() - start, "mace": mace_meta}
     md = markdown(summary)
+    write_report(args.out, {"meta": meta, "rows": summary, "rounds": rounds}, md)
     args.out.with_suffix(".md").write_text(md + "\n")
-    print(md)
 
 
 if __name__ == "__main__":

@@ -27,15 +27,17 @@ Usage: python benchmarks/bench_message.py [--L 1 2 3 4 5 6] [--threads N] [--no-
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
+import sys
 from pathlib import Path
 
 import torch
 
 from mlip_cli.bench.peers import best_of, e3nn_uvu_tp
 from mlip_kernels import message as msg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import provenance, write_report  # noqa: E402  (benchmarks/report.py)
 
 N_NODES, N_EDGES, CHANNELS = 512, 4096, 64
 GL_RANK = {1: 8, 2: 28, 3: 50, 4: 91, 5: 128, 6: 190}  # mlip_kernels.grid: Gauss-Legendre, degree 3L
@@ -158,25 +160,17 @@ def main() -> None:
 
     meta = {
         "benchmark": "rank-space message vs e3nn uvu convolution, forward+backward",
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "load_average": os.getloadavg(),
-        },
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
-        "dtype": "float32",
-        "sizes": {"nodes": N_NODES, "edges": N_EDGES, "channels": CHANNELS},
+        "provenance": provenance(threads=torch.get_num_threads(), dtype="float32",
+                                 sizes={"nodes": N_NODES, "edges": N_EDGES, "channels": CHANNELS}),
         "timing": "best of >= 3 repeats and >= 1 s after one warm-up; medians alongside",
         "rows": [],
     }
     try:
         import e3nn
 
-        meta["versions"]["e3nn"] = e3nn.__version__
+        meta["provenance"]["versions"]["e3nn"] = e3nn.__version__
     except ImportError:
-        raise SystemExit("this benchmark needs e3nn as its peer: pip install 'e3nn>=0.5'")
+        raise SystemExit("this benchmark needs e3nn as its peer: pip install 'e3nn>=0.5'") from None
 
     head = f"{'L':>2} {'R':>4} {'paths':>5} {'e3nn':>9} " + " ".join(f"{v:>12}" for v in variants)
     head += f" {'chunked@Leb':>11} | {'x chunked':>9} {'x @Leb':>7} {'x ind-ops':>9} | {'fwd e3nn':>9} {'fwd chunk':>9}"
@@ -222,9 +216,7 @@ def main() -> None:
     if args.tune:
         print("\nchunk budget tuning, message only, forward+backward, ms:")
         meta["chunk_tuning"] = tune_chunks(gen)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(meta, indent=2))
-    print(f"\nwrote {args.out}")
+    write_report(args.out, meta)
 
 
 if __name__ == "__main__":

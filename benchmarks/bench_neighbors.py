@@ -11,15 +11,17 @@ Usage: python benchmarks/bench_neighbors.py [--cutoff 5] [--max-atoms 11000] [--
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from mlip_datasets.neighbors import neighbor_list
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import provenance, write_report  # noqa: E402  (benchmarks/report.py)
 
 # (label, backend, vesin threads); vesin with all cores is shown as a separate peer
 PEERS = [("vesin", "vesin", 1), ("vesin-mt", "vesin", 0), ("matscipy", "matscipy", 1), ("ase", "ase", 1)]
@@ -97,32 +99,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cutoff", type=float, default=5.0)
     parser.add_argument("--max-atoms", type=int, default=11_000)
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "bench_neighbors.json")
+    parser.add_argument("--json", "--out", type=Path,
+                        default=Path(__file__).parent / "results" / "bench_neighbors.json")
     args = parser.parse_args()
 
+    import ase
     import matscipy
     import vesin
-    import ase
 
-    machine = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "load_average_before": os.getloadavg(),  # other work on a shared machine makes absolute times noisy
-        "threads": {"vesin": 1, "vesin-mt": f"all ({os.cpu_count()})", "matscipy": 1, "ase": "numpy"},
-        "versions": {"vesin": vesin.__version__, "matscipy": matscipy.__version__, "ase": ase.__version__,
-                     "numpy": np.__version__},
-    }
+    # load average at the start: other work on a shared machine makes absolute times noisy
+    info = provenance(threads=1, dtype="float64", sizes={"cutoff": args.cutoff, "max_atoms": args.max_atoms})
+    info["threads"] = {"vesin": 1, "vesin-mt": f"all ({os.cpu_count()})", "matscipy": 1, "ase": "numpy"}
+    info["versions"] |= {"vesin": vesin.__version__, "matscipy": matscipy.__version__, "ase": ase.__version__,
+                         "numpy": np.__version__}
     print(f"neighbour lists, cutoff {args.cutoff} A, full list with shifts, float64; "
-          f"{machine['processor']}, {machine['cpu_count']} cores, load {machine['load_average_before'][0]:.1f}; "
+          f"{info['machine']['cpu']}, {info['machine']['cpu_count']} cores, load {info['load_average'][0]:.1f}; "
           "best-of-repeats ms (ratio to fastest)")
     header = "".join(f"{name:>18}" for name, _, _ in PEERS)
     print(f"{'system':<22}{'atoms':>7}{'edges':>10}{header}")
     rows = run(args.cutoff, args.max_atoms)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"benchmark": "neighbour lists", "cutoff": args.cutoff, "dtype": "float64",
-                                     "machine": machine, "results": rows}, indent=1))
-    print(f"wrote {args.json}")
+    write_report(args.json, {"benchmark": "neighbour lists", "cutoff": args.cutoff, "dtype": "float64",
+                             "provenance": info, "results": rows})
 
 
 if __name__ == "__main__":

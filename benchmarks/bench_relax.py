@@ -18,8 +18,6 @@ EMT molecules (``--model`` to use another checkpoint), so the relaxations end in
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import tempfile
@@ -27,6 +25,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from report import load_average, provenance, write_report  # noqa: E402  (benchmarks/report.py)
 
 
 def train_model(run_dir: Path) -> Path:
@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "bench_relax.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.model or train_model(Path(tmp) / "run")
         model = load_model(ckpt, dtype=args.dtype)
@@ -107,20 +108,20 @@ def main() -> None:
                   f"{rows[-1]['converged']}/{args.n} converged", file=sys.stderr, flush=True)
         rows[-1]["speedup"] = rows[-2]["seconds"] / rows[-1]["seconds"]
     natoms = [s.natoms for s in structures]
-    meta = {"structures": args.n, "atoms_min_mean_max": [min(natoms), sum(natoms) / len(natoms), max(natoms)],
-            "fmax": args.fmax, "max_steps": args.steps, "dtype": args.dtype, "threads": 1,
+    meta = {"provenance": provenance(threads=1, dtype=args.dtype, load_before=load_before,
+                                     sizes={"structures": args.n,
+                                            "atoms_min_mean_max": [min(natoms), sum(natoms) / len(natoms),
+                                                                   max(natoms)]}),
+            "fmax": args.fmax, "max_steps": args.steps,
             "model": str(args.model) if args.model else "tdn 16 ch, L=1, 2 interactions, cutoff 4.5, trained 400 "
-                                                           "steps on 300 EMT molecules", "repeats": args.repeats,
-            "cpus": os.cpu_count(), "load_avg_end": os.getloadavg()[0], "torch": torch.__version__}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+                                                           "steps on 300 EMT molecules", "repeats": args.repeats}
     lines = ["| optimizer | path | time (s) | total steps | model calls | converged | speed-up |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['optimizer']} | {r['path']} | {r['seconds']:.2f} | {r['steps']} | {r['model_calls']} | "
                      f"{r['converged']}/{args.n} | {r.get('speedup', 1.0):.1f}x |")
+    write_report(args.out, {"meta": meta, "rows": rows}, "\n".join(lines))
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

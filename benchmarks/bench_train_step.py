@@ -8,27 +8,26 @@ with everything else at its default.
 
 One training step = forward energy, forces by autograd with ``create_graph=True``, an energy + force MSE
 loss against fixed random targets, backward (second derivatives through the message functions), and an
-AdamW step. Timing: median (and best) over ``--steps`` steps after ``--warmup`` steps, each step timed
-alone with ``time.perf_counter``, plus the median thread CPU time (``time.thread_time``, user + system,
-so page faults count), which other jobs on a shared machine disturb much less than wall time; threads
-fixed by ``--threads`` (default 1).
+AdamW step built as the trainer builds it (fused, the recipe's default ``optim`` settings; the trainer's
+gradient clipping and EMA update are not timed). Timing: median (and best) over ``--steps`` steps after
+``--warmup`` steps, each step timed alone with ``time.perf_counter``, plus the median thread CPU time
+(``time.thread_time``, user + system, so page faults count), which other jobs on a shared machine disturb
+much less than wall time; threads fixed by ``--threads`` (default 1).
 
 ``--profile FAMILY:L`` runs ``torch.profiler`` over a few steps of one case and prints the top operators
 by self CPU time.
 
 Usage:
     python benchmarks/bench_train_step.py [--families tdn gaunt cg] [--lmax 1 2] [--steps 50]
-        [--threads 1] [--interactions 2] [--fused] [--json benchmarks/results/bench_train_step_threads1.json]
+        [--threads 1] [--interactions 2] [--json benchmarks/results/bench_train_step_threads1.json]
         [--profile tdn:1]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -36,8 +35,12 @@ import numpy as np
 import torch
 
 from mlip_cli.models import build_model
+from mlip_cli.train.recipe import OptimSection
 from mlip_datasets.graph import collate_graphs, structure_to_graph
 from mlip_datasets.record import Structure
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import load_average, provenance, write_report  # noqa: E402  (benchmarks/report.py)
 
 ACAC = [6] * 5 + [1] * 8 + [8] * 2  # C5H8O2
 CUTOFF = 5.0
@@ -74,12 +77,19 @@ def config(family: str, lmax: int, backend: str = "auto") -> dict:
             "num_interactions": INTERACTIONS, "message_backend": backend}
 
 
-def make_step(family: str, lmax: int, batch, targets, dtype=torch.float32, backend: str = "auto",
-              fused: bool = False):
+def trainer_optimizer(model: torch.nn.Module) -> torch.optim.AdamW:
+    """AdamW exactly as ``mlip_cli.train.trainer.Trainer._setup`` builds it on the CPU, with the default
+    ``optim`` section of a recipe (fused: one kernel for all parameters)."""
+    o = OptimSection()
+    return torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
+                             fused=True)
+
+
+def make_step(family: str, lmax: int, batch, targets, dtype=torch.float32, backend: str = "auto"):
     """Model, optimiser and a closure doing one full training step (returns the loss)."""
     torch.manual_seed(0)
     model = build_model(config(family, lmax, backend), dtype=dtype).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused or None)
+    opt = trainer_optimizer(model)
 
     def step() -> float:
         out = model(batch)  # training mode: forces with create_graph=True
@@ -105,14 +115,13 @@ def time_steps(step, warmup: int, steps: int) -> tuple[list[float], list[float]]
     return wall, cpu
 
 
-def run_case(family: str, lmax: int, batch, targets, warmup: int, steps: int, backend: str = "auto",
-             fused: bool = False) -> dict:
-    model, step = make_step(family, lmax, batch, targets, backend=backend, fused=fused)
+def run_case(family: str, lmax: int, batch, targets, warmup: int, steps: int, backend: str = "auto") -> dict:
+    model, step = make_step(family, lmax, batch, targets, backend=backend)
     wall, cpu = time_steps(step, warmup, steps)
     med = statistics.median(wall)
     return {
         "family": family, "lmax": lmax, "params": sum(p.numel() for p in model.parameters()),
-        "ranks": [b.conv.rank for b in model.blocks], "backend": backend, "fused_adamw": fused,
+        "ranks": [b.conv.rank for b in model.blocks], "backend": backend,
         "median_ms": med, "best_ms": min(wall),
         "cpu_median_ms": statistics.median(cpu), "structures_per_s": batch.num_graphs / (med / 1e3),
         "steps": steps,
@@ -140,7 +149,6 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--backend", default="auto", help="message backend (model config message_backend)")
-    ap.add_argument("--fused", action="store_true", help="AdamW(fused=True) instead of the default for-loop AdamW")
     ap.add_argument("--structures", type=int, default=5)
     ap.add_argument("--interactions", type=int, default=2, help="num_interactions (3+: middle blocks use the "
                     "full L x L -> L product; with 2 both blocks have a scalar end)")
@@ -157,12 +165,12 @@ def main(argv=None) -> None:
         fam, L = args.profile.split(":")
         print(profile_case(fam, int(L), batch, targets, backend=args.backend))
         return
-    rows = []
+    rows, load_before = [], load_average()
     print(f"{'family':>6} {'L':>2} {'ranks':>9} {'params':>7} {'median ms':>10} {'best ms':>8} {'cpu ms':>7} "
           f"{'structs/s':>10}")
     for L in args.lmax:
         for fam in args.families:
-            r = run_case(fam, L, batch, targets, args.warmup, args.steps, args.backend, args.fused)
+            r = run_case(fam, L, batch, targets, args.warmup, args.steps, args.backend)
             rows.append(r)
             ranks = "/".join("-" if k is None else str(k) for k in r["ranks"])
             print(f"{fam:>6} {L:>2} {ranks:>9} {r['params']:>7} {r['median_ms']:>10.2f} "
@@ -170,19 +178,16 @@ def main(argv=None) -> None:
     if args.json:
         doc = {
             "benchmark": "training step (forward, forces with create_graph, loss, backward, AdamW)",
-            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                        "torch_threads": torch.get_num_threads(), "load_average": list(os.getloadavg())},
-            "versions": {"torch": torch.__version__, "python": platform.python_version()},
-            "dtype": "float32",
-            "sizes": {"structures": batch.num_graphs, "atoms": batch.num_atoms, "edges": batch.num_edges},
+            "provenance": provenance(threads=torch.get_num_threads(), dtype="float32", load_before=load_before,
+                                     sizes={"structures": batch.num_graphs, "atoms": batch.num_atoms,
+                                            "edges": batch.num_edges}),
             "config": {**config("", 0), "family": "per row", "lmax": "per row"},
+            "optimizer": "torch.optim.AdamW(fused=True) with the recipe's default optim section, as the trainer",
             "timing": f"median and best wall time, median thread CPU time, of {args.steps} steps after "
                       f"{args.warmup} warm-up steps",
             "rows": rows,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
-        print("wrote", args.json)
+        write_report(args.json, doc)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -20,8 +18,13 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from report import load_average, provenance, write_report  # noqa: E402  (benchmarks/report.py)
+
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "acac"
+# the protocol (benchmarks/acac/README.md; recipes/acac/*.yaml)
+SIZES = {"train": 450, "valid": 50, "test": 650, "batch_size": 5, "atoms": 15}
 
 
 def mlip_job(family: str, args, work: Path) -> tuple[list[str], Path]:
@@ -45,7 +48,7 @@ def run_jobs(jobs: dict[str, list[str]], parallel: int, logs: Path) -> dict[str,
     while pending or running:
         while pending and len(running) < parallel:
             name, cmd = pending.pop(0)
-            log = open(logs / f"{name}.log", "w")
+            log = open(logs / f"{name}.log", "w")  # noqa: SIM115  (closed when the job ends, below)
             print(f"start {name}: {' '.join(cmd)}", flush=True)
             running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log)
         time.sleep(2)
@@ -94,20 +97,6 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def machine_info(load_before) -> dict:
-    """Platform, CPU count and the load average before and after the jobs."""
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "load_before": load_before,
-            "load_after": os.getloadavg()}
-
-
-def write_report(path: Path, report: dict, text: str) -> None:
-    """Write the JSON report and print the Markdown table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, default=str))
-    print(text)
-    print(f"\nwritten {path}")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", type=float, default=1200, help="training seconds per model")
@@ -131,14 +120,15 @@ def main() -> None:
         jobs[family], where[family] = cmd, run
     if args.mace_python:
         jobs["mace"], where["mace"] = mace_job(args, args.work)
-    load_before = os.getloadavg()
+    load_before = load_average()
     codes = run_jobs(jobs, args.parallel, args.work)
     results = {}
     for name, path in where.items():
         if codes.get(name) == 0:
             results[name] = mace_numbers(path) if name == "mace" else mlip_numbers(path)
     report = {"budget_s": args.budget, "threads": args.threads, "parallel": args.parallel, "exit_codes": codes,
-              "machine": machine_info(load_before), "results": results}
+              "provenance": provenance(threads=args.threads, dtype="float32", sizes=SIZES, load_before=load_before),
+              "results": results}
     write_report(args.out, report, table(results))
 
 

@@ -25,8 +25,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "acac"))
-from run_all import machine_info, run_jobs, write_report  # noqa: E402  (the acac driver's helpers)
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "acac")]
+from report import load_average, provenance, write_report  # noqa: E402  (benchmarks/report.py)
+from run_all import run_jobs  # noqa: E402  (the acac driver's job runner)
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = {
@@ -50,6 +51,18 @@ def data_files(args) -> dict[str, Path]:
         subprocess.run(mlip("data", "split", str(args.data / "train_300K.xyz"), "--fractions", "0.8,0.1,0.1",
                             "--seed", "0", "--out", str(split), "--overwrite"), check=True, cwd=ROOT)
     return {name: split / f"train_300K.{name}.xyz" for name in ("train", "valid", "test")}
+
+
+def sizes(files: dict) -> dict:
+    """Frames in each split (the acac recipe splits its training file 450 / 50 itself)."""
+    from mlip_datasets.io import open_dataset
+
+    counts = {}
+    for name, path in files.items():
+        if path is not None:
+            with open_dataset(path) as reader:
+                counts[name] = len(reader)
+    return counts
 
 
 def train_command(variant: str, files: dict, args, run: Path) -> list[str]:
@@ -119,7 +132,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     files = data_files(args)
     runs = {v: args.work / v for v in args.variants}
-    load_before = os.getloadavg()
+    load_before = load_average()
     codes = {v: 0 for v in runs}
     if not args.eval_only:
         for run in runs.values():
@@ -136,7 +149,9 @@ def main() -> None:
         else:
             results[LABELS[v]] = summary(run, evaluate(run, files["test"], args.threads, None))
     report = {"dataset": args.dataset, "budget_s": args.budget, "threads": args.threads, "parallel": args.parallel,
-              "exit_codes": codes, "machine": machine_info(load_before), "results": results}
+              "exit_codes": codes, "results": results,
+              "provenance": provenance(threads=args.threads, dtype="float32", sizes=sizes(files),
+                                       load_before=load_before)}
     write_report(args.out, report, table(results))
 
 

@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "acac"))
-from run_all import machine_info, run_jobs  # noqa: E402  (the acac driver's helpers)
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "acac")]
+from report import load_average, provenance  # noqa: E402  (benchmarks/report.py)
+from run_all import run_jobs  # noqa: E402  (the acac driver's job runner)
 
 CASES = {
     "symmetric": ["data.generate.breaking=null"],
@@ -54,6 +54,10 @@ def final(rows: list[dict]) -> dict:
     for t in TYPES:
         if f"symmetry_holds/{t}" in last:
             out[t] = {k: float(last[f"symmetry_{k}/{t}"]) for k in ("holds", "gap", "weight", "violation")}
+            # the first validation at which the type was released (None: never)
+            out[t]["released_at_step"] = next((int(r["step"]) for r in rows
+                                               if r[f"symmetry_holds/{t}"] and float(r[f"symmetry_holds/{t}"]) == 0),
+                                              None)
     return out
 
 
@@ -112,7 +116,7 @@ def main() -> None:
         for s in CASES[case]:
             cmd += ["--set", s]
         jobs[case] = cmd
-    load_before = os.getloadavg()
+    load_before = load_average()
     codes = run_jobs(jobs, args.parallel, args.work)
     histories = {c: read_rows(args.work / c) for c in args.cases if codes.get(c) == 0}
     plotted = {c: rows for c, rows in histories.items() if c in EXPECTED}
@@ -120,7 +124,9 @@ def main() -> None:
                for c, rows in histories.items()}
     table = markdown(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"steps": args.steps, "exit_codes": codes, "machine": machine_info(load_before), "results": results}
+    report = {"steps": args.steps, "exit_codes": codes, "results": results,
+              "provenance": provenance(threads=1, dtype="float32", sizes={"structures": 400, "steps": args.steps},
+                                       load_before=load_before)}
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     args.out.with_suffix(".md").write_text(table + "\n")
     if plotted:

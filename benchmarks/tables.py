@@ -1,0 +1,326 @@
+"""The README's benchmark tables, rendered from their JSON files in ``benchmarks/results/``.
+
+Each table in README.md sits between ``<!-- table: NAME -->`` and ``<!-- /table -->``; :data:`TABLES` says
+which JSON files it comes from, which function renders it and which command regenerates the JSON. A table
+measured on code that has changed since carries a note saying so (``stale``) until that command is rerun.
+``tests/test_readme_numbers.py`` checks that every marked block equals what its JSON renders to.
+
+    python benchmarks/tables.py            # list the tables whose README block differs from its JSON
+    python benchmarks/tables.py --write    # rewrite those blocks
+    python benchmarks/tables.py --commands # the commands that regenerate the stale tables' JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = "benchmarks/results"
+README = ROOT / "README.md"
+BLOCK = re.compile(r"<!-- table: (?P<name>[\w-]+) -->\n(?P<body>.*?)<!-- /table -->", re.S)
+
+
+# ------------------------------------------------------------------------------------------ formatting
+def _sig(x: float, digits: int) -> str:
+    """``x`` to ``digits`` significant digits in plain notation, with thousands separators."""
+    decimals = max(digits - 1 - math.floor(math.log10(abs(x))), 0) if x else 0
+    return f"{x:,.{decimals}f}"
+
+
+def _short(x: float) -> str:
+    """Two significant digits: plain from 0.1 up, else ``2.4e-4``; an exact zero is ``0``."""
+    if x == 0:
+        return "0"
+    if abs(x) >= 0.1:
+        return f"{x:.2g}"
+    mantissa, exponent = f"{x:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ tables
+def bench_data(doc: dict) -> str:
+    """Write, first-pass and warm-pass read rates per format (``bench_data.py``)."""
+    names = {"native": "native store", "aselmdb": "aselmdb", "oc20": "OC20 legacy LMDB", "extxyz": "extxyz"}
+    rows = []
+    for r in doc["results"]:
+        warm = f"{r['warm_pass_per_s']:,.0f}" + (" (in memory)" if r["format"] == "extxyz" else "")
+        faster = ("-" if r["format"] == "native"
+                  else f"{r['native_speedup_first']:.1f}x / {r['native_speedup_warm']:.1f}x")
+        rows.append([names[r["format"]], f"{r['write_s']:.2f}", f"{r['first_pass_per_s']:,.0f}", warm,
+                     f"{r['bytes'] / 1e6:.0f}", faster])
+    text = _table(["format", f"write {doc['n']:,} (s)", "first pass (structures/s)",
+                   "warm pass (structures/s)", "size (MB)", "native is faster by"], rows)
+    g = doc.get("graph_build")
+    if g:
+        text += (f"\n\nBuilding the graph of a decoded frame (neighbour list at {g['cutoff']:g} A) takes "
+                 f"{g['us_per_frame']:.0f} us; decoding it from the native store "
+                 f"{g['native_decode_us_per_frame']:.0f} us.")
+    return text
+
+
+#: Cu supercells shown (every size is in the JSON).
+NEIGHBOR_ATOMS = (4, 108, 500, 2048, 10976)
+
+
+def bench_neighbors(doc: dict) -> str:
+    """Best-of-repeats ms per backend on periodic fcc Cu (``bench_neighbors.py``)."""
+    rows = []
+    for r in doc["results"]:
+        if r["system"].startswith("Cu") and r["atoms"] in NEIGHBOR_ATOMS:
+            ms = [r["seconds"][k] * 1e3 for k in ("vesin", "matscipy", "ase")]
+            rows.append([f"{r['atoms']:,}", *(_sig(t, 2 if t < 1 else 3) for t in ms)])
+    return _table(["atoms", "vesin (1 thread)", "matscipy", "ASE"], rows)
+
+
+def bench_tp(doc: dict) -> str:
+    """rank-gaunt and folded cg against e3nn per L (``mlip bench tp``)."""
+    by = {(r["L"], r["method"]): r for r in doc["rows"] if r["status"] == "ok"}
+    rows = []
+    for L in sorted({r["L"] for r in doc["rows"]}):
+        e, g, c = by[(L, "e3nn")], by[(L, "rank-gaunt")], by[(L, "cg")]
+        rows.append([str(L), f"{e['fwd_bwd_ms']:.1f}", f"{g['fwd_bwd_ms']:.1f}", str(g["rank"]),
+                     f"{g['speedup_vs_e3nn']:.1f}x", f"{c['speedup_vs_e3nn']:.1f}x", f"{g['peak_mem_mb']:.0f}",
+                     f"{e['peak_mem_mb']:.0f}"])
+    return _table(["L", "e3nn fwd+bwd (ms)", "rank-gaunt (ms)", "rank R", "speed-up", "cg (folded) speed-up",
+                   "rank-gaunt peak MB", "e3nn peak MB"], rows)
+
+
+def acac(doc: dict) -> str:
+    """Test errors and throughput of 20-minute acetylacetone trainings (``acac/run_all.py``)."""
+    names = {"tdn": "tdn (32 ch, L = 1, 2 int.)", "gaunt": "gaunt", "cg": "cg", "mace": "MACE"}
+    mace = doc["results"]["mace"]
+    rows = []
+    for name, r in doc["results"].items():
+        # mlip's count is approximate (state-dict floats minus tensor-product constants); MACE's is exact
+        params = f"{r['parameters_approx']:,}" if name == "mace" else f"~{round(r['parameters_approx'], -2):,}"
+        rows.append([names[name], params, f"{r['test_energy_rmse_meV']:.2f}",
+                     f"{r['test_energy_rmse_meV_per_atom']:.3f}", f"{r['test_forces_rmse']:.1f}",
+                     f"{r['test_forces_mae']:.1f}", f"{r['steps']:,}", f"{r['structures_per_s']:.1f}",
+                     f"{r['median_step_ms']:.1f}", f"{r['structures_per_s'] / mace['structures_per_s']:.1f}x"])
+    return _table(["model", "parameters", "test E RMSE (meV)", "test E RMSE (meV/atom)", "test F RMSE (meV/A)",
+                   "test F MAE (meV/A)", "steps in 20 min", "structures/s", "median step (ms)",
+                   "throughput vs MACE"], rows)
+
+
+def transip(acac_doc: dict, bpa_doc: dict) -> str:
+    """TransIP variants against tdn on acac and 3BPA (``transip/run_all.py``)."""
+    # the driver's first label for (b); the README calls the weights what the recipe calls them
+    labels = {"(b) alignment loss, tuned weights": "(b) alignment loss, automatic weights"}
+    rows = []
+    for doc in (acac_doc, bpa_doc):
+        data = {"acac": "acac", "3bpa": "3BPA"}[doc["dataset"]]
+        for name, r in doc["results"].items():
+            m, q = r["eval"]["metrics"], r["eval"]["equivariance"]
+            rot, inv = q["rotation"], q["reflection"]
+            rows.append([data, labels.get(name, name), f"{m['forces_rmse']:.1f}", f"{m['energy_per_atom_rmse']:.3f}",
+                         f"{_short(rot['energy_mev_per_atom'])} / {_short(rot['force_rel'])}",
+                         f"{_short(inv['energy_mev_per_atom'])} / {_short(inv['force_rel'])}", f"{r['steps']:,}",
+                         f"{r['structures_per_s']:.1f}"])
+    return _table(["data", "model", "test F RMSE (meV/A)", "test E RMSE (meV/atom)", "rotation: E / F rel.",
+                   "inversion: E / F rel.", "steps", "structures/s"], rows)
+
+
+def symmetry_discovery(doc: dict) -> str:
+    """Final verdicts of the automatic symmetry weights per data set (``transip/symmetry_discovery.py``)."""
+    cases = {"symmetric": "EMT only", "uniaxial": "+ easy axis along z (`uniaxial`, 3 eV)",
+             "field": "+ bond dipoles in a field along z (`field`, 3 eV/A)",
+             "chiral": "+ handedness term (`chiral`, 10 eV/A^3)",
+             "canonical": "EMT only, every molecule in its template orientation"}
+    types = {"rotation": "rotation", "reflection": "inversion"}
+    rows = []
+    for case, r in doc["results"].items():
+        if r["expected_holds"] is None:  # the unregularised control: quoted in the text
+            continue
+        cells = [f"{'yes' if r[t]['holds'] else 'no'} / {r[t]['gap']:+.3f} / {r[t]['weight']:.3g}" for t in types]
+        missed = [types[t] for t in types if int(r[t]["holds"]) != r["expected_holds"][t]]
+        found = "yes" if not missed else "no: " + " and ".join(missed) + " missed"
+        rows.append([cases[case], *cells, found, f"{r['valid_forces_rmse']:.0f}"])
+    return _table(["data", "rotation: holds / gap / weight", "inversion: holds / gap / weight",
+                   "labels' symmetry found", "valid F RMSE (meV/A)"], rows)
+
+
+def train_step(two: dict, three: dict) -> str:
+    """Median training-step time per family and L, 2 and 3 interactions (``bench_train_step.py``)."""
+    def by(doc):
+        return {(r["family"], r["lmax"]): r for r in doc["rows"]}
+
+    b2, b3 = by(two), by(three)
+    rows = []
+    for family in dict.fromkeys(r["family"] for r in two["rows"]):
+        r1, r2 = b2[(family, 1)], b2[(family, 2)]
+        rows.append([family, f"{r1['median_ms']:.1f}", f"{r2['median_ms']:.1f}",
+                     f"{r1['structures_per_s']:.0f} / {r2['structures_per_s']:.0f}",
+                     f"{b3[(family, 1)]['median_ms']:.1f} / {b3[(family, 2)]['median_ms']:.1f}"])
+    return _table(["family", "L = 1 (ms)", "L = 2 (ms)", "structures/s (L = 1 / 2)",
+                   "3 interactions, L = 1 / 2 (ms)"], rows)
+
+
+def calculator(doc: dict) -> str:
+    """MD steps/s relative to MACE's calculator (``bench_calculator.py``)."""
+    systems = {"cu64": "64-atom Cu", "cu1000": "1,000-atom Cu", "mol15": "15-atom molecule"}
+    families = ("tdn", "gaunt", "cg")
+    ratio = {(r["system"], r["dtype"], r["family"]): r["md_vs_mace"] for r in doc["rows"] if "md_vs_mace" in r}
+    keys = dict.fromkeys((s, d) for s, d, _ in ratio)
+    rows = [[systems[s], d] + [f"{ratio[(s, d, f)]:.2f}x" for f in families] for s, d in keys]
+    return _table(["system", "dtype", *families], rows)
+
+
+def relax(doc: dict) -> str:
+    """Batched relaxation against a loop of ASE optimizers (``bench_relax.py``)."""
+    by = {(r["optimizer"], r["path"]): r for r in doc["rows"]}
+    rows = []
+    for opt in dict.fromkeys(r["optimizer"] for r in doc["rows"]):
+        a, b = by[(opt, "ase-loop")], by[(opt, "batched")]
+        rows.append([opt, f"{a['seconds']:.2f}", f"{b['seconds']:.2f}", f"{a['steps']} / {b['steps']}",
+                     f"{a['model_calls']} / {b['model_calls']}", f"{b['speedup']:.1f}x"])
+    return _table(["optimizer", "loop of ASE optimizers (s)", "batched (s)", "steps (ASE / batched)",
+                   "model calls (ASE / batched)", "speed-up"], rows)
+
+
+# ------------------------------------------------------------------------------------------ registry
+@dataclass(frozen=True)
+class Table:
+    render: Callable[..., str]
+    sources: tuple[str, ...]  # JSON files under benchmarks/results/, passed to ``render`` in this order
+    commands: tuple[str, ...]  # what regenerates them, from the repository root
+    stale: str | None = None  # why the numbers no longer describe the current code (None: they do)
+
+
+PY = ".venv/bin/python"
+TABLES: dict[str, Table] = {
+    "bench_data": Table(bench_data, ("bench_data.json",),
+                        (f"{PY} benchmarks/bench_data.py --n 10000 --out {RESULTS}/bench_data.json",)),
+    "bench_neighbors": Table(bench_neighbors, ("bench_neighbors.json",),
+                             (f"{PY} benchmarks/bench_neighbors.py --json {RESULTS}/bench_neighbors.json",)),
+    "bench_tp": Table(
+        bench_tp, ("bench_tp_threads1.json",),
+        (f".venv/bin/mlip bench tp --l-max 6 --threads 1 --json {RESULTS}/bench_tp_threads1.json "
+         f"--plot {RESULTS}/bench_tp_threads1.png",),
+        stale="measured at commit 2aae089, before the rank-space kernel rewrite (bfe781f) and issue 11's CP ranks"),
+    "acac": Table(acac, ("acac_20min_threads1.json",),
+                  (f"{PY} benchmarks/acac/run_all.py --budget 1200 --threads 1 --parallel 2 "
+                   f"--out {RESULTS}/acac_20min_threads1.json",)),
+    "transip": Table(
+        transip, ("acac_transip_20min_threads1.json", "3bpa_transip_20min_threads1.json"),
+        tuple(f"{PY} benchmarks/transip/run_all.py --dataset {d} --budget 1200 --threads 1 --parallel 2 "
+              f"--out {RESULTS}/{d}_transip_20min_threads1.json" for d in ("acac", "3bpa"))),
+    "symmetry_discovery": Table(
+        symmetry_discovery, ("symmetry_discovery.json",),
+        (f"{PY} benchmarks/transip/symmetry_discovery.py --parallel 2 --out {RESULTS}/symmetry_discovery",)),
+    "train_step": Table(
+        train_step, ("bench_train_step_threads1.json", "bench_train_step_3int_threads1.json"),
+        (f"{PY} benchmarks/bench_train_step.py --threads 1 --json {RESULTS}/bench_train_step_threads1.json",
+         f"{PY} benchmarks/bench_train_step.py --threads 1 --interactions 3 "
+         f"--json {RESULTS}/bench_train_step_3int_threads1.json"),
+        stale="measured at commit bfe781f with the for-loop AdamW (the trainer uses the fused one) and before "
+              "issue 11's CP ranks"),
+    "calculator": Table(
+        calculator, ("bench_calculator.json",),
+        (f"{PY} benchmarks/bench_calculator.py --repeats 2 --min-time 1.5 --out {RESULTS}/bench_calculator.json",),
+        stale="measured at commit 7d7375e, before issue 11's changes to how the calculator builds its batches"),
+    "relax": Table(
+        relax, ("bench_relax.json",), (f"{PY} benchmarks/bench_relax.py --out {RESULTS}/bench_relax.json",),
+        stale="measured at commit d3488b1, before the rank-space kernel rewrite (bfe781f) and issue 11's changes "
+              "to batched relaxation"),
+}
+
+
+# ------------------------------------------------------------------------------------------ blocks
+def _run_facts(doc: dict) -> tuple[float | None, str | None]:
+    """Load average at the start and the code commit a JSON records (older JSONs: where each driver put it)."""
+    prov = doc.get("provenance") or doc.get("meta", {}).get("provenance")
+    if prov:
+        code = prov["code"]
+        commit = None if not code["commit"] else code["commit"][:7] + (" with local changes" if code["dirty"] else "")
+        return prov["load_average"][0], commit
+    load = None
+    for path in (("load_average",), ("machine", "load_average_before"), ("meta", "machine", "load_average"),
+                 ("machine", "load_before"), ("machine", "load_average"), ("meta", "load_avg_start_end"),
+                 ("meta", "load_avg_end")):
+        value = doc
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None:
+            load = value[0] if isinstance(value, list) else value
+            break
+    return load, doc.get("meta", {}).get("code", {}).get("commit")
+
+
+def render(name: str, results: Path | None = None) -> str:
+    """The README block of table ``name`` (without its markers), from its JSON files."""
+    table = TABLES[name]
+    results = results or ROOT / RESULTS
+    docs = [json.loads((results / source).read_text()) for source in table.sources]
+    parts = []
+    if table.stale:
+        parts.append(f"> **Stale:** {table.stale}. Regenerate: "
+                     + "; ".join(f"`{c}`" for c in table.commands) + ".\n")
+    parts.append(table.render(*docs) + "\n")
+    facts = []
+    for source, doc in zip(table.sources, docs):
+        load, commit = _run_facts(doc)
+        facts.append(f"`{RESULTS}/{source}` (load average {'not recorded' if load is None else f'{load:.1f}'}, "
+                     f"commit {commit or 'not recorded'})")
+    parts.append("Source: " + "; ".join(facts) + ".\n")
+    return "\n".join(parts)
+
+
+def blocks(text: str) -> dict[str, str]:
+    """Marked tables in ``text``: name -> block body."""
+    found: dict[str, str] = {}
+    for m in BLOCK.finditer(text):
+        if m["name"] in found:
+            raise ValueError(f"table {m['name']!r} is marked twice")
+        found[m["name"]] = m["body"]
+    return found
+
+
+def mismatches(text: str, results: Path | None = None) -> list[str]:
+    """Names of the marked tables in ``text`` that differ from what their JSON renders to."""
+    return [name for name, body in blocks(text).items() if body != render(name, results)]
+
+
+def rewrite(text: str, results: Path | None = None) -> str:
+    """``text`` with every marked block replaced by its rendering."""
+    return BLOCK.sub(lambda m: f"<!-- table: {m['name']} -->\n{render(m['name'], results)}<!-- /table -->", text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--write", action="store_true", help="rewrite the README blocks that differ")
+    ap.add_argument("--commands", action="store_true", help="print the commands regenerating stale tables")
+    args = ap.parse_args(argv)
+    if args.commands:
+        for name, table in TABLES.items():
+            if table.stale:
+                print(f"# {name}: {table.stale}")
+                print("\n".join(table.commands))
+        return 0
+    text = README.read_text()
+    missing = sorted(set(TABLES) - set(blocks(text)))
+    if missing:
+        print(f"not marked in README.md: {', '.join(missing)}", file=sys.stderr)
+    differing = mismatches(text)
+    if args.write and differing:
+        README.write_text(rewrite(text))
+        print(f"rewrote: {', '.join(differing)}")
+    elif differing:
+        print(f"differ from their JSON: {', '.join(differing)} (--write to update)")
+    return 1 if (missing or differing) and not args.write else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
