@@ -124,7 +124,7 @@ def transip(acac_doc: dict, bpa_doc: dict) -> str:
         data = {"acac": "acac", "3bpa": "3BPA"}[doc["dataset"]]
         for name, r in doc["results"].items():
             m, q = r["eval"]["metrics"], r["eval"]["equivariance"]
-            rot, inv = q["rotation"], q["reflection"]
+            rot, inv = q["rotation"], _inversion(q)
             rows.append([data, labels.get(name, name), f"{m['forces_rmse']:.1f}", f"{m['energy_per_atom_rmse']:.3f}",
                          f"{_short(rot['energy_mev_per_atom'])} / {_short(rot['force_rel'])}",
                          f"{_short(inv['energy_mev_per_atom'])} / {_short(inv['force_rel'])}", f"{r['steps']:,}",
@@ -133,19 +133,29 @@ def transip(acac_doc: dict, bpa_doc: dict) -> str:
                    "inversion: E / F rel.", "steps", "structures/s"], rows)
 
 
+def _renamed(results: dict) -> dict:
+    """Results measured before the symmetry type ``reflection`` was renamed ``inversion``, with the new name."""
+    return {("inversion" if k == "reflection" else k): v for k, v in results.items()}
+
+
+def _inversion(results: dict) -> dict:
+    return _renamed(results)["inversion"]
+
+
 def symmetry_discovery(doc: dict) -> str:
     """Final verdicts of the automatic symmetry weights per data set (``transip/symmetry_discovery.py``)."""
     cases = {"symmetric": "EMT only", "uniaxial": "+ easy axis along z (`uniaxial`, 3 eV)",
              "field": "+ bond dipoles in a field along z (`field`, 3 eV/A)",
              "chiral": "+ handedness term (`chiral`, 10 eV/A^3)",
              "canonical": "EMT only, every molecule in its template orientation"}
-    types = {"rotation": "rotation", "reflection": "inversion"}
     rows = []
     for case, r in doc["results"].items():
+        r = _renamed({**r, "expected_holds": r["expected_holds"] and _renamed(r["expected_holds"])})
         if r["expected_holds"] is None:  # the unregularised control: quoted in the text
             continue
+        types = ("rotation", "inversion")
         cells = [f"{'yes' if r[t]['holds'] else 'no'} / {r[t]['gap']:+.3f} / {r[t]['weight']:.3g}" for t in types]
-        missed = [types[t] for t in types if int(r[t]["holds"]) != r["expected_holds"][t]]
+        missed = [t for t in types if int(r[t]["holds"]) != r["expected_holds"][t]]
         found = "yes" if not missed else "no: " + " and ".join(missed) + " missed"
         rows.append([cases[case], *cells, found, f"{r['valid_forces_rmse']:.0f}"])
     return _table(["data", "rotation: holds / gap / weight", "inversion: holds / gap / weight",

@@ -2,16 +2,22 @@
 
 A checkpoint is a plain dict of tensors and builtins (never pickled classes), so loading one never runs code:
 
-    schema          int, CHECKPOINT_SCHEMA
+    schema          int, CHECKPOINT_SCHEMA (older ones are migrated on load, see below)
     kind            "mlip-checkpoint"
     mlip_version    package version that wrote it
-    model_config    ModelConfig.to_dict() (resolved: elements, E0s, scale/shift, avg_num_neighbors, ...)
+    model_config    ModelConfig.to_dict() (the family's fields, resolved: elements, E0s, scale/shift, ...)
     dtype           "float32" | "float64" (the training dtype)
     model_state     state_dict of the raw (non-EMA) weights
     ema_state       state_dict of the EMA weights, or None
     statistics      data statistics used to set the model constants (plain dict)
     recipe          the resolved training recipe (plain dict), or None
-    train_state     optimizer, schedule, RNG, step/epoch/batch position, elapsed time, metrics; None in exports
+    train_state     TrainState fields (step/epoch/batch position, elapsed time, best metric, ...) and the optimizer,
+                    schedule, ema, symmetry (AutoSymmetryWeights) and rng states, world; None in exports
+
+Schemas: 1 (until issue 11): ``model_config`` flat with every family's fields; the inversion symmetry type named
+``reflection``. 2: one config per family; ``inversion``. :func:`load_checkpoint` migrates an older schema step by
+step (:data:`MIGRATIONS`), so every reader sees the current layout. A change of layout (a new train-state field,
+a renamed key) bumps ``CHECKPOINT_SCHEMA`` and adds the step that fills it in for older files.
 
 :func:`load_model` is what the calculator, ``mlip eval``, ``mlip relax`` and ``mlip md`` use.
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +35,10 @@ import torch
 from ._version import __version__
 from .errors import UsageError
 
-__all__ = ["CHECKPOINT_SCHEMA", "CheckpointError", "save_checkpoint", "load_checkpoint", "load_model",
-           "resolve_dtype"]
+__all__ = ["CHECKPOINT_SCHEMA", "MIGRATIONS", "CheckpointError", "save_checkpoint", "load_checkpoint",
+           "migrate_checkpoint", "load_model", "resolve_dtype"]
 
-CHECKPOINT_SCHEMA = 1
+CHECKPOINT_SCHEMA = 2
 _KIND = "mlip-checkpoint"
 
 
@@ -99,8 +106,53 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(schema, int) or schema > CHECKPOINT_SCHEMA:
         raise CheckpointError(f"{path}: checkpoint schema {schema!r} is newer than this mlip supports "
                               f"({CHECKPOINT_SCHEMA}); upgrade mlip")
+    try:
+        data = migrate_checkpoint(data)
+    except (KeyError, TypeError, ValueError) as err:  # a file that claims a schema it does not follow
+        raise CheckpointError(f"{path}: checkpoint schema {schema} does not read as expected ({err})") from None
     data["path"] = str(path)
     return data
+
+
+def migrate_checkpoint(data: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint dict of any known schema in the current layout (``schema == CHECKPOINT_SCHEMA``), step by step."""
+    schema = data["schema"]
+    if schema < 1:
+        raise ValueError(f"unknown schema {schema}")
+    while schema < CHECKPOINT_SCHEMA:
+        data = MIGRATIONS[schema](dict(data))
+        schema = data["schema"] = schema + 1
+    return data
+
+
+def _schema_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
+    """One config per model family; the symmetry type ``reflection`` (the inversion) renamed ``inversion``."""
+    from .models.config import migrate_flat_config
+    from .models.symmetry import RENAMED_TYPES
+
+    if data.get("model_config") is not None:
+        data["model_config"] = migrate_flat_config(data["model_config"])
+    train_state = data.get("train_state")
+    if train_state and train_state.get("symmetry"):
+        data["train_state"] = {**train_state, "symmetry": _renamed_types(train_state["symmetry"], RENAMED_TYPES)}
+    return data
+
+
+def _renamed_types(state: dict[str, Any], renamed: dict[str, str]) -> dict[str, Any]:
+    """An AutoSymmetryWeights state with the type names in ``renamed`` replaced: the ``types`` list and the keys
+    of its per-type tables."""
+    out = {}
+    for key, value in state.items():
+        if key == "types":
+            value = [renamed.get(t, t) for t in value]
+        elif isinstance(value, dict):
+            value = {renamed.get(t, t): v for t, v in value.items()}
+        out[key] = value
+    return out
+
+
+#: schema n -> the function taking a schema-n checkpoint dict to schema n + 1 (the caller sets ``schema``).
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _schema_1_to_2}
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",

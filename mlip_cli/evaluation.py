@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlip_kernels.wigner import random_rotation
-
-from .models.soft_equivariance import transform_batch
+from .models.symmetry import ROTATION, SYMMETRY_TYPES, draw, transform_batch
+from .train.metrics import evaluate_set
 
 __all__ = ["EvalReport", "evaluate_model", "equivariance_error"]
 
@@ -35,11 +34,11 @@ class EvalReport:
 
 def equivariance_error(model, graphs, device, rotations: int = 3, max_structures: int = 32,
                        seed: int = 0) -> dict:
-    """How far the model is from exact O(3) symmetry on real inputs, per symmetry type.
+    """How far the model is from exact O(3) symmetry on real inputs, per generator of the group
+    (:mod:`mlip_cli.models.symmetry`).
 
     For ``rotations`` Haar-random proper rotations (type ``rotation``) and the inversion ``r -> -r`` (type
-    ``reflection``; with the rotations it generates every improper rotation, and it can hold or fail
-    independently of them, as for the training regularisers) of up to ``max_structures`` structures:
+    ``inversion``) of up to ``max_structures`` structures:
     ``energy_mev_per_atom``: max ``|E(gx) - E(x)| / N``; ``force_rel``: ``|F(gx) - g F(x)| / |F(x)|`` over all
     atoms (root of summed squares); ``force_angle_deg``: mean angle between ``F(gx)`` and ``g F(x)`` per atom.
     """
@@ -50,9 +49,8 @@ def equivariance_error(model, graphs, device, rotations: int = 3, max_structures
     batch = graphs.batch(picks).to(device)
     base = model(batch, compute_forces=True)
     report: dict = {"rotations": rotations, "structures": len(picks)}
-    proper = [random_rotation(batch.num_graphs, generator=generator) for _ in range(rotations)]
-    inversion = -torch.eye(3, dtype=torch.float64).expand(batch.num_graphs, 3, 3)
-    for kind, transforms in (("rotation", proper), ("reflection", [inversion])):
+    for kind in SYMMETRY_TYPES:
+        transforms = [draw(kind, batch.num_graphs, generator) for _ in range(rotations if kind == ROTATION else 1)]
         e_err, f_num, f_den, angles = 0.0, 0.0, 0.0, []
         for R in transforms:
             g = R.to(device)
@@ -77,8 +75,6 @@ def equivariance_error(model, graphs, device, rotations: int = 3, max_structures
 def evaluate_model(model, graphs, batch_size: int = 16, device="cpu", compute_stress: bool = True,
                    rotations: int = 3, progress=None) -> EvalReport:
     """Errors of ``model`` on every structure of ``graphs`` (a :class:`mlip_cli.train.data.GraphSet`)."""
-    from .train.trainer import evaluate_set
-
     metrics = evaluate_set(model, graphs, batch_size, torch.device(device), compute_stress=compute_stress,
                            keep=True, progress=progress)
     equivariance = equivariance_error(model, graphs, device, rotations=rotations) if rotations > 0 else {}

@@ -102,11 +102,11 @@ def summary(run: Path, report: dict) -> dict:
 
 def table(results: dict) -> str:
     lines = ["| model | test F RMSE (meV/A) | test E RMSE (meV/atom) | rotation: E err (meV/atom) / F rel. | "
-             "reflection: E err (meV/atom) / F rel. | steps | structures/s |", "|---|---|---|---|---|---|---|"]
+             "inversion: E err (meV/atom) / F rel. | steps | structures/s |", "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         e = r["eval"]
         m, q = e["metrics"], e["equivariance"]
-        rot, ref = q["rotation"], q["reflection"]
+        rot, ref = q["rotation"], q["inversion"]
         lines.append(f"| {name} | {m['forces_rmse']:.1f} | {m['energy_per_atom_rmse']:.3f} | "
                      f"{rot['energy_mev_per_atom']:.2g} / {rot['force_rel']:.1e} | "
                      f"{ref['energy_mev_per_atom']:.2g} / {ref['force_rel']:.1e} | {r['steps']:,} | "

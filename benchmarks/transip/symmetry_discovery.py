@@ -31,6 +31,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from report import load_average, provenance  # noqa: E402  (benchmarks/report.py)
 from run_all import run_jobs  # noqa: E402  (the acac driver's job runner)
 
+from mlip_cli.models.symmetry import SYMMETRY_TYPES  # noqa: E402
+
 CASES = {
     "symmetric": ["data.generate.breaking=null"],
     "uniaxial": [],
@@ -40,7 +42,7 @@ CASES = {
     "chiral-unregularised": ["data.generate.breaking=chiral", "data.generate.strength=10.0", "loss.symmetry=0"],
 }
 EXPECTED = {"symmetric": (1, 1), "uniaxial": (0, 1), "field": (0, 0), "chiral": (1, 0), "canonical": (1, 1)}
-TYPES = ("rotation", "reflection")
+TYPES = SYMMETRY_TYPES  # ("rotation", "inversion")
 
 
 def read_rows(run: Path) -> list[dict]:
@@ -86,7 +88,7 @@ def plot(histories: dict, path: Path) -> None:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| data | rotation: holds / gap / weight | reflection (inversion): holds / gap / weight | as expected | "
+    lines = ["| data | rotation: holds / gap / weight | inversion: holds / gap / weight | as expected | "
              "valid F RMSE (meV/A) |", "|---|---|---|---|---|"]
     for case, r in results.items():
         if r["expected_holds"] is None:  # a control without the regulariser

@@ -67,7 +67,7 @@ def evaluate(
                               v["components"]] for z, v in report.per_element.items()]))
     eq = report.equivariance
     if eq:
-        for kind, what in (("rotation", f"{eq['rotations']} random rotations"), ("reflection", "the inversion")):
+        for kind, what in (("rotation", f"{eq['rotations']} random rotations"), ("inversion", "r -> -r")):
             e = eq[kind]
             console.print(f"{kind} equivariance ({what}, {eq['structures']} structures): energy "
                           f"{e['energy_mev_per_atom']:.2e} meV/atom, force relative {e['force_rel']:.2e}, "

@@ -9,8 +9,6 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import UsageError
-
 
 def train(
     recipe: Optional[str] = typer.Argument(None, help="Recipe YAML file, or a shipped recipe name (tdn-tiny, "
@@ -28,49 +26,18 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<recipe name>)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or status lines."),
 ) -> None:
-    """Train a potential; writes best.pt, last.pt, metrics.csv, recipe.yaml and learning_curve.png."""
-    import yaml
-
-    from ..train import load_recipe, run_training
+    """Train a potential; writes best.pt, last.pt, metrics.csv, recipe.yaml, result.yaml and learning_curve.png."""
+    from ..train import RecipeSettings, plan_run, run_training
     from ..ui import err_console
 
-    extra = list(overrides)
-    if data is not None:
-        extra.append(f"data.train={data.resolve()}")
-        extra.append("data.generate=null")
-    if valid_data is not None:
-        extra.append(f"data.valid={valid_data.resolve()}")
-    if test_data is not None:
-        extra.append(f"data.test={test_data.resolve()}")
-    if time_budget is not None:
-        extra.append(f"run.time_budget={time_budget}")
-    if resume is not None:
-        if not (resume / "last.pt").is_file() or not (resume / "recipe.yaml").is_file():
-            raise UsageError(f"{resume}: not a run directory to resume (needs last.pt and recipe.yaml)")
-        if out is not None and out.resolve() != resume.resolve():
-            raise UsageError("--resume continues in its own directory; drop --out")
-        run_dir = resume
-        rec = load_recipe(resume / "recipe.yaml", extra)
-        if recipe is not None:
-            err_console.print(f"note: --resume uses {resume / 'recipe.yaml'}; the recipe argument is ignored")
-    else:
-        if recipe is None:
-            raise UsageError("give a recipe (e.g. `mlip train tdn-tiny`) or --resume RUN_DIR")
-        rec = load_recipe(recipe, extra)
-        run_dir = out if out is not None else Path("runs") / rec.name
-        if (run_dir / "last.pt").exists():
-            raise UsageError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} or choose "
-                             f"another --out")
+    settings = RecipeSettings(train=data, valid=valid_data, test=test_data, time_budget=time_budget)
+    plan = plan_run(recipe, resume=resume, out=out, overrides=overrides, settings=settings)
+    for note in plan.notes:
+        err_console.print(note)
     log = None if quiet else (lambda msg: err_console.print(msg, highlight=False))
-    result = run_training(rec, run_dir, resume=resume is not None, log=log,
+    result = run_training(plan.recipe, plan.run_dir, resume=plan.resume, log=log,
                           progress_factory=None if quiet else _progress_factory)
-    _report(result, rec)
-    (Path(run_dir) / "result.yaml").write_text(yaml.safe_dump(_result_dict(result), sort_keys=False))
-
-
-def _result_dict(result) -> dict:
-    return {"steps": result.steps, "epochs": result.epochs, "stop_reason": result.stop_reason,
-            "valid": result.valid, "test": result.test, "timing": result.timing}
+    _report(result, plan.recipe)
 
 
 def _report(result, recipe) -> None:

@@ -5,16 +5,24 @@
     out = model(batch, compute_forces=True, compute_stress=True)   # energy [B], forces [N,3], stress [B,3,3]
 """
 
+import importlib
+import pkgutil
+
 from .config import ConfigError, ModelConfig
 from .equivariant import CGPotential, EquivariantPotential, GauntPotential, TDNPotential
 from .potential import Potential
-from .registry import MODELS, build_model, get_model_class, register_model
-from .soft_equivariance import AutoSymmetryWeights, random_rotate_batch
+from .registry import MODELS, build_model, config_class, get_model_class, register_model, registered_families
+from .soft_equivariance import random_rotate_batch
 from .transip import TransIPPotential
+
+# Every module of this package is imported, so each family registers itself where it is defined: a new
+# family is a new module here, with no list of families to edit.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+del _module
 
 __all__ = [
     "MODELS",
-    "AutoSymmetryWeights",
     "CGPotential",
     "ConfigError",
     "EquivariantPotential",
@@ -24,7 +32,9 @@ __all__ = [
     "TDNPotential",
     "TransIPPotential",
     "build_model",
+    "config_class",
     "get_model_class",
     "random_rotate_batch",
     "register_model",
+    "registered_families",
 ]

@@ -1,14 +1,31 @@
-"""Typed model configuration: plain-dict round trip (for recipes and checkpoints) with strict keys."""
+"""Typed model configuration: plain-dict round trip (for recipes and checkpoints) with strict keys.
+
+:class:`ModelConfig` holds the fields every family reads; each family subclasses it in its own module with
+only its own fields and checks, and registers the subclass with the model class
+(``@register_model("tdn", config=TDNConfig, exactly_equivariant=True)``); ``ModelConfig.from_dict`` picks
+the subclass from ``family``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, ClassVar
 
 from ..errors import UsageError
 
-__all__ = ["ModelConfig", "ConfigError"]
+__all__ = ["ModelConfig", "ConfigError", "DEFAULT_FAMILY", "FLAT_CONFIG_FIELDS", "migrate_flat_config"]
+
+#: The family of a config mapping without a ``family`` key.
+DEFAULT_FAMILY = "tdn"
+
+#: Fields of the single flat config before it was split per family; checkpoints of that time store all of them.
+FLAT_CONFIG_FIELDS = (
+    "family", "elements", "cutoff", "channels", "lmax", "num_interactions", "num_radial", "radial_hidden",
+    "radial_layers", "envelope_p", "readout_hidden", "cp_rank", "gaunt_grid", "avg_num_neighbors", "scale", "shift",
+    "e0s", "message_backend", "num_heads", "ff_hidden", "vector_channels", "frame_averaging",
+)
 
 
 class ConfigError(UsageError, ValueError):
@@ -30,75 +47,70 @@ def _atomic_number(z: Any) -> int:
     return int(z)
 
 
+def _numeric_kind(f: dataclasses.Field) -> tuple[type | None, bool]:
+    """``(int, float or None; whether None is allowed)`` from a field's annotation (a string in modules with
+    postponed evaluation of annotations, a type otherwise)."""
+    name = (f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))).replace(" ", "")
+    return {"int": int, "float": float}.get(name.removesuffix("|None")), name.endswith("|None")
+
+
+def _family_config(family: str) -> type[ModelConfig]:
+    # The registry imports this module (ConfigError, ModelConfig), so it is looked up at call time.
+    from .registry import config_class
+
+    return config_class(family)
+
+
 @dataclass
 class ModelConfig:
-    """Architecture and constants of a model. ``family`` picks the class from the registry.
+    """Architecture and constants every family reads; a family's subclass adds its own fields.
+
+    Build one with :meth:`from_dict` (it picks the family's class) or with a family's class directly
+    (``TDNConfig(elements=[1, 8])``); the base class itself is not a family.
+
+    Numeric fields are coerced by their annotation (``int``, ``float``, ``int | None``), so a subclass only
+    declares its fields and adds its checks in :meth:`validate`.
 
     Attributes:
-        family: registry name: ``"tdn"`` (CP low-rank TP), ``"gaunt"`` (grid TP), ``"cg"`` (dense CG) or
-            ``"transip"`` (Transformer with learned equivariance).
+        family: registry name (class attribute, set by ``register_model``): ``"tdn"``, ``"gaunt"``, ``"cg"``,
+            ``"transip"`` or any other registered family.
         elements: atomic numbers (symbols accepted by :meth:`from_dict`) in species-index order.
         cutoff: radial cutoff in Angstrom (graphs built with a larger cutoff also work: extra edges weigh 0).
         channels: feature channels ``C`` (``"transip"``: scalar columns of each token and attention width).
-        lmax: largest degree ``L`` of node features and edge harmonics.
         num_interactions: number of interaction blocks (``"transip"``: Transformer layers).
         num_radial: Bessel functions in the radial basis.
         radial_hidden, radial_layers: width and depth of the radial MLP.
         envelope_p: exponent of the polynomial cutoff envelope (value, first and second derivative vanish).
         readout_hidden: width of the per-atom readout MLP.
-        cp_rank: CP rank of the even-path tensor for ``"tdn"`` (None: the exact default, 6/19/52/120/260/540 at
-            L = 1..6). Only the middle blocks use it, so it matters from 3 interactions on.
-        gaunt_grid: sphere quadrature for ``"gaunt"``: ``"auto"``, ``"lebedev"`` or ``"gl"``.
-        avg_num_neighbors: messages are divided by its square root (set from the data statistics).
         scale, shift: per-atom energy = scale * interaction energy + shift + E0[element].
         e0s: per-element reference energies ``{Z: eV}`` (e.g. fitted by least squares); missing ones are 0.
-        message_backend: rank-space kernel backend (``"auto"``, ``"torch"``, ``"compile"``, ``"triton"``,
-            ``"naive"``); a runtime choice that never changes the numbers a checkpoint gives.
-        num_heads: ``"transip"``: attention heads (must divide ``channels``).
-        ff_hidden: ``"transip"``: hidden width of the feed-forward layers (None: twice the token width
-            ``channels + 3 * vector_channels``).
-        vector_channels: ``"transip"``: Cartesian vector (``1o``) columns per token, besides the scalars (0: none).
-        frame_averaging: ``"transip"``: average the energy over the 8 signed principal frames of each
-            structure, making it exactly rotation- and reflection-invariant (8x the cost); a runtime switch
-            that does not change the parameters.
     """
 
-    family: str = "tdn"
+    family: ClassVar[str] = ""
+
     elements: list[int] = field(default_factory=list)
     cutoff: float = 5.0
     channels: int = 32
-    lmax: int = 2
     num_interactions: int = 2
     num_radial: int = 8
     radial_hidden: int = 64
     radial_layers: int = 2
     envelope_p: int = 6
     readout_hidden: int = 16
-    cp_rank: int | None = None
-    gaunt_grid: str = "auto"
-    avg_num_neighbors: float = 1.0
     scale: float = 1.0
     shift: float = 0.0
     e0s: dict[int, float] = field(default_factory=dict)
-    message_backend: str = "auto"
-    num_heads: int = 4
-    ff_hidden: int | None = None
-    vector_channels: int = 8
-    frame_averaging: bool = False
 
     def __post_init__(self) -> None:
-        self.family = str(self.family)
+        if not type(self).family:
+            raise TypeError(f"{type(self).__name__} is not a registered family's config; use "
+                            f"ModelConfig.from_dict or a family's config class")
         self.elements = [_atomic_number(z) for z in self.elements]
         self.e0s = {_atomic_number(z): float(v) for z, v in dict(self.e0s or {}).items()}
-        for name in ("cutoff", "avg_num_neighbors", "scale", "shift"):
-            setattr(self, name, self._number(name, float))
-        for name in ("channels", "lmax", "num_interactions", "num_radial", "radial_hidden", "radial_layers",
-                     "envelope_p", "readout_hidden", "num_heads", "vector_channels"):
-            setattr(self, name, self._number(name, int))
-        if self.cp_rank is not None:
-            self.cp_rank = self._number("cp_rank", int)
-        if self.ff_hidden is not None:
-            self.ff_hidden = self._number("ff_hidden", int)
+        for f in dataclasses.fields(self):
+            kind, optional = _numeric_kind(f)
+            if kind is not None and not (optional and getattr(self, f.name) is None):
+                setattr(self, f.name, self._number(f.name, kind))
         self.validate()
 
     def _number(self, name: str, kind: type):
@@ -112,7 +124,7 @@ class ModelConfig:
                               f"got {value!r}") from None
 
     def validate(self) -> None:
-        """Check values; raises :class:`ConfigError` naming the field."""
+        """Check values; raises :class:`ConfigError` naming the field. Subclasses extend it (``super()`` first)."""
         if not self.elements:
             raise ConfigError("model config: 'elements' is empty; list the atomic numbers the model covers")
         if len(set(self.elements)) != len(self.elements):
@@ -120,28 +132,16 @@ class ModelConfig:
         extra = sorted(set(self.e0s) - set(self.elements))
         if extra:
             raise ConfigError(f"model config: e0s given for elements {extra} not in elements {self.elements}")
-        positive = ("cutoff", "avg_num_neighbors", "channels", "num_interactions", "num_radial", "radial_hidden",
-                    "readout_hidden", "num_heads")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"model config: {name} must be positive, got {getattr(self, name)}")
-        if self.lmax < 0:
-            raise ConfigError(f"model config: lmax must be >= 0, got {self.lmax}")
+        for name in ("cutoff", "channels", "num_interactions", "num_radial", "radial_hidden", "readout_hidden"):
+            self._check_positive(name)
         if self.radial_layers < 0:
             raise ConfigError(f"model config: radial_layers must be >= 0, got {self.radial_layers}")
         if self.envelope_p < 2:
             raise ConfigError(f"model config: envelope_p must be >= 2, got {self.envelope_p}")
-        if self.cp_rank is not None and self.cp_rank < 1:
-            raise ConfigError(f"model config: cp_rank must be a positive integer or null, got {self.cp_rank}")
-        if self.ff_hidden is not None and self.ff_hidden < 1:
-            raise ConfigError(f"model config: ff_hidden must be a positive integer or null, got {self.ff_hidden}")
-        if self.vector_channels < 0:
-            raise ConfigError(f"model config: vector_channels must be >= 0, got {self.vector_channels}")
-        if not isinstance(self.frame_averaging, bool):
-            raise ConfigError(f"model config: frame_averaging must be true or false, got {self.frame_averaging!r}")
-        if self.family == "transip" and self.channels % self.num_heads:
-            raise ConfigError(f"model config: num_heads ({self.num_heads}) must divide channels ({self.channels}) "
-                              f"for family 'transip'")
+
+    def _check_positive(self, name: str) -> None:
+        if not getattr(self, name) > 0:
+            raise ConfigError(f"model config: {name} must be positive, got {getattr(self, name)}")
 
     @property
     def num_elements(self) -> int:
@@ -149,32 +149,56 @@ class ModelConfig:
 
     @classmethod
     def allowed_keys(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
+        """The keys a mapping for this class may hold (``family`` first)."""
+        return ["family", *(f.name for f in dataclasses.fields(cls))]
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
-        """Build from a plain mapping (recipe section or checkpoint); unknown keys are an error.
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        """Build the config of ``data["family"]`` (default ``"tdn"``) from a plain mapping (recipe section or
+        checkpoint); keys that family does not have are an error.
 
         Raises:
-            ConfigError: naming the unknown key(s) and listing the allowed ones, or a bad value.
+            ConfigError: an unknown family (listing the registered ones), unknown key(s) (naming them and the
+                family's allowed keys), or a bad value.
         """
         if not isinstance(data, Mapping):
             raise ConfigError(f"model config must be a mapping, got {type(data).__name__}")
-        allowed = cls.allowed_keys()
+        family = str(data.get("family", cls.family or DEFAULT_FAMILY))
+        target = _family_config(family)
+        if not issubclass(target, cls):
+            raise ConfigError(f"model config: family {family!r} does not take a {cls.__name__}")
+        allowed = target.allowed_keys()
         unknown = [k for k in data if k not in allowed]
         if unknown:
             names = ", ".join(repr(k) for k in unknown)
-            raise ConfigError(f"model config: unknown key{'s' if len(unknown) > 1 else ''} {names}; "
-                              f"allowed keys: {', '.join(allowed)}")
-        return cls(**dict(data))
+            raise ConfigError(f"model config: unknown key{'s' if len(unknown) > 1 else ''} {names} for family "
+                              f"{family!r}; allowed keys: {', '.join(allowed)}")
+        return target(**{k: v for k, v in data.items() if k != "family"})
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of builtins (ints, floats, strings, lists, dicts); ``from_dict`` inverts it."""
-        d = dataclasses.asdict(self)
+        """Plain dict of builtins (ints, floats, strings, lists, dicts), ``family`` first; ``from_dict`` inverts it."""
+        d = {"family": self.family, **dataclasses.asdict(self)}
         d["elements"] = list(self.elements)
         d["e0s"] = dict(self.e0s)
         return d
 
-    def replace(self, **changes: Any) -> "ModelConfig":
-        """A copy with some fields changed (validated)."""
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with some fields changed (validated; a new ``family`` gives that family's class)."""
         return ModelConfig.from_dict({**self.to_dict(), **changes})
+
+
+def migrate_flat_config(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A config dict written before the per-family split (every family's fields) in its family's form.
+
+    Drops the fields of :data:`FLAT_CONFIG_FIELDS` that ``data["family"]`` (default ``"tdn"``) does not have
+    (they were never read by that family, so the model is the same) and keeps every other key, so a key that
+    was never valid still fails in :meth:`ModelConfig.from_dict`. Returns a new dict; idempotent (a dict
+    already in the new form comes back equal).
+
+    Raises:
+        ConfigError: ``data`` is not a mapping, or its family is not registered.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"model config must be a mapping, got {type(data).__name__}")
+    allowed = set(_family_config(str(data.get("family", DEFAULT_FAMILY))).allowed_keys())
+    return {k: v for k, v in data.items() if k in allowed or k not in FLAT_CONFIG_FIELDS}

@@ -31,6 +31,9 @@ Messages go from ``edge_index[0]`` (sender) to ``edge_index[1]`` (receiver) with
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -39,11 +42,77 @@ from mlip_kernels.sh import spherical_harmonics
 
 from ..nn import BesselBasis, ElementEmbedding, InteractionBlock, PolynomialEnvelope, ScalarReadout
 from ..nn.radial import reverse_pairs
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 from .potential import Potential
 from .registry import register_model
 
-__all__ = ["EquivariantPotential", "TDNPotential", "GauntPotential", "CGPotential"]
+__all__ = ["EquivariantPotential", "TDNPotential", "GauntPotential", "CGPotential", "EquivariantConfig",
+           "TDNConfig", "GauntConfig", "CGConfig"]
+
+
+@dataclass
+class EquivariantConfig(ModelConfig):
+    """The backbone's fields, shared by ``"tdn"``, ``"gaunt"`` and ``"cg"`` (not itself a family).
+
+    Attributes:
+        lmax: largest degree ``L`` of node features and edge harmonics.
+        avg_num_neighbors: messages are divided by its square root (set from the data statistics).
+        message_backend: rank-space kernel backend (``"auto"``, ``"torch"``, ``"compile"``, ``"triton"``,
+            ``"naive"``); a runtime choice that never changes the numbers a checkpoint gives.
+    """
+
+    lmax: int = 2
+    avg_num_neighbors: float = 1.0
+    message_backend: str = "auto"
+
+    def validate(self) -> None:
+        super().validate()
+        self._check_positive("avg_num_neighbors")
+        if self.lmax < 0:
+            raise ConfigError(f"model config: lmax must be >= 0, got {self.lmax}")
+
+    def tp_options(self) -> dict[str, Any]:
+        """Keyword arguments of the family's tensor product for :class:`~mlip_cli.nn.InteractionBlock`."""
+        return {}
+
+
+@dataclass
+class TDNConfig(EquivariantConfig):
+    """Config of ``"tdn"``.
+
+    Attributes:
+        cp_rank: CP rank of the even-path tensor (None: the exact default, 6/19/52/120/260/540 at L = 1..6).
+            Only the middle blocks use it, so it matters from 3 interactions on.
+    """
+
+    cp_rank: int | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if self.cp_rank is not None and self.cp_rank < 1:
+            raise ConfigError(f"model config: cp_rank must be a positive integer or null, got {self.cp_rank}")
+
+    def tp_options(self) -> dict[str, Any]:
+        return {"cp_rank": self.cp_rank}
+
+
+@dataclass
+class GauntConfig(EquivariantConfig):
+    """Config of ``"gaunt"``.
+
+    Attributes:
+        gaunt_grid: sphere quadrature: ``"auto"``, ``"lebedev"`` or ``"gl"``.
+    """
+
+    gaunt_grid: str = "auto"
+
+    def tp_options(self) -> dict[str, Any]:
+        return {"gaunt_grid": self.gaunt_grid}
+
+
+@dataclass
+class CGConfig(EquivariantConfig):
+    """Config of ``"cg"`` (the dense CG product has no options of its own)."""
 
 
 class EquivariantPotential(Potential):
@@ -51,7 +120,7 @@ class EquivariantPotential(Potential):
 
     tp: str = ""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: EquivariantConfig):
         super().__init__(config)
         c = config
         self.lmax, self.channels = c.lmax, c.channels
@@ -63,9 +132,8 @@ class EquivariantPotential(Potential):
         self.blocks = nn.ModuleList(
             InteractionBlock(c.channels, c.lmax, c.num_elements, self.tp, num_radial=c.num_radial,
                              radial_hidden=c.radial_hidden, radial_layers=c.radial_layers,
-                             avg_num_neighbors=c.avg_num_neighbors, cp_rank=c.cp_rank, gaunt_grid=c.gaunt_grid,
-                             backend=c.message_backend, lmax_in=0 if i == 0 else c.lmax,
-                             lmax_out=0 if i == last else c.lmax)
+                             avg_num_neighbors=c.avg_num_neighbors, backend=c.message_backend,
+                             lmax_in=0 if i == 0 else c.lmax, lmax_out=0 if i == last else c.lmax, **c.tp_options())
             for i in range(c.num_interactions)
         )
         self.readout = ScalarReadout(c.channels, c.readout_hidden)
@@ -94,21 +162,21 @@ class EquivariantPotential(Potential):
         return self.readout(x[:, :, 0])
 
 
-@register_model("tdn")
+@register_model("tdn", config=TDNConfig, exactly_equivariant=True)
 class TDNPotential(EquivariantPotential):
     """Backbone with the CP (TDN) low-rank tensor product, rank-space message passing."""
 
     tp = "tdn"
 
 
-@register_model("gaunt")
+@register_model("gaunt", config=GauntConfig, exactly_equivariant=True)
 class GauntPotential(EquivariantPotential):
     """Backbone with the exact Gaunt (sphere-grid) tensor product, rank-space message passing."""
 
     tp = "gaunt"
 
 
-@register_model("cg")
+@register_model("cg", config=CGConfig, exactly_equivariant=True)
 class CGPotential(EquivariantPotential):
     """Backbone with the exact dense CG tensor product per edge (the baseline)."""
 

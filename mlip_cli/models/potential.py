@@ -14,6 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mlip_datasets.graph import edge_vectors
+from mlip_datasets.record import MIN_CELL_VOLUME
+
 from ..nn.embedding import ElementTable
 from ..nn.readout import AtomicReference, ScaleShift
 from .config import ModelConfig
@@ -21,17 +24,21 @@ from .hooks import TrainingHooks
 
 __all__ = ["Potential"]
 
-# |det(cell)| below this (A^3) counts as no cell: molecules store an all-zero cell.
-_MIN_VOLUME = 1e-6
-
 
 class Potential(nn.Module):
     """Base class of every model: subclasses implement :meth:`interaction_energies`.
 
     Args:
-        config: the resolved :class:`ModelConfig`; kept as ``self.config`` (``config.to_dict()`` goes into
-            checkpoints, ``build_model(that_dict)`` rebuilds the architecture).
+        config: the resolved config of the family (a :class:`ModelConfig` subclass); kept as ``self.config``
+            (``config.to_dict()`` goes into checkpoints, ``build_model(that_dict)`` rebuilds the architecture).
+
+    Attributes set by :func:`~mlip_cli.models.registry.register_model` on each family's class: ``family``,
+    ``config_class`` and ``exactly_equivariant``.
     """
+
+    family: str
+    config_class: type[ModelConfig]
+    exactly_equivariant: bool
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -122,8 +129,7 @@ class Potential(nn.Module):
                 cell_s = cell + torch.bmm(cell, sym)
 
             species = self.element_table(batch.numbers)
-            edge_cell = cell_s.index_select(0, node_graph.index_select(0, src))
-            vectors = pos[dst] - pos[src] + torch.einsum("ei,eij->ej", shifts, edge_cell)
+            vectors = edge_vectors(pos, cell_s, shifts, batch.edge_index, node_graph)
             e_int = self.interaction_energies(species, vectors, src, dst, positions.shape[0])
             # Summed in float64: per-atom references of hundreds of eV would round a float32 total to ~1 meV.
             node_energy = self.scale_shift(e_int).double() + self.reference(species).double()
@@ -145,7 +151,7 @@ class Potential(nn.Module):
         if dE_deps is None:
             return torch.zeros_like(cell)
         volume = torch.linalg.det(cell).abs()
-        periodic = pbc.reshape(-1, 3).any(dim=1).to(cell.device) & (volume > _MIN_VOLUME)
+        periodic = pbc.reshape(-1, 3).any(dim=1).to(cell.device) & (volume > MIN_CELL_VOLUME)
         # Divide by 1 where there is no cell, then zero those: no NaN/inf, even in the gradient.
         safe = torch.where(periodic, volume, torch.ones_like(volume))
         return torch.where(periodic[:, None, None], dE_deps / safe[:, None, None], torch.zeros_like(dE_deps))

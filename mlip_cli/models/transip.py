@@ -30,22 +30,24 @@ trained without it can be evaluated with it (``model.config.frame_averaging = Tr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from mlip_datasets.graph import edge_vectors
 from mlip_kernels.sh import spherical_harmonics
-from mlip_kernels.wigner import random_rotation
 
 from ..nn import BesselBasis, ElementEmbedding, PolynomialEnvelope, ScalarReadout
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 from .potential import Potential
 from .registry import register_model
-from .soft_equivariance import (FRAME_SIGNS, Irreps, alignment_loss, pca_frames,
-                                rotate_embeddings, transform_batch)
+from .hooks import TrainingHooks
+from .soft_equivariance import FRAME_SIGNS, Irreps, alignment_loss, pca_frames, rotate_embeddings
+from .symmetry import SYMMETRY_TYPES, draw, transform_batch
 
-__all__ = ["TransIPPotential", "TransIPBlock"]
+__all__ = ["TransIPPotential", "TransIPBlock", "TransIPConfig"]
 
 
 class _Edges(NamedTuple):
@@ -116,7 +118,42 @@ class TransIPBlock(nn.Module):
         return x + self.ff(self.norm_ff(x))
 
 
-@register_model("transip")
+@dataclass
+class TransIPConfig(ModelConfig):
+    """Config of ``"transip"``: ``channels`` are the scalar columns of a token and the attention width,
+    ``num_interactions`` the Transformer layers.
+
+    Attributes:
+        num_heads: attention heads (must divide ``channels``).
+        ff_hidden: hidden width of the feed-forward layers (None: twice the token width
+            ``channels + 3 * vector_channels``).
+        vector_channels: Cartesian vector (``1o``) columns per token, besides the scalars (0: none).
+        frame_averaging: average the energy over the 8 signed principal frames of each structure, making it
+            exactly rotation- and reflection-invariant (8x the cost); a runtime switch that does not change
+            the parameters.
+    """
+
+    num_heads: int = 4
+    ff_hidden: int | None = None
+    vector_channels: int = 8
+    frame_averaging: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        self._check_positive("num_heads")
+        if self.ff_hidden is not None and self.ff_hidden < 1:
+            raise ConfigError(f"model config: ff_hidden must be a positive integer or null, got {self.ff_hidden}")
+        if self.vector_channels < 0:
+            raise ConfigError(f"model config: vector_channels must be >= 0, got {self.vector_channels}")
+        if not isinstance(self.frame_averaging, bool):
+            raise ConfigError(f"model config: frame_averaging must be true or false, got {self.frame_averaging!r}")
+        if self.channels % self.num_heads:
+            raise ConfigError(f"model config: num_heads ({self.num_heads}) must divide channels ({self.channels}) "
+                              f"for family 'transip'")
+
+
+# Equivariance is learned (the alignment loss); frame averaging makes it exact, but only when switched on.
+@register_model("transip", config=TransIPConfig, exactly_equivariant=False)
 class TransIPPotential(Potential):
     """Transformer potential with learned equivariance (family ``"transip"``).
 
@@ -124,14 +161,11 @@ class TransIPPotential(Potential):
     ``ff_hidden`` (None: twice the token width), ``num_interactions`` (layers), ``cutoff``, ``num_radial``,
     ``radial_hidden``, ``radial_layers``, ``envelope_p``, ``readout_hidden``, ``frame_averaging``.
 
-    Training hooks: :meth:`embed` (token embeddings and their declared irreps) and :meth:`regularizers`
-    (alignment violations by symmetry type, for :class:`~mlip_cli.models.soft_equivariance.AutoSymmetryWeights`).
+    Training hooks (:meth:`training_hooks`): :meth:`regularizers`, the alignment violations of :meth:`embed`
+    (token embeddings and their declared irreps) per symmetry type.
     """
 
-    #: symmetry types :meth:`regularizers` returns, in this order.
-    symmetry_types = ("rotation", "reflection")
-
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: TransIPConfig):
         super().__init__(config)
         c = config
         self.channels, self.vector_channels = c.channels, c.vector_channels
@@ -227,9 +261,8 @@ class TransIPPotential(Potential):
         """
         dtype = self.dtype
         src, dst = batch.edge_index[0], batch.edge_index[1]
-        pos = batch.positions.to(dtype)
-        cell = batch.cell.to(dtype).reshape(-1, 3, 3).index_select(0, batch.batch.index_select(0, src))
-        vectors = pos[dst] - pos[src] + torch.einsum("ei,eij->ej", batch.shifts.to(dtype), cell)
+        vectors = edge_vectors(batch.positions.to(dtype), batch.cell.to(dtype), batch.shifts.to(dtype),
+                               batch.edge_index, batch.batch)
         xs = self.tokens(self.element_table(batch.numbers), vectors, src, dst, int(batch.numbers.shape[0]))
         if layers == "last":
             return xs[-1], self.irreps
@@ -237,21 +270,24 @@ class TransIPPotential(Potential):
             return torch.cat(xs, dim=1), self.irreps * len(xs)
         raise ValueError(f"layers must be 'last' or 'all', got {layers!r}")
 
-    def regularizers(self, batch, out: dict | None = None) -> dict[str, torch.Tensor]:
-        """Alignment violations ``{"rotation": ..., "reflection": ...}`` (differentiable scalars).
+    def training_hooks(self) -> TrainingHooks:
+        """The learned equivariance: :meth:`regularizers` for each generator of O(3)."""
+        return TrainingHooks(symmetry_types=SYMMETRY_TYPES, regularizers=self.regularizers)
 
-        ``rotation``: each structure gets its own Haar-random rotation (torch's global RNG); ``reflection``: the
-        inversion ``r -> -r``. Together they generate O(3), and each can hold without the other (a chiral
-        energy keeps rotations and breaks inversion; an easy axis does the opposite), which a random mirror
-        (a rotation times the inversion) could not separate. The value is :func:`~mlip_cli.models.soft_equivariance.alignment_loss` of
-        ``embed(g x)`` against ``D(g) embed(x)`` over all layers' embeddings. ``out`` is unused.
+    def regularizers(self, batch, out: dict | None = None) -> dict[str, torch.Tensor]:
+        """Alignment violations ``{"rotation": ..., "inversion": ...}`` (differentiable scalars), one per generator
+        of O(3) (:mod:`mlip_cli.models.symmetry`).
+
+        ``rotation``: each structure gets its own Haar-random rotation (torch's global RNG); ``inversion``:
+        ``r -> -r``. Each can hold without the other, so each has its own weight. The value is
+        :func:`~mlip_cli.models.soft_equivariance.alignment_loss` of ``embed(g x)`` against ``D(g) embed(x)``
+        over all layers' embeddings. ``out`` is unused.
         """
         emb, irreps = self.embed(batch, layers="all")
         atom_graph, species = batch.batch, self.element_table(batch.numbers)
         losses = {}
-        inversion = -torch.eye(3, dtype=torch.float64).expand(batch.num_graphs, 3, 3)
-        for name, g in (("rotation", random_rotation(batch.num_graphs)), ("reflection", inversion)):
-            g = g.to(device=emb.device, dtype=emb.dtype)
+        for name in SYMMETRY_TYPES:
+            g = draw(name, batch.num_graphs).to(device=emb.device, dtype=emb.dtype)
             moved = self.embed(transform_batch(batch, g), layers="all")[0]
             losses[name] = alignment_loss(moved, rotate_embeddings(emb, irreps, g.index_select(0, atom_graph)),
                                           groups=species)

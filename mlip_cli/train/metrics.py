@@ -1,4 +1,5 @@
-"""Error metrics of predictions against labels, accumulated over batches as sums (so processes can add them).
+"""Error metrics of predictions against labels, accumulated over batches as sums (so processes can add them), and
+:func:`evaluate_set`, the one scoring loop that validation, the end-of-run report and ``mlip eval`` share.
 
 Units in :meth:`ErrorMetrics.summary`: energies in meV (per structure) and meV/atom, forces in meV/A,
 stress in meV/A^3. Only labelled entries count (the batch masks).
@@ -11,7 +12,9 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["ErrorMetrics", "QUANTITIES"]
+from .distributed import DistInfo
+
+__all__ = ["ErrorMetrics", "QUANTITIES", "evaluate_set"]
 
 # name -> unit, in summary order
 QUANTITIES = {"energy": "meV", "energy_per_atom": "meV/atom", "forces": "meV/A", "stress": "meV/A^3"}
@@ -97,3 +100,26 @@ class ErrorMetrics:
     def parity_data(self) -> dict[str, np.ndarray]:
         """``{quantity: array [2, n]}`` of (reference, prediction); needs ``keep=True``."""
         return {k: np.concatenate(v, axis=1) for k, v in self.pairs.items() if v}
+
+
+def evaluate_set(model, graphs, batch_size: int, device: torch.device, info: DistInfo | None = None,
+                 compute_stress: bool = False, keep: bool = False, progress=None) -> ErrorMetrics:
+    """Error metrics of ``model`` on a graph set; with ``info``, each process takes a slice and sums are shared.
+
+    ``graphs`` is a :class:`~mlip_cli.train.data.GraphSet`; ``progress(done)`` is called after each batch with
+    the number of structures scored so far.
+    """
+    info = info or DistInfo()
+    metrics = ErrorMetrics(model.config.elements, keep=keep)
+    mine = list(range(info.rank, len(graphs), info.world))
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(mine), batch_size):
+        batch = graphs.batch(mine[start:start + batch_size]).to(device)
+        out = model(batch, compute_forces=True, compute_stress=compute_stress and bool(batch.stress_mask.any()))
+        metrics.update(batch, out)
+        if progress is not None:
+            progress(min(start + batch_size, len(mine)))
+    metrics.all_reduce()
+    model.train(was_training)
+    return metrics

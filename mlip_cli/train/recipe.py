@@ -9,22 +9,23 @@ A recipe has five sections; every key is optional except ``model.family``::
     run:      steps/epochs/time budget, validation cadence, early stopping, seed, dtype, device
 
 Relative data paths in a recipe file are resolved against the file's directory; paths given on the command
-line (``--data``) against the working directory.
+line (``--data``, as :class:`RecipeSettings`) against the working directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
 from ..errors import UsageError
 
-__all__ = ["Recipe", "DataSection", "LossSection", "OptimSection", "RunSection", "RecipeError",
+__all__ = ["Recipe", "DataSection", "LossSection", "OptimSection", "RunSection", "RecipeError", "RecipeSettings",
            "load_recipe", "parse_duration", "apply_overrides"]
 
 
@@ -175,8 +176,12 @@ class Recipe:
     name: str = "run"
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], base_dir: str | Path | None = None) -> "Recipe":
-        """Build and validate; unknown sections or keys raise :class:`RecipeError` listing the allowed ones."""
+    def from_dict(cls, data: Mapping[str, Any], base_dir: str | Path | None = None,
+                  settings: RecipeSettings | None = None) -> Recipe:
+        """Build, resolve relative data paths against ``base_dir``, apply ``settings``, validate.
+
+        Unknown sections or keys raise :class:`RecipeError` listing the allowed ones.
+        """
         if not isinstance(data, Mapping):
             raise RecipeError(f"a recipe must be a mapping of sections, got {type(data).__name__}")
         allowed = ["name", "model", *_SECTIONS]
@@ -190,6 +195,8 @@ class Recipe:
         recipe = cls(model=dict(model), name=str(data.get("name", "run")), **sections)
         if base_dir is not None:
             recipe.resolve_paths(Path(base_dir))
+        if settings is not None:
+            settings.apply(recipe)
         recipe.validate()
         return recipe
 
@@ -204,14 +211,19 @@ class Recipe:
                 setattr(self.data, key, str((base / Path(value).expanduser()).resolve()))
 
     def validate(self) -> None:
-        from ..models.config import ModelConfig
+        from ..models import config_class, registered_families
 
         if "family" not in self.model:
-            raise RecipeError("recipe: model.family is required (one of tdn, gaunt, cg, transip)")
-        unknown = [k for k in self.model if k not in ModelConfig.allowed_keys()]
+            raise RecipeError(f"recipe: model.family is required (one of {', '.join(registered_families())})")
+        family = str(self.model["family"])
+        if family not in registered_families():
+            raise RecipeError(f"recipe: model.family {family!r} is not a model family; "
+                              f"available: {', '.join(registered_families())}")
+        allowed = config_class(family).allowed_keys()
+        unknown = [k for k in self.model if k not in allowed]
         if unknown:
-            raise RecipeError(f"recipe: unknown key model.{unknown[0]}; allowed: "
-                              f"{', '.join(ModelConfig.allowed_keys())}")
+            raise RecipeError(f"recipe: unknown key model.{unknown[0]} for family {family!r}; allowed: "
+                              f"{', '.join(allowed)}")
         d, o, r, lo = self.data, self.optim, self.run, self.loss
         if d.train is None and d.generate is None:
             raise RecipeError("recipe: no training data; set data.train (or pass --data PATH) or data.generate")
@@ -258,6 +270,34 @@ class Recipe:
             raise RecipeError(f"recipe: run.device must be auto, cpu or cuda, got {r.device!r}")
 
 
+@dataclass(frozen=True)
+class RecipeSettings:
+    """Recipe fields set from typed values (the options of ``mlip train``), after the file and its ``--set``
+    overrides. Nothing here is parsed as YAML, so a path holding ``" #"`` or ``": "`` is taken as it is.
+
+    Attributes:
+        train: ``data.train`` (relative: against the working directory); also drops ``data.generate``.
+        valid, test: ``data.valid``, ``data.test`` (likewise).
+        time_budget: ``run.time_budget``: a duration such as ``"20m"`` or seconds.
+    """
+
+    train: str | Path | None = None
+    valid: str | Path | None = None
+    test: str | Path | None = None
+    time_budget: str | float | None = None
+
+    def apply(self, recipe: Recipe) -> None:
+        """Set the fields on ``recipe`` (validated afterwards by :meth:`Recipe.validate`)."""
+        if self.train is not None:
+            recipe.data.train, recipe.data.generate = str(Path(self.train).expanduser().resolve()), None
+        if self.valid is not None:
+            recipe.data.valid = str(Path(self.valid).expanduser().resolve())
+        if self.test is not None:
+            recipe.data.test = str(Path(self.test).expanduser().resolve())
+        if self.time_budget is not None:
+            recipe.run.time_budget = self.time_budget
+
+
 def _positive(value: Any, name: str, kind: type) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and int(value) != value) \
             or value <= 0:
@@ -300,8 +340,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None,
-                builtin_dir: Path | None = None) -> Recipe:
-    """Read a recipe file (or a shipped recipe by name, e.g. ``tdn-tiny``), apply overrides, validate."""
+                builtin_dir: Path | None = None, settings: RecipeSettings | None = None) -> Recipe:
+    """Read a recipe file (or a shipped recipe by name, e.g. ``tdn-tiny``), apply the ``section.key=value``
+    ``overrides`` (values parsed as YAML), then the typed ``settings``, and validate."""
     path = find_recipe(path, builtin_dir)
     try:
         data = yaml_load(path.read_text()) or {}
@@ -313,7 +354,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None,
         raise RecipeError(f"{path}: a recipe must be a mapping of sections")
     apply_overrides(data, overrides or [])
     try:
-        return Recipe.from_dict(data, base_dir=path.parent)
+        return Recipe.from_dict(data, base_dir=path.parent, settings=settings)
     except RecipeError as err:
         raise RecipeError(f"{path}: {err}") from None
     except TypeError as err:  # e.g. a section that is a list

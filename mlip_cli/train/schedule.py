@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["LRSchedule"]
+__all__ = ["LRSchedule", "progress_fraction"]
+
+
+def progress_fraction(step: int, elapsed: float, total_steps: int | None, time_budget: float | None) -> float:
+    """How much of the run is used up, for the cosine: ``step / total_steps`` when a step limit is known in
+    advance (``max_steps``, or ``max_epochs`` x batches), else ``elapsed / time_budget``; 0 with neither."""
+    if total_steps:
+        return step / total_steps
+    return elapsed / time_budget if time_budget else 0.0
 
 
 class LRSchedule:

@@ -10,31 +10,20 @@ units of the labels, not of the current error: a well-fitted model on correlated
 orientations) can lower a small error by a large factor with an orientation-dependent shortcut that carries
 almost none of the labels' variance.
 
-Groups: ``rotation``: ``rotations`` Haar-random rotations per structure (a Monte Carlo average; its leftover
-anti-symmetric part shrinks as 1/rotations); ``reflection``: ``{identity, inversion}`` (exact). Energies are
-averaged; forces are rotated back, ``F_sym(x) = mean_g g^T F(g x)``. Stress is left out here.
+Groups (:func:`mlip_cli.models.symmetry.averaging_elements`): ``rotation``: ``rotations`` Haar-random rotations
+per structure (a Monte Carlo average; its leftover anti-symmetric part shrinks as 1/rotations); ``inversion``:
+``{identity, inversion}`` (exact). Energies are averaged; forces are rotated back, ``F_sym(x) = mean_g g^T F(g x)``.
+Stress is left out here.
 """
 
 from __future__ import annotations
 
 import torch
 
-from mlip_kernels.wigner import random_rotation
-
-from ..models.soft_equivariance import transform_batch
+from ..models.symmetry import SYMMETRY_TYPES, averaging_elements, transform_batch
 from .distributed import DistInfo, all_reduce_sum
 
-__all__ = ["group_elements", "symmetrized_prediction", "symmetrization_gaps"]
-
-
-def group_elements(kind: str, num_graphs: int, rotations: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """The transforms averaged over for one symmetry type, each ``[num_graphs, 3, 3]`` (float64)."""
-    if kind == "rotation":
-        return [random_rotation(num_graphs, generator=generator) for _ in range(rotations)]
-    if kind == "reflection":
-        eye = torch.eye(3, dtype=torch.float64).expand(num_graphs, 3, 3)
-        return [eye, -eye]
-    raise ValueError(f"unknown symmetry type {kind!r}; known: rotation, reflection")
+__all__ = ["symmetrized_prediction", "symmetrization_gaps"]
 
 
 def symmetrized_prediction(model, batch, elements: list[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -70,7 +59,7 @@ def _label_moments(batch) -> torch.Tensor:
                          float((f * f).sum())], dtype=torch.float64)
 
 
-def symmetrization_gaps(model, graphs, batch_size: int, device: torch.device, types=("rotation", "reflection"),
+def symmetrization_gaps(model, graphs, batch_size: int, device: torch.device, types=SYMMETRY_TYPES,
                         info: DistInfo | None = None, rotations: int = 4, max_structures: int = 128,
                         seed: int = 0) -> dict[str, float]:
     """Per symmetry type, ``(T(f_sym) - T(f)) / T(0)`` over up to ``max_structures`` structures of ``graphs``.
@@ -93,7 +82,7 @@ def symmetrization_gaps(model, graphs, batch_size: int, device: torch.device, ty
         moments += _label_moments(batch)
         for i, kind in enumerate(types, start=1):
             sse[i] += _sse(batch, symmetrized_prediction(
-                model, batch, group_elements(kind, batch.num_graphs, rotations, generator)))
+                model, batch, averaging_elements(kind, batch.num_graphs, rotations, generator)))
     model.train(was_training)
     all_reduce_sum(sse, info)
     all_reduce_sum(moments, info)

@@ -21,16 +21,19 @@ import torch
 
 from ..checkpoint import load_checkpoint, resolve_dtype, save_checkpoint
 from ..errors import UsageError
-from .data import GraphSet, TrainingData, fit_statistics, iterate_batches, load_training_data
-from .distributed import DistInfo, all_reduce_sum, broadcast_model, setup_distributed, sync_gradients
+from ..models.symmetry import RENAMED_TYPES
+from .data import TrainingData, fit_statistics, iterate_batches, load_training_data
+from .distributed import all_reduce_sum, broadcast_model, setup_distributed, sync_gradients
 from .ema import EMA
 from .loss import label_counts, weighted_loss
-from .metrics import ErrorMetrics
+from .metrics import evaluate_set
 from .recipe import Recipe
-from .schedule import LRSchedule
+from .schedule import LRSchedule, progress_fraction
+from .state import LossWindow, TrainState
 from .symmetry_gap import symmetrization_gaps
+from .symmetry_weights import AutoSymmetryWeights
 
-__all__ = ["Trainer", "TrainingError", "TrainResult", "evaluate_set"]
+__all__ = ["Trainer", "TrainingError", "TrainResult", "Validation"]
 
 
 class TrainingError(UsageError):
@@ -48,33 +51,32 @@ class TrainResult:
     test: dict[str, float] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
 
+    def to_dict(self) -> dict:
+        """What ``result.yaml`` holds."""
+        return {"steps": self.steps, "epochs": self.epochs, "stop_reason": self.stop_reason, "valid": self.valid,
+                "test": self.test, "timing": self.timing}
+
+
+@dataclass
+class Validation:
+    """What one validation found.
+
+    Attributes:
+        metric: what decides "best": the validation loss, or without validation data the window's training loss.
+        summary: validation error metrics (:meth:`~mlip_cli.train.metrics.ErrorMetrics.summary`; empty without
+            validation data).
+        improved: whether ``metric`` beat every earlier validation.
+    """
+
+    metric: float
+    summary: dict[str, float]
+    improved: bool
+
 
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def evaluate_set(model, graphs: GraphSet, batch_size: int, device: torch.device, info: DistInfo | None = None,
-                 compute_stress: bool = False, keep: bool = False, progress=None) -> ErrorMetrics:
-    """Error metrics of ``model`` on a graph set; with ``info``, each process takes a slice and sums are shared.
-
-    ``progress(done)`` is called after each batch with the number of structures scored so far.
-    """
-    info = info or DistInfo()
-    metrics = ErrorMetrics(model.config.elements, keep=keep)
-    mine = list(range(info.rank, len(graphs), info.world))
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(mine), batch_size):
-        batch = graphs.batch(mine[start:start + batch_size]).to(device)
-        out = model(batch, compute_forces=True, compute_stress=compute_stress and bool(batch.stress_mask.any()))
-        metrics.update(batch, out)
-        if progress is not None:
-            progress(min(start + batch_size, len(mine)))
-    metrics.all_reduce()
-    model.train(was_training)
-    return metrics
 
 
 class Trainer:
@@ -132,6 +134,7 @@ class Trainer:
         self.schedule = LRSchedule(o.lr, o.schedule, o.warmup_steps, o.min_lr_ratio, o.plateau_factor,
                                    o.plateau_patience)
         self.ema = EMA(self.model, o.ema_decay) if o.ema_decay else None
+        self.hooks = self.model.training_hooks()
         self.symmetry = self._symmetry_weights()
         if self.symmetry is not None:
             self.metric_columns = self.metric_columns + [
@@ -141,18 +144,14 @@ class Trainer:
         if r.run.max_epochs is not None:
             by_epochs = r.run.max_epochs * self.batches_per_epoch
             self.total_steps = by_epochs if self.total_steps is None else min(self.total_steps, by_epochs)
-        self.state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "elapsed": 0.0, "best": math.inf,
-                      "bad_validations": 0, "nan_streak": 0, "data_s": 0.0, "compute_s": 0.0, "valid_s": 0.0,
-                      "structures": 0}
+        self.state = TrainState()
 
-    def _symmetry_weights(self):
-        """Weights of a model's learned-equivariance regularisers (TransIP): tuned (``auto``) or fixed."""
+    def _symmetry_weights(self) -> AutoSymmetryWeights | None:
+        """Weights of the regularisers the model's training hooks ask for: tuned (``auto``) or fixed."""
         weight = self.recipe.loss.symmetry
-        if not hasattr(self.model, "regularizers") or weight == 0:
+        if not self.hooks.has_regularizers or weight == 0:
             return None
-        from ..models.soft_equivariance import AutoSymmetryWeights
-
-        types = getattr(self.model, "symmetry_types", ("rotation", "reflection"))
+        types = self.hooks.symmetry_types
         if weight == "auto":
             loss = self.recipe.loss
             return AutoSymmetryWeights(types, target=loss.symmetry_target, gap_tolerance=loss.symmetry_tolerance)
@@ -162,15 +161,18 @@ class Trainer:
         return None if self.progress_factory is None else _counting_progress(self.progress_factory)
 
     def _build_model(self):
-        from ..models import build_model
+        from ..models import build_model, config_class
 
         config = dict(self.recipe.model)
         s = self.stats
         config["elements"] = s["elements"]
-        config.setdefault("avg_num_neighbors", s["avg_num_neighbors"])
-        config.setdefault("e0s", {z: e for z, e in s["e0s"].items()})
-        config.setdefault("shift", s["shift"])
-        config.setdefault("scale", s["scale"])
+        # the constants the data sets, where the family has them and the recipe leaves them open
+        fitted = {"avg_num_neighbors": s["avg_num_neighbors"], "e0s": {z: e for z, e in s["e0s"].items()},
+                  "shift": s["shift"], "scale": s["scale"]}
+        keys = config_class(config["family"]).allowed_keys()
+        for key, value in fitted.items():
+            if key in keys:
+                config.setdefault(key, value)
         return build_model(config, dtype=self.dtype, device=self.device)
 
     # ------------------------------------------------------------- checkpoints
@@ -186,7 +188,7 @@ class Trainer:
         }
         if with_train_state:
             payload["train_state"] = {
-                **self.state,
+                **self.state.to_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(),
                 "ema": self.ema.state_dict() if self.ema else None,
@@ -212,18 +214,21 @@ class Trainer:
         if ts.get("world", 1) != self.info.world:
             self.log(f"note: resuming a {ts.get('world', 1)}-process run with {self.info.world} processes; "
                      f"the data order stays, the exact numbers may not")
-        self.model.load_state_dict(ckpt["model_state"])
-        self.optimizer.load_state_dict(ts["optimizer"])
-        self.schedule.load_state_dict(ts["schedule"])
-        if self.ema is not None and ckpt.get("ema_state") is not None:
-            self.ema.load_state_dict(ts["ema"], ckpt["ema_state"])
-        if self.symmetry is not None and ts.get("symmetry"):
-            self.symmetry.load_state_dict(ts["symmetry"])
+        try:
+            self.state = TrainState.from_dict(ts)
+            self.model.load_state_dict(ckpt["model_state"])
+            self.optimizer.load_state_dict(ts["optimizer"])
+            self.schedule.load_state_dict(ts["schedule"])
+            if self.ema is not None and ckpt.get("ema_state") is not None:
+                self.ema.load_state_dict(ts["ema"], ckpt["ema_state"])
+            if self.symmetry is not None and ts.get("symmetry"):
+                self.symmetry.load_state_dict(ts["symmetry"])
+        except (KeyError, ValueError, RuntimeError) as err:  # RuntimeError: weights of another architecture
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise TrainingError(f"{self.run_dir / 'last.pt'}: cannot resume from it ({first})") from None
         torch.set_rng_state(ts["rng"])
-        for key in self.state:
-            self.state[key] = ts[key]
-        self._truncate_metrics(self.state["step"])
-        self.log(f"resumed {self.run_dir} at step {self.state['step']} (epoch {self.state['epoch']})")
+        self._truncate_metrics(self.state.step)
+        self.log(f"resumed {self.run_dir} at step {self.state.step} (epoch {self.state.epoch})")
 
     # ----------------------------------------------------------------- metrics
     def _metrics_path(self) -> Path:
@@ -235,7 +240,8 @@ class Trainer:
         if not self.info.is_main or not path.exists():
             return
         with open(path, newline="") as f:
-            rows = [row for row in csv.DictReader(f) if _row_step(row) <= step]
+            rows = [{_current_column(k): v for k, v in row.items()} for row in csv.DictReader(f)
+                    if _row_step(row) <= step]
         self._write_rows(rows, mode="w")
 
     def _write_rows(self, rows: list[dict], mode: str = "a") -> None:
@@ -276,7 +282,17 @@ class Trainer:
     def _eval_model(self):
         return self.ema.module if self.ema is not None else self.model
 
-    def _validate(self, window: dict) -> dict:
+    def _validate(self, window: LossWindow) -> Validation:
+        """Measure, judge, record (metrics row, TensorBoard, log line) and checkpoint, in that order."""
+        summary = self._measure()
+        metric = self._valid_loss(summary) if summary else window.loss
+        result = Validation(metric, summary, self._judge(metric))
+        self._record(window, result)
+        self._checkpoint(result.improved)
+        return result
+
+    def _measure(self) -> dict[str, float]:
+        """Validation error metrics of the evaluated weights (and the symmetrisation gaps, for tuned weights)."""
         start = time.perf_counter()
         summary: dict[str, float] = {}
         if self.data.valid is not None:
@@ -287,51 +303,56 @@ class Trainer:
             if self.symmetry is not None and self.symmetry.lr > 0:
                 self.symmetry.update_gaps(symmetrization_gaps(
                     self._eval_model(), self.data.valid, vbs, self.device, self.symmetry.types,
-                    self.info, seed=self.state["step"]))
-        self.state["valid_s"] += time.perf_counter() - start
-        # Without validation data, the training loss of the window decides what is "best".
-        metric = self._valid_loss(summary) if summary else window["loss"]
+                    self.info, seed=self.state.step))
+        self.state.valid_s += time.perf_counter() - start
+        return summary
+
+    def _judge(self, metric: float) -> bool:
+        """Whether ``metric`` is a new best; updates the early-stopping count and the plateau schedule."""
         s = self.state
-        row = {"step": s["step"], "epoch": s["epoch"], "elapsed_s": round(s["elapsed"], 3),
-               "lr": self.optimizer.param_groups[0]["lr"], "train_loss": window["loss"],
-               "train_energy_rmse": 1000 * math.sqrt(window["sse_e"] / window["n_e"]) if window["n_e"] else "",
-               "train_forces_rmse": 1000 * math.sqrt(window["sse_f"] / window["n_f"]) if window["n_f"] else "",
-               "valid_loss": metric if summary else "",
+        improved = metric < s.best
+        if improved:
+            s.best, s.bad_validations = metric, 0
+        else:
+            s.bad_validations += 1
+        self.schedule.observe(metric)
+        return improved
+
+    def _record(self, window: LossWindow, result: Validation) -> None:
+        """One metrics row (metrics.csv and TensorBoard) and one log line."""
+        s, summary = self.state, result.summary
+        blank = ""  # a column without a value in this row
+        row = {"step": s.step, "epoch": s.epoch, "elapsed_s": round(s.elapsed, 3),
+               "lr": self.optimizer.param_groups[0]["lr"], "train_loss": window.loss,
+               "train_energy_rmse": blank if window.energy_rmse is None else window.energy_rmse,
+               "train_forces_rmse": blank if window.forces_rmse is None else window.forces_rmse,
+               "valid_loss": result.metric if summary else blank,
                **{f"valid_{k}": v for k, v in summary.items()},
-               "structures_per_s": s["structures"] / s["elapsed"] if s["elapsed"] > 0 else "",
-               "data_s": round(s["data_s"], 3), "compute_s": round(s["compute_s"], 3),
-               "valid_s": round(s["valid_s"], 3)}
+               "structures_per_s": s.structures / s.elapsed if s.elapsed > 0 else blank,
+               "data_s": round(s.data_s, 3), "compute_s": round(s.compute_s, 3), "valid_s": round(s.valid_s, 3)}
         if self.symmetry is not None:
             row.update(self.symmetry.log())
-        improved = metric < s["best"]
-        if improved:
-            s["best"], s["bad_validations"] = metric, 0
-        else:
-            s["bad_validations"] += 1
-        self.schedule.observe(metric)
         if self.info.is_main:
             self._write_rows([row])
             self._tensorboard(row)
-            self._save("last.pt")
-            if improved:
-                self._save("best.pt")
-        msg = f"step {s['step']:>6}  loss {window['loss']:.4g}"
+        msg = f"step {s.step:>6}  loss {window.loss:.4g}"
         if summary:
             msg += (f"  valid E {summary.get('energy_per_atom_rmse', float('nan')):.2f} meV/atom"
                     f"  F {summary.get('forces_rmse', float('nan')):.1f} meV/A")
-        self.log(msg + ("  *" if improved else ""))
-        return {"metric": metric, "summary": summary, "improved": improved}
+        self.log(msg + ("  *" if result.improved else ""))
+
+    def _checkpoint(self, improved: bool) -> None:
+        """``last.pt`` at every validation, ``best.pt`` when it improved (main process only)."""
+        self._save("last.pt")
+        if improved:
+            self._save("best.pt")
 
     # -------------------------------------------------------------------- loop
-    def _progress_fraction(self) -> float:
-        if self.total_steps:
-            return self.state["step"] / self.total_steps
-        budget = self.recipe.run.time_budget
-        return self.state["elapsed"] / budget if budget else 0.0
-
-    def _step(self, batch, window: dict) -> bool:
+    def _step(self, batch, window: LossWindow) -> bool:
         """One optimizer step; returns False when it was skipped because the loss was not finite."""
-        lr = self.schedule.lr(self.state["step"], self._progress_fraction())
+        s = self.state
+        lr = self.schedule.lr(s.step, progress_fraction(s.step, s.elapsed, self.total_steps,
+                                                        self.recipe.run.time_budget))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         w = self.recipe.loss
@@ -340,7 +361,7 @@ class Trainer:
         loss, sse = weighted_loss(batch, out, w, counts)
         violations = None
         if self.symmetry is not None:
-            regs = self.model.regularizers(batch, out)
+            regs = self.hooks.regularizers(batch, out)
             # each process's share of the mean over processes, like the data loss
             loss = loss + self.symmetry.weighted_sum(regs) / self.info.world
             violations = torch.stack([regs[t].detach().double() for t in self.symmetry.types]) / self.info.world
@@ -367,33 +388,23 @@ class Trainer:
         shares = torch.tensor([float(loss.detach()), float(sse.get("energy", 0.0)), float(sse.get("forces", 0.0))],
                               dtype=torch.float64)
         all_reduce_sum(shares, self.info)
-        window["loss_sum"] += float(shares[0])
-        window["steps"] += 1
-        window["loss"] = window["loss_sum"] / window["steps"]
-        window["sse_e"] += float(shares[1])
-        window["n_e"] += float(counts[0])
-        window["sse_f"] += float(shares[2])
-        window["n_f"] += float(counts[1])
+        window.add(loss=float(shares[0]), energy_sse=float(shares[1]), energy_count=float(counts[0]),
+                   forces_sse=float(shares[2]), forces_count=float(counts[1]))
         return True
 
     def _should_stop(self) -> str | None:
         r, s = self.recipe.run, self.state
-        if self.total_steps is not None and s["step"] >= self.total_steps:
-            return "max_epochs" if r.max_steps is None or s["step"] < r.max_steps else "max_steps"
+        if self.total_steps is not None and s.step >= self.total_steps:
+            return "max_epochs" if r.max_steps is None or s.step < r.max_steps else "max_steps"
         if r.time_budget is not None:
-            over = torch.tensor([float(s["elapsed"] >= r.time_budget)], dtype=torch.float64)
+            over = torch.tensor([float(s.elapsed >= r.time_budget)], dtype=torch.float64)
             if self.info.active:  # rank 0's clock decides for everyone
                 torch.distributed.broadcast(over, src=0)
             if over[0] > 0:
                 return "time_budget"
-        if r.early_stopping is not None and s["bad_validations"] >= r.early_stopping:
+        if r.early_stopping is not None and s.bad_validations >= r.early_stopping:
             return "early_stopping"
         return None
-
-    @staticmethod
-    def _new_window() -> dict:
-        return {"loss_sum": 0.0, "loss": float("nan"), "steps": 0, "sse_e": 0.0, "n_e": 0.0, "sse_f": 0.0,
-                "n_f": 0.0}
 
     def run(self) -> TrainResult:
         """Train until a limit is hit; returns what happened. Writes everything into ``run_dir``."""
@@ -402,22 +413,23 @@ class Trainer:
             self._restore()
         elif self.info.is_main:
             self._metrics_path().unlink(missing_ok=True)  # a fresh run starts a fresh log
-        r, s = self.recipe, self.state
+        r = self.recipe
         self.log(f"model {r.model['family']}: {sum(p.numel() for p in self.model.parameters()):,} parameters, "
                  f"{len(self.data.train)} train / {len(self.data.valid) if self.data.valid else 0} valid "
                  f"structures, batch {r.data.batch_size}, {self.dtype}, {self.device}"
                  + (f", {self.info.world} processes" if self.info.active else ""))
-        window = self._new_window()
+        s = self.state  # the restored state on resume: take it after _restore
+        window = LossWindow()
         self._step_times: list[float] = []
         stop = self._should_stop()
-        last_validated = s["step"] if self.resume else -1
+        last_validated = s.step if self.resume else -1
         total = self.total_steps if self.total_steps else r.run.time_budget
         bar = self.progress_factory(total, "steps" if self.total_steps else "s") if self.progress_factory else None
         with (bar if bar is not None else contextlib.nullcontext()) as update:
             while stop is None:
                 for k, batch, data_time in iterate_batches(self.data.train, self.local_batch, True, r.run.seed,
-                                                           s["epoch"], self.info.rank, self.info.world,
-                                                           skip=s["batch_in_epoch"]):
+                                                           s.epoch, self.info.rank, self.info.world,
+                                                           skip=s.batch_in_epoch):
                     start = time.perf_counter()
                     batch = batch.to(self.device)
                     if r.run.augment_rotations:
@@ -426,55 +438,53 @@ class Trainer:
                         batch = random_rotate_batch(batch)  # global RNG: replayed exactly on resume
                     ok = self._step(batch, window)
                     compute_time = time.perf_counter() - start
-                    s["data_s"] += data_time
-                    s["compute_s"] += compute_time
+                    s.data_s += data_time
+                    s.compute_s += compute_time
                     self._step_times.append(data_time + compute_time)
-                    s["elapsed"] += data_time + compute_time
-                    s["batch_in_epoch"] = k + 1
+                    s.elapsed += data_time + compute_time
+                    s.batch_in_epoch = k + 1
                     if not ok:
-                        s["nan_streak"] += 1
-                        self.log(f"warning: step {s['step'] + 1}: the loss or its gradient is NaN/inf; "
-                                 f"step skipped ({s['nan_streak']} in a row)")
-                        if s["nan_streak"] >= r.run.max_nan_steps:
+                        s.nan_streak += 1
+                        self.log(f"warning: step {s.step + 1}: the loss or its gradient is NaN/inf; "
+                                 f"step skipped ({s.nan_streak} in a row)")
+                        if s.nan_streak >= r.run.max_nan_steps:
                             raise TrainingError(
-                                f"{s['nan_streak']} steps in a row had a NaN/inf loss; stopping without writing "
+                                f"{s.nan_streak} steps in a row had a NaN/inf loss; stopping without writing "
                                 f"a NaN checkpoint. Lower optim.lr, check the data with `mlip data validate`, "
                                 f"or use run.dtype=float64")
                         continue
-                    s["nan_streak"] = 0
-                    s["step"] += 1
-                    s["structures"] += int(batch.num_graphs) * self.info.world
-                    if s["step"] % r.run.valid_every == 0:
+                    s.nan_streak = 0
+                    s.step += 1
+                    s.structures += int(batch.num_graphs) * self.info.world
+                    if s.step % r.run.valid_every == 0:
                         result = self._validate(window)
-                        window = self._new_window()
-                        last_validated = s["step"]
+                        window = LossWindow()
+                        last_validated = s.step
                         if update is not None:
-                            update(completed=s["step"] if self.total_steps else s["elapsed"],
-                                   valid=result["summary"].get("forces_rmse"))
-                    elif update is not None and s["step"] % r.run.log_every == 0:
-                        update(completed=s["step"] if self.total_steps else s["elapsed"], loss=window["loss"],
-                               rate=s["structures"] / max(s["elapsed"], 1e-9))
+                            update(completed=s.step if self.total_steps else s.elapsed,
+                                   valid=result.summary.get("forces_rmse"))
+                    elif update is not None and s.step % r.run.log_every == 0:
+                        update(completed=s.step if self.total_steps else s.elapsed, loss=window.loss,
+                               rate=s.structures / max(s.elapsed, 1e-9))
                     stop = self._should_stop()
                     if stop is not None:
                         break
                 else:
-                    s["epoch"] += 1
-                    s["batch_in_epoch"] = 0
+                    s.epoch += 1
+                    s.batch_in_epoch = 0
                     stop = self._should_stop()
-            if last_validated != s["step"]:
+            if last_validated != s.step:
                 self._validate(window)
             if update is not None:
-                update(completed=s["step"] if self.total_steps else s["elapsed"])
+                update(completed=s.step if self.total_steps else s.elapsed)
         return self._finish(stop)
 
     def _finish(self, stop: str) -> TrainResult:
         s = self.state
-        result = TrainResult(run_dir=self.run_dir, steps=s["step"], epochs=s["epoch"], stop_reason=stop,
-                             best_metric=s["best"])
-        result.timing = {"train_s": s["elapsed"], "data_s": s["data_s"], "compute_s": s["compute_s"],
-                         "valid_s": s["valid_s"],
-                         "structures_per_s": s["structures"] / s["elapsed"] if s["elapsed"] else 0.0,
-                         "step_ms": 1000 * s["compute_s"] / max(s["step"], 1),
+        result = TrainResult(run_dir=self.run_dir, steps=s.step, epochs=s.epoch, stop_reason=stop, best_metric=s.best)
+        result.timing = {"train_s": s.elapsed, "data_s": s.data_s, "compute_s": s.compute_s, "valid_s": s.valid_s,
+                         "structures_per_s": s.structures / s.elapsed if s.elapsed else 0.0,
+                         "step_ms": 1000 * s.compute_s / max(s.step, 1),
                          # median over this process's steps after the first 10 (warm-up), data + compute
                          "median_step_ms": 1000 * float(np.median(self._step_times[10:] or self._step_times or [0]))}
         best = self.run_dir / "best.pt"
@@ -488,6 +498,12 @@ class Trainer:
         if self.data.test is not None:
             result.test = evaluate_set(self._eval_model(), self.data.test, vbs, self.device, self.info).summary()
         return result
+
+
+def _current_column(name: str) -> str:
+    """A metrics column under today's name: symmetry columns of runs logged before a type was renamed."""
+    prefix, _, kind = name.rpartition("/")
+    return f"{prefix}/{RENAMED_TYPES[kind]}" if prefix and kind in RENAMED_TYPES else name
 
 
 def _row_step(row: dict) -> float:

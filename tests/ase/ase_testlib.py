@@ -8,18 +8,20 @@ from ase import Atoms
 from ase.build import bulk, molecule
 
 from mlip_cli.checkpoint import save_checkpoint
-from mlip_cli.models import MODELS, build_model, get_model_class
+from mlip_cli.models import build_model, config_class, registered_families
 
-get_model_class("tdn")  # registers the built-in families
-FAMILIES = tuple(sorted(MODELS))  # every registered family: tdn, gaunt, cg (and any added later)
+FAMILIES = registered_families()  # every registered family: cg, gaunt, tdn, transip (and any added later)
 ELEMENTS = [1, 6, 7, 8, 28, 29, 46, 47, 78, 79]
 CUTOFF = 3.5
 
 
 def tiny_model(family: str = "tdn", dtype: torch.dtype = torch.float64, seed: int = 0, **changes):
     """An untrained model, 8 channels, L = 1, 2 interactions (fast), in eval mode."""
-    cfg = dict(family=family, elements=ELEMENTS, cutoff=CUTOFF, channels=8, lmax=1, num_interactions=2,
-               num_radial=6, radial_hidden=16, readout_hidden=8, avg_num_neighbors=10.0)
+    cfg = dict(family=family, elements=ELEMENTS, cutoff=CUTOFF, channels=8, num_interactions=2, num_radial=6,
+               radial_hidden=16, readout_hidden=8)
+    # The equivariant backbone's sizes, for the families whose config has them.
+    cfg.update({k: v for k, v in dict(lmax=1, avg_num_neighbors=10.0).items()
+                if k in config_class(family).allowed_keys()})
     cfg.update(changes)
     torch.manual_seed(seed)
     model = build_model(cfg, dtype=dtype)

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models_testlib import FAMILIES
 
-from mlip_cli.nn import EdgeConvolution, ElementLinear, EquivariantLinear, Gate, InteractionBlock, PolynomialEnvelope
+from mlip_cli.nn import (
+    TP_KINDS,
+    EdgeConvolution,
+    ElementLinear,
+    EquivariantLinear,
+    Gate,
+    InteractionBlock,
+    PolynomialEnvelope,
+)
 from mlip_cli.nn.radial import reverse_pairs
 from mlip_kernels.cg import cg_tensor_product, tp_paths
 from mlip_kernels.scatter import MessageGraph, scatter_sum
@@ -61,11 +68,11 @@ def test_gaunt_conv_equals_per_edge_gaunt_product():
     torch.testing.assert_close(_conv("gaunt")(x, Y, w, g), ref, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_interaction_block_is_equivariant(family):
+@pytest.mark.parametrize("tp", TP_KINDS)
+def test_interaction_block_is_equivariant(tp):
     """Features after a block rotate with the Wigner matrices (the energy alone can hide l > 0 errors)."""
     torch.manual_seed(0)
-    block = InteractionBlock(C, L, num_elements=3, tp=family, num_radial=4, radial_hidden=8,
+    block = InteractionBlock(C, L, num_elements=3, tp=tp, num_radial=4, radial_hidden=8,
                              avg_num_neighbors=4.0).to(torch.float64)
     x, vec, _, g = _edges(3)
     species = torch.randint(0, 3, (N,))
@@ -91,16 +98,16 @@ def _block_inputs(seed=3):
     return x, species, spherical_harmonics(vec, L), basis, PolynomialEnvelope(3.0)(r), g
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("tp", TP_KINDS)
 @pytest.mark.parametrize("ends", [(0, L), (L, 0), (0, 0)], ids=["scalar-in", "scalar-out", "scalars"])
-def test_scalar_end_block_equals_full_block(family, ends):
+def test_scalar_end_block_equals_full_block(tp, ends):
     """A block with a scalar input (first block) or output (last block) is the full block restricted to the
     degrees that exist: same output as the full block fed zeros in l > 0 / read only at l = 0."""
     lmax_in, lmax_out = ends
     torch.manual_seed(0)
     opts = dict(num_radial=4, radial_hidden=8, avg_num_neighbors=4.0)
-    full = InteractionBlock(C, L, 3, family, **opts).to(torch.float64)
-    part = InteractionBlock(C, L, 3, family, lmax_in=lmax_in, lmax_out=lmax_out, **opts).to(torch.float64)
+    full = InteractionBlock(C, L, 3, tp, **opts).to(torch.float64)
+    part = InteractionBlock(C, L, 3, tp, lmax_in=lmax_in, lmax_out=lmax_out, **opts).to(torch.float64)
     d_in, d_out, d_min = (lmax_in + 1) ** 2, (lmax_out + 1) ** 2, (min(ends) + 1) ** 2
     assert part.conv.rank in (None, (L + 1) ** 2 if d_in != d_out else 1)
     with torch.no_grad():  # the part's parameters are the full block's at the degrees it keeps

@@ -1,10 +1,10 @@
-"""TransIP: physics (forces, stress, cutoff), learned equivariance (alignment loss, tuned weights, augmentation)
-and frame averaging (exact invariance), in float64 on tiny models."""
+"""TransIP: physics (forces, stress, cutoff), learned equivariance (alignment loss, training hooks, augmentation)
+and frame averaging (exact invariance), in float64 on tiny models. The tuned symmetry weights are a training
+controller: tests/train/test_symmetry_weights.py."""
 
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import numpy as np
 import pytest
@@ -13,9 +13,9 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from models_testlib import CUTOFF, assert_grad_matches_finite_difference, tiny_config
 
-from mlip_cli.models import AutoSymmetryWeights, ConfigError, build_model, random_rotate_batch
-from mlip_cli.models.soft_equivariance import (Irreps, alignment_loss, random_reflections, rotate_embeddings,
-                                               safe_eigh, transform_batch)
+from mlip_cli.models import ConfigError, build_model, random_rotate_batch
+from mlip_cli.models.soft_equivariance import Irreps, alignment_loss, random_reflections, rotate_embeddings, safe_eigh
+from mlip_cli.models.symmetry import transform_batch
 from mlip_datasets.graph import collate_graphs, structure_to_graph
 from mlip_datasets.record import Structure
 from mlip_kernels.wigner import random_rotation
@@ -148,13 +148,22 @@ def test_random_init_is_not_equivariant(graphs):
     R = random_rotation(batch.num_graphs, generator=torch.Generator().manual_seed(3))
     e_rot = model(transform_batch(batch, R), compute_forces=False)["energy"]
     assert (e_rot - e).abs().max() > 1e-4
+    hooks = model.training_hooks()  # what the trainer asks for
+    assert hooks.has_regularizers and hooks.symmetry_types == ("rotation", "inversion")
     torch.manual_seed(0)
-    losses = model.regularizers(batch)
-    assert set(losses) == set(model.symmetry_types) == {"rotation", "reflection"}
+    losses = hooks.regularizers(batch, None)
+    assert list(losses) == ["rotation", "inversion"]
     assert all(v.item() > 1e-3 and v.requires_grad for v in losses.values())
     torch.manual_seed(0)  # draws come from the global RNG: the same seed replays them
     again = model.regularizers(batch)
     assert all(again[k].item() == losses[k].item() for k in losses)
+    # the inversion draws nothing: only the rotation moves the global RNG (resumed runs replay exactly)
+    torch.manual_seed(0)
+    random_rotation(batch.num_graphs)
+    after_one_rotation = torch.rand(1)
+    torch.manual_seed(0)
+    model.regularizers(batch)
+    assert torch.equal(torch.rand(1), after_one_rotation)
 
 
 def test_frame_averaged_energy_is_exactly_invariant(graphs):
@@ -257,7 +266,7 @@ def test_alignment_only_training_reduces_violation(graphs):
     for _ in range(24):
         losses = model.regularizers(batch)
         opt.zero_grad()
-        (losses["rotation"] + losses["reflection"]).backward()
+        (losses["rotation"] + losses["inversion"]).backward()
         opt.step()
     after = measure()
     assert after < before / 10, (before, after)
@@ -274,7 +283,7 @@ def test_random_rotate_batch_matches_emt_on_the_rotated_structure():
                             stress=atoms.get_stress(voigt=False))
     batch = collate_graphs([structure_to_graph(s, 4.0, dtype=torch.float64)])
     torch.manual_seed(7)
-    moved = random_rotate_batch(batch, reflections=True)
+    moved = random_rotate_batch(batch, inversions=True)
     rotated = atoms.copy()
     rotated.set_cell(moved.cell[0].numpy())
     rotated.positions = moved.positions.numpy()
@@ -304,62 +313,6 @@ def test_safe_eigh_gradients_match_autograd_and_stay_finite_when_degenerate():
 
 
 # ------------------------------------------------------------------------------------ weights and config
-def test_auto_symmetry_weights_follow_the_violation():
-    w = AutoSymmetryWeights(target=1e-2, lr=0.1, beta=0.0, hold_floor=0.5)
-    for _ in range(10):
-        w.update({"rotation": 0.5, "reflection": 1e-4})
-    assert w["rotation"] > 2.0  # above target: the weight grows
-    assert w["reflection"] == 0.5  # below target: shrinks to the floor of a holding symmetry and no further
-    w.update({"rotation": float("nan")})  # a bad measurement is skipped
-    assert np.isfinite(w["rotation"])
-    before = w["rotation"]
-    w.update({"rotation": 1e-4})
-    assert w["rotation"] < before
-    buf = io.BytesIO()
-    torch.save(w.state_dict(), buf)
-    buf.seek(0)
-    again = AutoSymmetryWeights()
-    again.load_state_dict(torch.load(buf, weights_only=True))
-    assert again.state_dict() == w.state_dict()
-    assert again.log()["symmetry_weight/rotation"] == w["rotation"]
-    with pytest.raises(ValueError, match="unknown types"):
-        w.update({"translation": 1.0})
-    fixed = AutoSymmetryWeights(init={"rotation": 0.0, "reflection": 2.0}, lr=0.0)  # recipe numbers, e.g. 0 = off
-    fixed.update({"rotation": 1.0, "reflection": 0.0})
-    assert fixed.weights == {"rotation": 0.0, "reflection": 2.0} and fixed.log()["symmetry_violation/rotation"] == 1.0
-
-
-def test_auto_symmetry_weights_release_a_symmetry_the_data_breaks():
-    w = AutoSymmetryWeights(target=1e-2, lr=0.1, beta=0.0, floor=1e-3, gap_beta=0.0)
-    w.update({"rotation": 0.5, "reflection": 0.5})  # far above target
-    w.update_gaps({"rotation": 3.0, "reflection": -0.1})
-    # a model that is not yet equivariant says nothing about the labels: its gap does not count
-    assert not w.released("rotation") and w.log()["symmetry_gap/rotation"] == 3.0
-    for _ in range(3):
-        w.update({"rotation": 1e-3, "reflection": 1e-3})  # on target now
-    w.update_gaps({"rotation": 3.0, "reflection": -0.1})
-    assert w.released("rotation") and not w.released("reflection")
-    assert w.log()["symmetry_holds/rotation"] == 0 and w.log()["symmetry_holds/reflection"] == 1
-    for _ in range(200):  # released: the weight decays to the floor even while the violation grows
-        w.update({"rotation": 0.5, "reflection": 0.5})
-    assert w["rotation"] == 1e-3 and w["reflection"] > 1.0
-    w.update_gaps({"rotation": -0.2, "reflection": -0.1})  # the gap closes: enforced again
-    assert not w.released("rotation")
-    w.update({"rotation": 1e-4, "reflection": 0.5})
-    assert w["rotation"] == 1.0  # back at (at least) the floor of a holding symmetry
-    again = AutoSymmetryWeights()
-    again.load_state_dict(w.state_dict())
-    assert again.state_dict() == w.state_dict()
-
-
-@pytest.mark.parametrize("kwargs", [dict(target=0.0), dict(lr=-1.0), dict(beta=1.0), dict(floor=0.0), dict(hold_floor=1e-4),
-                                    dict(types=("rotation", "rotation")), dict(init={"rotation": 1.0}),
-                                    dict(init=-1.0)])
-def test_auto_symmetry_weights_reject_bad_settings(kwargs):
-    with pytest.raises(Exception, match="symmetry weights"):
-        AutoSymmetryWeights(**kwargs)
-
-
 @pytest.mark.parametrize("changes,words", [
     ({"num_heads": 3}, "num_heads (3) must divide channels (8)"),
     ({"num_heads": 0}, "num_heads must be positive"),

@@ -17,4 +17,4 @@ def test_auto_weights_find_that_rotations_are_broken_and_inversion_holds(tmp_pat
         last = list(csv.DictReader(f))[-1]
     assert last["symmetry_holds/rotation"] == "0" and float(last["symmetry_gap/rotation"]) > 0.05
     assert float(last["symmetry_weight/rotation"]) < 0.01  # released: decayed towards the floor
-    assert last["symmetry_holds/reflection"] == "1" and float(last["symmetry_gap/reflection"]) < 0.01
+    assert last["symmetry_holds/inversion"] == "1" and float(last["symmetry_gap/inversion"]) < 0.01

@@ -62,7 +62,7 @@ def gaps(model, graphs):
 def test_gap_is_zero_for_a_symmetric_model(tmp_path):
     graphs = labelled(tmp_path, uniaxial_energy, "uniaxial", noise=0.01)
     g = gaps(ToyModel(pair_energy), graphs)
-    assert abs(g["rotation"]) < 1e-10 and abs(g["reflection"]) < 1e-10
+    assert abs(g["rotation"]) < 1e-10 and abs(g["inversion"]) < 1e-10
 
 
 def test_gap_finds_the_symmetry_the_labels_break(tmp_path):
@@ -70,7 +70,7 @@ def test_gap_finds_the_symmetry_the_labels_break(tmp_path):
     g = gaps(ToyModel(uniaxial_energy), graphs)  # the model has learned the labels' easy axis
     # every label force comes from the easy axis: averaging over 4 rotations removes most of the labels' variance
     assert 0.5 < g["rotation"] < 1.1
-    assert abs(g["reflection"]) < 1e-10  # the labels keep the inversion, and so does the model
+    assert abs(g["inversion"]) < 1e-10  # the labels keep the inversion, and so does the model
 
 
 def test_gap_is_negative_when_the_asymmetry_is_noise(tmp_path):
@@ -80,5 +80,5 @@ def test_gap_is_negative_when_the_asymmetry_is_noise(tmp_path):
     forces = torch.cat([graphs.batch([i]).forces for i in range(len(graphs))])
     model_forces = torch.cat([ToyModel(tilted_energy)(graphs.batch([i]))["forces"] for i in range(len(graphs))])
     expected = -float((model_forces - forces).pow(2).sum() / forces.pow(2).sum())
-    assert expected < -1e-3 and g["reflection"] == pytest.approx(expected, rel=1e-9)
+    assert expected < -1e-3 and g["inversion"] == pytest.approx(expected, rel=1e-9)
     assert g["rotation"] < 0.5 * expected  # 4 random rotations remove most of it too

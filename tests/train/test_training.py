@@ -10,13 +10,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from train_testlib import tiny_recipe
 
-from mlip_cli.checkpoint import load_checkpoint, load_model
+from mlip_cli.checkpoint import CHECKPOINT_SCHEMA, load_checkpoint, load_model
 from mlip_cli.train import Recipe, TrainingError, run_training
 from mlip_cli.train import trainer as trainer_module
 from mlip_datasets.io import open_dataset
 from mlip_datasets.stats import fit_e0s
-from train_testlib import tiny_recipe
 
 
 def read_metrics(run_dir):
@@ -36,11 +36,13 @@ def test_run_directory_checkpoints_and_learning(tmp_path, small_data):
     # it learns: the validation force error drops well below the first validation's
     first, best = float(rows[0]["valid_forces_rmse"]), min(float(r["valid_forces_rmse"]) for r in rows)
     assert best < 0.7 * first
-    # data vs compute time is reported
-    assert float(rows[-1]["compute_s"]) > 0 and float(rows[-1]["data_s"]) >= 0
+    # data vs compute time is reported, and the training time is their sum (each column rounded to 1 ms)
+    last = rows[-1]
+    assert float(last["compute_s"]) > 0 and float(last["data_s"]) > 0
+    assert abs(float(last["elapsed_s"]) - float(last["data_s"]) - float(last["compute_s"])) <= 0.0015
 
     ckpt = torch.load(run / "last.pt", weights_only=True)  # a checkpoint never needs code to load
-    assert ckpt["kind"] == "mlip-checkpoint" and ckpt["schema"] == 1
+    assert ckpt["kind"] == "mlip-checkpoint" and ckpt["schema"] == CHECKPOINT_SCHEMA == 2
     assert set(ckpt["train_state"]) >= {"optimizer", "schedule", "rng", "step", "epoch", "batch_in_epoch"}
     assert ckpt["ema_state"] is not None and ckpt["statistics"]["elements"] == ckpt["model_config"]["elements"]
 
@@ -132,7 +134,7 @@ def test_eval_cli_matches_direct_computation(tmp_path, small_data):
     assert m["energy_per_atom_mae"] == pytest.approx(1000 * np.mean(np.abs(e_err)), rel=1e-9)
     assert set(report["per_element"]) == {str(z) for z in np.unique(np.concatenate([s.numbers for s in reader]))}
     # tdn is O(3)-equivariant to the CP fit error: far below the model's own errors
-    for kind in ("rotation", "reflection"):
+    for kind in ("rotation", "inversion"):
         assert report["equivariance"][kind]["energy_mev_per_atom"] < 1e-6
         assert report["equivariance"][kind]["force_rel"] < 1e-8
         assert report["equivariance"][kind]["force_angle_deg"] < 1e-5
@@ -154,7 +156,7 @@ def test_transip_trains_with_tuned_symmetry_weights(tmp_path, small_data):
     run_training(Recipe.from_dict(recipe), tmp_path / "run")
     rows = read_metrics(tmp_path / "run")
     for row in rows:
-        for t in ("rotation", "reflection"):
+        for t in ("rotation", "inversion"):
             assert float(row[f"symmetry_violation/{t}"]) > 0
     # an untrained Transformer violates the symmetry above the target, so dual ascent raised the weights
     assert float(rows[-1]["symmetry_weight/rotation"]) > 1.0
@@ -169,7 +171,7 @@ def test_recipe_sets_the_automatic_symmetry_target_and_tolerance(tmp_path, small
     recipe["model"].update({"vector_channels": 2, "num_heads": 2})
     run_training(Recipe.from_dict(recipe), tmp_path / "run")
     state = load_checkpoint(tmp_path / "run" / "last.pt")["train_state"]["symmetry"]
-    assert state["targets"] == {"rotation": 2e-4, "reflection": 2e-4} and state["gap_tolerance"] == 0.2
+    assert state["targets"] == {"rotation": 2e-4, "inversion": 2e-4} and state["gap_tolerance"] == 0.2
 
 
 def test_fixed_symmetry_weight_stays(tmp_path, small_data):
@@ -196,11 +198,52 @@ def test_eval_frame_averaging_makes_transip_invariant(tmp_path, small_data):
         return json.loads(result.stdout[result.stdout.index("{"):])["equivariance"]
 
     plain = equivariance("--no-frame-averaging")
-    assert plain["rotation"]["energy_mev_per_atom"] > 1e-3 and plain["reflection"]["energy_mev_per_atom"] > 1e-3
+    assert plain["rotation"]["energy_mev_per_atom"] > 1e-3 and plain["inversion"]["energy_mev_per_atom"] > 1e-3
     averaged = equivariance("--frame-averaging")
-    for kind in ("rotation", "reflection"):
+    for kind in ("rotation", "inversion"):
         assert averaged[kind]["energy_mev_per_atom"] < 1e-9 and averaged[kind]["force_rel"] < 1e-9
 
     run_training(Recipe.from_dict(tiny_recipe(small_data, run={"max_steps": 2, "valid_every": 2})), tmp_path / "tdn")
     result = runner.invoke(app, ["eval", str(tmp_path / "tdn"), str(small_data), "--frame-averaging"])
     assert result.exit_code == 2 and "applies to transip models" in result.output
+
+
+def test_cli_data_options_take_paths_as_they_are(tmp_path, small_data, monkeypatch):
+    """--data, --valid-data, --test-data and --time-budget set the recipe fields; nothing is parsed as YAML, so
+    ' #' (a YAML comment) and ': ' (a YAML mapping) in a path are just characters."""
+    import shutil
+
+    import yaml
+    from train_testlib import write_recipe
+    from typer.testing import CliRunner
+
+    from mlip_cli.cli import app
+    from mlip_cli.evaluation import evaluate_model, open_graphs
+    from mlip_datasets.io import write_dataset
+
+    odd = tmp_path / "data #2: odd"
+    odd.mkdir()
+    shutil.copy(small_data, odd / "train #1: a.extxyz")
+    structures = list(open_dataset(small_data))
+    write_dataset(odd / "valid #1: b.extxyz", structures[:6])  # two different files: each score is its own
+    write_dataset(odd / "test #1: c.extxyz", structures[-5:])
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path / "absent.extxyz",
+                                                           run={"max_steps": 2, "valid_every": 2}))
+    monkeypatch.chdir(tmp_path)  # --data is relative: against the working directory
+    result = CliRunner().invoke(app, ["train", str(recipe), "--data", "data #2: odd/train #1: a.extxyz",
+                                      "--valid-data", str(odd / "valid #1: b.extxyz"),
+                                      "--test-data", str(odd / "test #1: c.extxyz"), "--time-budget", "10m",
+                                      "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
+    assert saved["data"]["train"] == str(odd / "train #1: a.extxyz")
+    assert saved["data"]["valid"] == str(odd / "valid #1: b.extxyz")
+    assert saved["data"]["test"] == str(odd / "test #1: c.extxyz")
+    assert saved["run"]["time_budget"] == 600.0
+    # the end-of-run scores are those of the best model on each file
+    report = yaml.safe_load((tmp_path / "run" / "result.yaml").read_text())
+    model = load_model(tmp_path / "run")
+    for name, file in (("valid", "valid #1: b.extxyz"), ("test", "test #1: c.extxyz")):
+        direct = evaluate_model(model, open_graphs(odd / file, model.cutoff, model.dtype), rotations=0).metrics
+        assert report[name]["forces_rmse"] == pytest.approx(direct["forces_rmse"], rel=1e-5), name
+        assert report[name]["energy_per_atom_mae"] == pytest.approx(direct["energy_per_atom_mae"], rel=1e-5), name

@@ -7,7 +7,6 @@ from pathlib import Path
 import yaml
 
 
-
 def tiny_recipe(data_path: Path, family: str = "tdn", **sections) -> dict:
     """A recipe dict that trains in a second or two; ``sections`` update the defaults per section."""
     recipe = {
@@ -19,6 +18,8 @@ def tiny_recipe(data_path: Path, family: str = "tdn", **sections) -> dict:
         "optim": {"lr": 0.01, "warmup_steps": 2},
         "run": {"max_steps": 12, "valid_every": 4, "seed": 0, "threads": 1},
     }
+    if family == "transip":
+        del recipe["model"]["lmax"]  # no spherical-harmonic degree: its vectors are Cartesian
     for name, values in sections.items():
         recipe.setdefault(name, {}).update(values)
     return recipe
