@@ -36,6 +36,7 @@ import torch
 
 from mlip_cli.models import build_model
 from mlip_cli.train.recipe import OptimSection
+from mlip_cli.train.trainer import build_optimizer
 from mlip_datasets.graph import collate_graphs, structure_to_graph
 from mlip_datasets.record import Structure
 
@@ -78,11 +79,8 @@ def config(family: str, lmax: int, backend: str = "auto") -> dict:
 
 
 def trainer_optimizer(model: torch.nn.Module) -> torch.optim.AdamW:
-    """AdamW exactly as ``mlip_cli.train.trainer.Trainer._setup`` builds it on the CPU, with the default
-    ``optim`` section of a recipe (fused: one kernel for all parameters)."""
-    o = OptimSection()
-    return torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
-                             fused=True)
+    """The trainer's optimizer (``build_optimizer``) with the default ``optim`` section of a recipe, on the CPU."""
+    return build_optimizer(model.parameters(), OptimSection(), torch.device("cpu"))
 
 
 def make_step(family: str, lmax: int, batch, targets, dtype=torch.float32, backend: str = "auto"):
