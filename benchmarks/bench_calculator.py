@@ -55,8 +55,16 @@ def mlip_model(family: str, dtype: str):
     from mlip_cli.models import build_model
 
     torch.manual_seed(0)
-    cfg = {"family": family, "elements": ELEMENTS, "cutoff": CUTOFF, "channels": CHANNELS, "lmax": LMAX,
-           "num_interactions": NUM_INTERACTIONS, "num_radial": 8, "avg_num_neighbors": 20.0}
+    cfg = {
+        "family": family,
+        "elements": ELEMENTS,
+        "cutoff": CUTOFF,
+        "channels": CHANNELS,
+        "lmax": LMAX,
+        "num_interactions": NUM_INTERACTIONS,
+        "num_radial": 8,
+        "avg_num_neighbors": 20.0,
+    }
     return build_model(cfg, dtype=torch.float64 if dtype == "float64" else torch.float32).eval()
 
 
@@ -77,11 +85,23 @@ def run_mlip(families, dtypes, systems, min_time: float) -> list[dict]:
                 atoms = SYSTEMS[name]()
                 atoms.calc = calc = MLIPCalculator(model)
                 steps = time_md(atoms, min_time)
-                rows.append({"side": "mlip", "family": family, "system": name, "natoms": len(atoms), "dtype": dtype,
-                             "calls_per_s": calls, "md_steps_per_s": steps,
-                             "md_neighbor_builds_per_call": calc.neighbors.builds / max(calc.model_calls, 1)})
-                print(f"mlip {family} {name} {dtype}: {calls:.2f} calls/s, {steps:.2f} steps/s", file=sys.stderr,
-                      flush=True)
+                rows.append(
+                    {
+                        "side": "mlip",
+                        "family": family,
+                        "system": name,
+                        "natoms": len(atoms),
+                        "dtype": dtype,
+                        "calls_per_s": calls,
+                        "md_steps_per_s": steps,
+                        "md_neighbor_builds_per_call": calc.neighbors.builds / max(calc.model_calls, 1),
+                    }
+                )
+                print(
+                    f"mlip {family} {name} {dtype}: {calls:.2f} calls/s, {steps:.2f} steps/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return rows
 
 
@@ -89,8 +109,20 @@ def run_mace(dtypes, systems, min_time: float, python: str) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "mace.json"
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        cmd = [python, str(HERE / "mace_calculator.py"), "--systems", ",".join(systems), "--dtypes",
-               ",".join(dtypes), "--min-time", str(min_time), "--repeats", "1", "--json", str(out)]
+        cmd = [
+            python,
+            str(HERE / "mace_calculator.py"),
+            "--systems",
+            ",".join(systems),
+            "--dtypes",
+            ",".join(dtypes),
+            "--min-time",
+            str(min_time),
+            "--repeats",
+            "1",
+            "--json",
+            str(out),
+        ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"MACE side failed:\n{proc.stderr[-3000:]}")
@@ -109,11 +141,19 @@ def summarize(rounds: list[list[dict]]) -> list[dict]:
             keyed.setdefault((r["side"], r["family"], r["system"], r["dtype"]), []).append(r)
     out = []
     for (side, family, system, dtype), rs in keyed.items():
-        out.append({"side": side, "family": family, "system": system, "natoms": rs[0]["natoms"], "dtype": dtype,
-                    "calls_per_s": statistics.median(r["calls_per_s"] for r in rs),
-                    "md_steps_per_s": statistics.median(r["md_steps_per_s"] for r in rs),
-                    "calls_per_s_all": [r["calls_per_s"] for r in rs],
-                    "md_steps_per_s_all": [r["md_steps_per_s"] for r in rs]})
+        out.append(
+            {
+                "side": side,
+                "family": family,
+                "system": system,
+                "natoms": rs[0]["natoms"],
+                "dtype": dtype,
+                "calls_per_s": statistics.median(r["calls_per_s"] for r in rs),
+                "md_steps_per_s": statistics.median(r["md_steps_per_s"] for r in rs),
+                "calls_per_s_all": [r["calls_per_s"] for r in rs],
+                "md_steps_per_s_all": [r["md_steps_per_s"] for r in rs],
+            }
+        )
     # ratios within each round (MACE runs right after mlip, so both saw about the same machine load), then
     # the median over rounds
     for r in out:
@@ -122,8 +162,14 @@ def summarize(rounds: list[list[dict]]) -> list[dict]:
         calls, md = [], []
         for rows in rounds:
             ref = {(x["system"], x["dtype"]): x for x in rows if x["side"] == "mace"}.get((r["system"], r["dtype"]))
-            mine = [x for x in rows if x["side"] == "mlip" and x["family"] == r["family"]
-                    and x["system"] == r["system"] and x["dtype"] == r["dtype"]]
+            mine = [
+                x
+                for x in rows
+                if x["side"] == "mlip"
+                and x["family"] == r["family"]
+                and x["system"] == r["system"]
+                and x["dtype"] == r["dtype"]
+            ]
             if ref and mine:
                 calls.append(mine[0]["calls_per_s"] / ref["calls_per_s"])
                 md.append(mine[0]["md_steps_per_s"] / ref["md_steps_per_s"])
@@ -136,12 +182,16 @@ def summarize(rounds: list[list[dict]]) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| system | atoms | dtype | model | calls/s | MD steps/s | calls vs MACE | MD vs MACE |",
-             "|---|---:|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| system | atoms | dtype | model | calls/s | MD steps/s | calls vs MACE | MD vs MACE |",
+        "|---|---:|---|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
         ratio = (f"{r['calls_vs_mace']:.2f}x", f"{r['md_vs_mace']:.2f}x") if "md_vs_mace" in r else ("1", "1")
-        lines.append(f"| {r['system']} | {r['natoms']} | {r['dtype']} | {r['family']} | {r['calls_per_s']:.2f} | "
-                     f"{r['md_steps_per_s']:.2f} | {ratio[0]} | {ratio[1]} |")
+        lines.append(
+            f"| {r['system']} | {r['natoms']} | {r['dtype']} | {r['family']} | {r['calls_per_s']:.2f} | "
+            f"{r['md_steps_per_s']:.2f} | {ratio[0]} | {ratio[1]} |"
+        )
     return "\n".join(lines)
 
 
@@ -174,10 +224,24 @@ def main() -> None:
             rows += mace_rows
         rounds.append(rows)
     summary = summarize(rounds)
-    meta = {"provenance": provenance(threads=1, dtype=args.dtypes, load_before=load_start,
-                                     sizes={"channels": CHANNELS, "lmax": LMAX, "num_interactions": NUM_INTERACTIONS,
-                                            "cutoff": CUTOFF, "systems": {k: len(SYSTEMS[k]()) for k in systems}}),
-            "repeats": args.repeats, "min_time_s": args.min_time, "wall_s": time.time() - start, "mace": mace_meta}
+    meta = {
+        "provenance": provenance(
+            threads=1,
+            dtype=args.dtypes,
+            load_before=load_start,
+            sizes={
+                "channels": CHANNELS,
+                "lmax": LMAX,
+                "num_interactions": NUM_INTERACTIONS,
+                "cutoff": CUTOFF,
+                "systems": {k: len(SYSTEMS[k]()) for k in systems},
+            },
+        ),
+        "repeats": args.repeats,
+        "min_time_s": args.min_time,
+        "wall_s": time.time() - start,
+        "mace": mace_meta,
+    }
     md = markdown(summary)
     write_report(args.out, {"meta": meta, "rows": summary, "rounds": rounds}, md)
     args.out.with_suffix(".md").write_text(md + "\n")

@@ -80,25 +80,51 @@ def main() -> None:
         write_s = time.perf_counter() - start
         first_s, warm_s = read_all(path, fmt, order)
         size = sum(f.stat().st_size for f in ([path] if path.is_file() else path.rglob("*")))
-        results.append({"format": fmt, "write_s": write_s, "first_pass_s": first_s, "warm_pass_s": warm_s,
-                        "first_pass_per_s": args.n / first_s, "warm_pass_per_s": args.n / warm_s, "bytes": size})
+        results.append(
+            {
+                "format": fmt,
+                "write_s": write_s,
+                "first_pass_s": first_s,
+                "warm_pass_s": warm_s,
+                "first_pass_per_s": args.n / first_s,
+                "warm_pass_per_s": args.n / warm_s,
+                "bytes": size,
+            }
+        )
     native = next(r for r in results if r["format"] == "native")
-    print(f"\n{'format':<10}{'write s':>9}{'1st pass/s':>12}{'warm/s':>10}{'MB':>8}"
-          f"{'native x (1st)':>16}{'native x (warm)':>17}")
+    print(
+        f"\n{'format':<10}{'write s':>9}{'1st pass/s':>12}{'warm/s':>10}{'MB':>8}"
+        f"{'native x (1st)':>16}{'native x (warm)':>17}"
+    )
     for r in results:
         r["native_speedup_first"] = r["first_pass_s"] / native["first_pass_s"]
         r["native_speedup_warm"] = r["warm_pass_s"] / native["warm_pass_s"]
-        print(f"{r['format']:<10}{r['write_s']:>9.2f}{r['first_pass_per_s']:>12,.0f}{r['warm_pass_per_s']:>10,.0f}"
-              f"{r['bytes'] / 1e6:>8.1f}{r['native_speedup_first']:>15.1f}x{r['native_speedup_warm']:>16.1f}x")
+        print(
+            f"{r['format']:<10}{r['write_s']:>9.2f}{r['first_pass_per_s']:>12,.0f}{r['warm_pass_per_s']:>10,.0f}"
+            f"{r['bytes'] / 1e6:>8.1f}{r['native_speedup_first']:>15.1f}x{r['native_speedup_warm']:>16.1f}x"
+        )
     graph_us = graph_build_us(frames, args.graph_cutoff)
     decode_us = native["warm_pass_s"] / args.n * 1e6
     print(f"graph building at {args.graph_cutoff} A: {graph_us:.0f} us per frame; native decode: {decode_us:.0f} us")
-    meta = {"provenance": provenance(threads=1, dtype="float64 records; float32 graphs", load_before=load_before,
-                                     sizes={"structures": args.n, "mean_atoms": float(natoms.mean())}),
-            "n": args.n, "mean_atoms": float(natoms.mean()), "generate_s": gen_s,
-            "access": "shuffled random access, one process, two passes", "results": results,
-            "graph_build": {"cutoff": args.graph_cutoff, "frames": min(1000, args.n), "us_per_frame": graph_us,
-                            "native_decode_us_per_frame": decode_us}}
+    meta = {
+        "provenance": provenance(
+            threads=1,
+            dtype="float64 records; float32 graphs",
+            load_before=load_before,
+            sizes={"structures": args.n, "mean_atoms": float(natoms.mean())},
+        ),
+        "n": args.n,
+        "mean_atoms": float(natoms.mean()),
+        "generate_s": gen_s,
+        "access": "shuffled random access, one process, two passes",
+        "results": results,
+        "graph_build": {
+            "cutoff": args.graph_cutoff,
+            "frames": min(1000, args.n),
+            "us_per_frame": graph_us,
+            "native_decode_us_per_frame": decode_us,
+        },
+    }
     write_report(args.out, meta)
     shutil.rmtree(args.work, ignore_errors=True)
 

@@ -160,8 +160,11 @@ def main() -> None:
 
     meta = {
         "benchmark": "rank-space message vs e3nn uvu convolution, forward+backward",
-        "provenance": provenance(threads=torch.get_num_threads(), dtype="float32",
-                                 sizes={"nodes": N_NODES, "edges": N_EDGES, "channels": CHANNELS}),
+        "provenance": provenance(
+            threads=torch.get_num_threads(),
+            dtype="float32",
+            sizes={"nodes": N_NODES, "edges": N_EDGES, "channels": CHANNELS},
+        ),
         "timing": "best of >= 3 repeats and >= 1 s after one warm-up; medians alongside",
         "rows": [],
     }
@@ -178,8 +181,10 @@ def main() -> None:
     if torch.get_num_threads() > 1 and load > 0.5:
         # Measured on the shared reference host: with another job on one core, every OpenMP barrier waits
         # for a descheduled thread and 2-thread timings became 5-50x slower and erratic (even a GEMM).
-        print(f"note: load average {load:.1f} on {os.cpu_count()} cores; multi-threaded timings will be noisy "
-              "(compare with --threads 1)")
+        print(
+            f"note: load average {load:.1f} on {os.cpu_count()} cores; multi-threaded timings will be noisy "
+            "(compare with --threads 1)"
+        )
     print(f"threads={torch.get_num_threads()}  ms, best of repeats, forward+backward unless 'fwd'; x = e3nn / ours")
     print(head)
     for L in args.L:

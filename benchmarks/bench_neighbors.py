@@ -74,24 +74,28 @@ def run(cutoff: float, max_atoms: int) -> list[dict]:
                 got = _canonical(*neighbor_list(p, c, b, cutoff, backend, num_threads=threads))
                 if not np.array_equal(got, ref):
                     raise AssertionError(f"{name} disagrees with vesin on {label}")
-            times[name] = _time(lambda: [neighbor_list(p, c, b, cutoff, backend, num_threads=threads)
-                                         for p, c, b in systems])
+            times[name] = _time(
+                lambda: [neighbor_list(p, c, b, cutoff, backend, num_threads=threads) for p, c, b in systems]
+            )
         fastest = min(times.values())
-        rows.append({
-            "system": label,
-            "atoms": int(sum(len(p) for p, _, _ in systems)),
-            "edges": int(sum(len(r) for r in reference)),
-            "seconds": times,
-            "ratio_vs_fastest": {k: v / fastest for k, v in times.items()},
-            "fastest": min(times, key=times.get),
-        })
+        rows.append(
+            {
+                "system": label,
+                "atoms": int(sum(len(p) for p, _, _ in systems)),
+                "edges": int(sum(len(r) for r in reference)),
+                "seconds": times,
+                "ratio_vs_fastest": {k: v / fastest for k, v in times.items()},
+                "fastest": min(times, key=times.get),
+            }
+        )
         print(_format_row(rows[-1]), flush=True)
     return rows
 
 
 def _format_row(row: dict) -> str:
-    cells = "".join(f"{row['seconds'][name] * 1e3:10.3f} ({row['ratio_vs_fastest'][name]:4.1f}x)"
-                    for name, _, _ in PEERS)
+    cells = "".join(
+        f"{row['seconds'][name] * 1e3:10.3f} ({row['ratio_vs_fastest'][name]:4.1f}x)" for name, _, _ in PEERS
+    )
     return f"{row['system']:<22}{row['atoms']:>7}{row['edges']:>10}{cells}"
 
 
@@ -99,8 +103,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cutoff", type=float, default=5.0)
     parser.add_argument("--max-atoms", type=int, default=11_000)
-    parser.add_argument("--json", "--out", type=Path,
-                        default=Path(__file__).parent / "results" / "bench_neighbors.json")
+    parser.add_argument(
+        "--json", "--out", type=Path, default=Path(__file__).parent / "results" / "bench_neighbors.json"
+    )
     args = parser.parse_args()
 
     import ase
@@ -110,16 +115,30 @@ def main() -> None:
     # load average at the start: other work on a shared machine makes absolute times noisy
     info = provenance(threads=1, dtype="float64", sizes={"cutoff": args.cutoff, "max_atoms": args.max_atoms})
     info["threads"] = {"vesin": 1, "vesin-mt": f"all ({os.cpu_count()})", "matscipy": 1, "ase": "numpy"}
-    info["versions"] |= {"vesin": vesin.__version__, "matscipy": matscipy.__version__, "ase": ase.__version__,
-                         "numpy": np.__version__}
-    print(f"neighbour lists, cutoff {args.cutoff} A, full list with shifts, float64; "
-          f"{info['machine']['cpu']}, {info['machine']['cpu_count']} cores, load {info['load_average'][0]:.1f}; "
-          "best-of-repeats ms (ratio to fastest)")
+    info["versions"] |= {
+        "vesin": vesin.__version__,
+        "matscipy": matscipy.__version__,
+        "ase": ase.__version__,
+        "numpy": np.__version__,
+    }
+    print(
+        f"neighbour lists, cutoff {args.cutoff} A, full list with shifts, float64; "
+        f"{info['machine']['cpu']}, {info['machine']['cpu_count']} cores, load {info['load_average'][0]:.1f}; "
+        "best-of-repeats ms (ratio to fastest)"
+    )
     header = "".join(f"{name:>18}" for name, _, _ in PEERS)
     print(f"{'system':<22}{'atoms':>7}{'edges':>10}{header}")
     rows = run(args.cutoff, args.max_atoms)
-    write_report(args.json, {"benchmark": "neighbour lists", "cutoff": args.cutoff, "dtype": "float64",
-                             "provenance": info, "results": rows})
+    write_report(
+        args.json,
+        {
+            "benchmark": "neighbour lists",
+            "cutoff": args.cutoff,
+            "dtype": "float64",
+            "provenance": info,
+            "results": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -32,15 +32,28 @@ from report import load_average, provenance, write_report  # noqa: E402  (benchm
 def train_model(run_dir: Path) -> Path:
     from mlip_cli.train import Recipe, run_training
 
-    recipe = Recipe.from_dict({
-        "name": "bench-relax",
-        "model": {"family": "tdn", "cutoff": 4.5, "channels": 16, "lmax": 1, "num_interactions": 2,
-                  "num_radial": 8, "radial_hidden": 32, "readout_hidden": 16},
-        "data": {"generate": {"kind": "molecule", "n": 300, "seed": 0, "rattle": 0.1}, "split": [0.9, 0.1],
-                 "batch_size": 8},
-        "optim": {"lr": 0.005, "warmup_steps": 20},
-        "run": {"max_steps": 400, "valid_every": 200, "seed": 0, "dtype": "float32", "device": "cpu", "threads": 1},
-    })
+    recipe = Recipe.from_dict(
+        {
+            "name": "bench-relax",
+            "model": {
+                "family": "tdn",
+                "cutoff": 4.5,
+                "channels": 16,
+                "lmax": 1,
+                "num_interactions": 2,
+                "num_radial": 8,
+                "radial_hidden": 32,
+                "readout_hidden": 16,
+            },
+            "data": {
+                "generate": {"kind": "molecule", "n": 300, "seed": 0, "rattle": 0.1},
+                "split": [0.9, 0.1],
+                "batch_size": 8,
+            },
+            "optim": {"lr": 0.005, "warmup_steps": 20},
+            "run": {"max_steps": 400, "valid_every": 200, "seed": 0, "dtype": "float32", "device": "cpu", "threads": 1},
+        }
+    )
     run_training(recipe, run_dir, log=lambda *a, **k: None)
     return run_dir / "best.pt"
 
@@ -59,8 +72,12 @@ def ase_loop(model, structures, optimizer: str, fmax: float, steps: int) -> dict
         opt = cls(atoms, logfile=None)
         converged += bool(opt.run(fmax=fmax, steps=steps))
         total += opt.nsteps
-    return {"seconds": time.perf_counter() - start, "steps": total, "converged": converged,
-            "model_calls": calc.model_calls}
+    return {
+        "seconds": time.perf_counter() - start,
+        "steps": total,
+        "converged": converged,
+        "model_calls": calc.model_calls,
+    }
 
 
 def batched(model, structures, optimizer: str, fmax: float, steps: int) -> dict:
@@ -68,8 +85,12 @@ def batched(model, structures, optimizer: str, fmax: float, steps: int) -> dict:
 
     start = time.perf_counter()
     results = relax_structures(model, structures, optimizer, fmax, steps, batched=True)
-    return {"seconds": time.perf_counter() - start, "steps": sum(r.steps for r in results),
-            "converged": sum(r.converged for r in results), "model_calls": max(r.steps for r in results) + 1}
+    return {
+        "seconds": time.perf_counter() - start,
+        "steps": sum(r.steps for r in results),
+        "converged": sum(r.converged for r in results),
+        "model_calls": max(r.steps for r in results) + 1,
+    }
 
 
 def main() -> None:
@@ -101,25 +122,48 @@ def main() -> None:
             runs["ase-loop"].append(ase_loop(model, structures, optimizer, args.fmax, args.steps))
             runs["batched"].append(batched(model, structures, optimizer, args.fmax, args.steps))
         for path, rs in runs.items():
-            rows.append({"optimizer": optimizer, "path": path, "seconds": statistics.median(r["seconds"] for r in rs),
-                         "seconds_all": [r["seconds"] for r in rs], "steps": rs[0]["steps"],
-                         "converged": rs[0]["converged"], "model_calls": rs[0]["model_calls"]})
-            print(f"{optimizer} {path}: {rows[-1]['seconds']:.2f} s, {rows[-1]['steps']} steps, "
-                  f"{rows[-1]['converged']}/{args.n} converged", file=sys.stderr, flush=True)
+            rows.append(
+                {
+                    "optimizer": optimizer,
+                    "path": path,
+                    "seconds": statistics.median(r["seconds"] for r in rs),
+                    "seconds_all": [r["seconds"] for r in rs],
+                    "steps": rs[0]["steps"],
+                    "converged": rs[0]["converged"],
+                    "model_calls": rs[0]["model_calls"],
+                }
+            )
+            print(
+                f"{optimizer} {path}: {rows[-1]['seconds']:.2f} s, {rows[-1]['steps']} steps, "
+                f"{rows[-1]['converged']}/{args.n} converged",
+                file=sys.stderr,
+                flush=True,
+            )
         rows[-1]["speedup"] = rows[-2]["seconds"] / rows[-1]["seconds"]
     natoms = [s.natoms for s in structures]
-    meta = {"provenance": provenance(threads=1, dtype=args.dtype, load_before=load_before,
-                                     sizes={"structures": args.n,
-                                            "atoms_min_mean_max": [min(natoms), sum(natoms) / len(natoms),
-                                                                   max(natoms)]}),
-            "fmax": args.fmax, "max_steps": args.steps,
-            "model": str(args.model) if args.model else "tdn 16 ch, L=1, 2 interactions, cutoff 4.5, trained 400 "
-                                                           "steps on 300 EMT molecules", "repeats": args.repeats}
-    lines = ["| optimizer | path | time (s) | total steps | model calls | converged | speed-up |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    meta = {
+        "provenance": provenance(
+            threads=1,
+            dtype=args.dtype,
+            load_before=load_before,
+            sizes={"structures": args.n, "atoms_min_mean_max": [min(natoms), sum(natoms) / len(natoms), max(natoms)]},
+        ),
+        "fmax": args.fmax,
+        "max_steps": args.steps,
+        "model": str(args.model)
+        if args.model
+        else "tdn 16 ch, L=1, 2 interactions, cutoff 4.5, trained 400 steps on 300 EMT molecules",
+        "repeats": args.repeats,
+    }
+    lines = [
+        "| optimizer | path | time (s) | total steps | model calls | converged | speed-up |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['optimizer']} | {r['path']} | {r['seconds']:.2f} | {r['steps']} | {r['model_calls']} | "
-                     f"{r['converged']}/{args.n} | {r.get('speedup', 1.0):.1f}x |")
+        lines.append(
+            f"| {r['optimizer']} | {r['path']} | {r['seconds']:.2f} | {r['steps']} | {r['model_calls']} | "
+            f"{r['converged']}/{args.n} | {r.get('speedup', 1.0):.1f}x |"
+        )
     write_report(args.out, {"meta": meta, "rows": rows}, "\n".join(lines))
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 

@@ -74,8 +74,15 @@ INTERACTIONS = 2  # --interactions
 
 
 def config(family: str, lmax: int, backend: str = "auto") -> dict:
-    return {"family": family, "elements": [1, 6, 8], "cutoff": CUTOFF, "channels": 32, "lmax": lmax,
-            "num_interactions": INTERACTIONS, "message_backend": backend}
+    return {
+        "family": family,
+        "elements": [1, 6, 8],
+        "cutoff": CUTOFF,
+        "channels": 32,
+        "lmax": lmax,
+        "num_interactions": INTERACTIONS,
+        "message_backend": backend,
+    }
 
 
 def trainer_optimizer(model: torch.nn.Module) -> torch.optim.AdamW:
@@ -118,16 +125,20 @@ def run_case(family: str, lmax: int, batch, targets, warmup: int, steps: int, ba
     wall, cpu = time_steps(step, warmup, steps)
     med = statistics.median(wall)
     return {
-        "family": family, "lmax": lmax, "params": sum(p.numel() for p in model.parameters()),
-        "ranks": [b.conv.rank for b in model.blocks], "backend": backend,
-        "median_ms": med, "best_ms": min(wall),
-        "cpu_median_ms": statistics.median(cpu), "structures_per_s": batch.num_graphs / (med / 1e3),
+        "family": family,
+        "lmax": lmax,
+        "params": sum(p.numel() for p in model.parameters()),
+        "ranks": [b.conv.rank for b in model.blocks],
+        "backend": backend,
+        "median_ms": med,
+        "best_ms": min(wall),
+        "cpu_median_ms": statistics.median(cpu),
+        "structures_per_s": batch.num_graphs / (med / 1e3),
         "steps": steps,
     }
 
 
-def profile_case(family: str, lmax: int, batch, targets, steps: int = 10, top: int = 25,
-                 backend: str = "auto") -> str:
+def profile_case(family: str, lmax: int, batch, targets, steps: int = 10, top: int = 25, backend: str = "auto") -> str:
     from torch.profiler import ProfilerActivity, profile
 
     _, step = make_step(family, lmax, batch, targets, backend=backend)
@@ -148,8 +159,13 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--backend", default="auto", help="message backend (model config message_backend)")
     ap.add_argument("--structures", type=int, default=5)
-    ap.add_argument("--interactions", type=int, default=2, help="num_interactions (3+: middle blocks use the "
-                    "full L x L -> L product; with 2 both blocks have a scalar end)")
+    ap.add_argument(
+        "--interactions",
+        type=int,
+        default=2,
+        help="num_interactions (3+: middle blocks use the "
+        "full L x L -> L product; with 2 both blocks have a scalar end)",
+    )
     ap.add_argument("--json", type=Path, help="write the rows and machine info here")
     ap.add_argument("--profile", metavar="FAMILY:L", help="profile one case instead of timing")
     args = ap.parse_args(argv)
@@ -157,32 +173,42 @@ def main(argv=None) -> None:
     INTERACTIONS = args.interactions
     torch.set_num_threads(args.threads)
     batch, targets = make_batch(args.structures)
-    print(f"batch: {batch.num_graphs} structures, {batch.num_atoms} atoms, {batch.num_edges} edges; "
-          f"float32, {torch.get_num_threads()} thread(s), {args.interactions} interactions")
+    print(
+        f"batch: {batch.num_graphs} structures, {batch.num_atoms} atoms, {batch.num_edges} edges; "
+        f"float32, {torch.get_num_threads()} thread(s), {args.interactions} interactions"
+    )
     if args.profile:
         fam, L = args.profile.split(":")
         print(profile_case(fam, int(L), batch, targets, backend=args.backend))
         return
     rows, load_before = [], load_average()
-    print(f"{'family':>6} {'L':>2} {'ranks':>9} {'params':>7} {'median ms':>10} {'best ms':>8} {'cpu ms':>7} "
-          f"{'structs/s':>10}")
+    print(
+        f"{'family':>6} {'L':>2} {'ranks':>9} {'params':>7} {'median ms':>10} {'best ms':>8} {'cpu ms':>7} "
+        f"{'structs/s':>10}"
+    )
     for L in args.lmax:
         for fam in args.families:
             r = run_case(fam, L, batch, targets, args.warmup, args.steps, args.backend)
             rows.append(r)
             ranks = "/".join("-" if k is None else str(k) for k in r["ranks"])
-            print(f"{fam:>6} {L:>2} {ranks:>9} {r['params']:>7} {r['median_ms']:>10.2f} "
-                  f"{r['best_ms']:>8.2f} {r['cpu_median_ms']:>7.2f} {r['structures_per_s']:>10.1f}", flush=True)
+            print(
+                f"{fam:>6} {L:>2} {ranks:>9} {r['params']:>7} {r['median_ms']:>10.2f} "
+                f"{r['best_ms']:>8.2f} {r['cpu_median_ms']:>7.2f} {r['structures_per_s']:>10.1f}",
+                flush=True,
+            )
     if args.json:
         doc = {
             "benchmark": "training step (forward, forces with create_graph, loss, backward, AdamW)",
-            "provenance": provenance(threads=torch.get_num_threads(), dtype="float32", load_before=load_before,
-                                     sizes={"structures": batch.num_graphs, "atoms": batch.num_atoms,
-                                            "edges": batch.num_edges}),
+            "provenance": provenance(
+                threads=torch.get_num_threads(),
+                dtype="float32",
+                load_before=load_before,
+                sizes={"structures": batch.num_graphs, "atoms": batch.num_atoms, "edges": batch.num_edges},
+            ),
             "config": {**config("", 0), "family": "per row", "lmax": "per row"},
             "optimizer": "torch.optim.AdamW(fused=True) with the recipe's default optim section, as the trainer",
             "timing": f"median and best wall time, median thread CPU time, of {args.steps} steps after "
-                      f"{args.warmup} warm-up steps",
+            f"{args.warmup} warm-up steps",
             "rows": rows,
         }
         write_report(args.json, doc)

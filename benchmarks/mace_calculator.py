@@ -53,9 +53,9 @@ def _mol15():
 
 #: name -> builder of the ASE Atoms (fresh copy each call).
 SYSTEMS = {
-    "cu64": lambda: _cu((2, 2, 4)),      # 64-atom periodic fcc Cu
-    "cu1000": lambda: _cu((5, 5, 10)),   # 1,000-atom periodic fcc Cu
-    "mol15": _mol15,                     # 15-atom molecule (benzene-water), non-periodic
+    "cu64": lambda: _cu((2, 2, 4)),  # 64-atom periodic fcc Cu
+    "cu1000": lambda: _cu((5, 5, 10)),  # 1,000-atom periodic fcc Cu
+    "mol15": _mol15,  # 15-atom molecule (benzene-water), non-periodic
 }
 
 
@@ -104,12 +104,25 @@ def build_mace(dtype: str, path: str) -> str:
     torch.manual_seed(0)
     block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
     model = modules.ScaleShiftMACE(
-        r_max=CUTOFF, num_bessel=8, num_polynomial_cutoff=6, max_ell=LMAX, interaction_cls=block,
-        interaction_cls_first=block, num_interactions=NUM_INTERACTIONS, num_elements=len(ELEMENTS),
-        hidden_irreps=o3.Irreps(f"{CHANNELS}x0e + {CHANNELS}x1o"), MLP_irreps=o3.Irreps("16x0e"),
-        atomic_energies=np.zeros(len(ELEMENTS)), avg_num_neighbors=20.0, atomic_numbers=ELEMENTS,
-        correlation=3, gate=torch.nn.functional.silu, radial_MLP=[64, 64, 64], atomic_inter_scale=1.0,
-        atomic_inter_shift=0.0)
+        r_max=CUTOFF,
+        num_bessel=8,
+        num_polynomial_cutoff=6,
+        max_ell=LMAX,
+        interaction_cls=block,
+        interaction_cls_first=block,
+        num_interactions=NUM_INTERACTIONS,
+        num_elements=len(ELEMENTS),
+        hidden_irreps=o3.Irreps(f"{CHANNELS}x0e + {CHANNELS}x1o"),
+        MLP_irreps=o3.Irreps("16x0e"),
+        atomic_energies=np.zeros(len(ELEMENTS)),
+        avg_num_neighbors=20.0,
+        atomic_numbers=ELEMENTS,
+        correlation=3,
+        gate=torch.nn.functional.silu,
+        radial_MLP=[64, 64, 64],
+        atomic_inter_scale=1.0,
+        atomic_inter_shift=0.0,
+    )
     torch.save(model, path)
     return path
 
@@ -137,11 +150,25 @@ def run_mace(systems: list[str], dtypes: list[str], min_time: float, repeats: in
                     atoms = SYSTEMS[name]()
                     atoms.calc = calc
                     steps.append(time_md(atoms, min_time))
-                rows.append({"side": "mace", "family": "mace", "system": name, "natoms": len(SYSTEMS[name]()),
-                             "dtype": dtype, "calls_per_s": statistics.median(calls),
-                             "md_steps_per_s": statistics.median(steps), "calls_all": calls, "md_all": steps})
-                print(f"mace {name} {dtype}: {rows[-1]['calls_per_s']:.2f} calls/s, "
-                      f"{rows[-1]['md_steps_per_s']:.2f} steps/s", file=sys.stderr, flush=True)
+                rows.append(
+                    {
+                        "side": "mace",
+                        "family": "mace",
+                        "system": name,
+                        "natoms": len(SYSTEMS[name]()),
+                        "dtype": dtype,
+                        "calls_per_s": statistics.median(calls),
+                        "md_steps_per_s": statistics.median(steps),
+                        "calls_all": calls,
+                        "md_all": steps,
+                    }
+                )
+                print(
+                    f"mace {name} {dtype}: {rows[-1]['calls_per_s']:.2f} calls/s, "
+                    f"{rows[-1]['md_steps_per_s']:.2f} steps/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return rows
 
 

@@ -36,12 +36,21 @@ def code_version() -> dict:
                 digest.update(str(path.relative_to(ROOT)).encode())
                 digest.update(path.read_bytes())
     commit = git("rev-parse", "HEAD")
-    return {"commit": commit or None, "dirty": bool(git("status", "--porcelain", "--", *CODE_PATHS)) if commit
-            else None, "sources_sha256": digest.hexdigest()[:16]}
+    return {
+        "commit": commit or None,
+        "dirty": bool(git("status", "--porcelain", "--", *CODE_PATHS)) if commit else None,
+        "sources_sha256": digest.hexdigest()[:16],
+    }
 
 
-def provenance(*, threads: int | None, dtype: str | None, sizes: dict | None, device: str = "cpu",
-               load_before: tuple[float, ...] | None = None) -> dict:
+def provenance(
+    *,
+    threads: int | None,
+    dtype: str | None,
+    sizes: dict | None,
+    device: str = "cpu",
+    load_before: tuple[float, ...] | None = None,
+) -> dict:
     """Machine (:func:`mlip_cli.bench.peers.machine_info`), torch threads, dtype, workload sizes, load average
     (``load_before``: taken when the jobs started; the current one is recorded as ``load_after``), versions
     and the code version.
@@ -55,10 +64,15 @@ def provenance(*, threads: int | None, dtype: str | None, sizes: dict | None, de
 
     machine = machine_info(device)
     load_now = machine.pop("load_average")
-    info = {"machine": machine, "threads": threads, "dtype": dtype, "sizes": sizes,
-            "load_average": [round(x, 2) for x in load_before] if load_before is not None else load_now,
-            "versions": {"torch": torch.__version__, "python": platform.python_version()},
-            "code": code_version()}
+    info = {
+        "machine": machine,
+        "threads": threads,
+        "dtype": dtype,
+        "sizes": sizes,
+        "load_average": [round(x, 2) for x in load_before] if load_before is not None else load_now,
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "code": code_version(),
+    }
     if load_before is not None:
         info["load_after"] = load_now
     return info

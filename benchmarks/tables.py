@@ -57,17 +57,37 @@ def bench_data(doc: dict) -> str:
     rows = []
     for r in doc["results"]:
         warm = f"{r['warm_pass_per_s']:,.0f}" + (" (in memory)" if r["format"] == "extxyz" else "")
-        faster = ("-" if r["format"] == "native"
-                  else f"{r['native_speedup_first']:.1f}x / {r['native_speedup_warm']:.1f}x")
-        rows.append([names[r["format"]], f"{r['write_s']:.2f}", f"{r['first_pass_per_s']:,.0f}", warm,
-                     f"{r['bytes'] / 1e6:.0f}", faster])
-    text = _table(["format", f"write {doc['n']:,} (s)", "first pass (structures/s)",
-                   "warm pass (structures/s)", "size (MB)", "native is faster by"], rows)
+        faster = (
+            "-" if r["format"] == "native" else f"{r['native_speedup_first']:.1f}x / {r['native_speedup_warm']:.1f}x"
+        )
+        rows.append(
+            [
+                names[r["format"]],
+                f"{r['write_s']:.2f}",
+                f"{r['first_pass_per_s']:,.0f}",
+                warm,
+                f"{r['bytes'] / 1e6:.0f}",
+                faster,
+            ]
+        )
+    text = _table(
+        [
+            "format",
+            f"write {doc['n']:,} (s)",
+            "first pass (structures/s)",
+            "warm pass (structures/s)",
+            "size (MB)",
+            "native is faster by",
+        ],
+        rows,
+    )
     g = doc.get("graph_build")
     if g:
-        text += (f"\n\nBuilding the graph of a decoded frame (neighbour list at {g['cutoff']:g} A) takes "
-                 f"{g['us_per_frame']:.0f} us; decoding it from the native store "
-                 f"{g['native_decode_us_per_frame']:.0f} us.")
+        text += (
+            f"\n\nBuilding the graph of a decoded frame (neighbour list at {g['cutoff']:g} A) takes "
+            f"{g['us_per_frame']:.0f} us; decoding it from the native store "
+            f"{g['native_decode_us_per_frame']:.0f} us."
+        )
     return text
 
 
@@ -91,11 +111,31 @@ def bench_tp(doc: dict) -> str:
     rows = []
     for L in sorted({r["L"] for r in doc["rows"]}):
         e, g, c = by[(L, "e3nn")], by[(L, "rank-gaunt")], by[(L, "cg")]
-        rows.append([str(L), f"{e['fwd_bwd_ms']:.1f}", f"{g['fwd_bwd_ms']:.1f}", str(g["rank"]),
-                     f"{g['speedup_vs_e3nn']:.1f}x", f"{c['speedup_vs_e3nn']:.1f}x", f"{g['peak_mem_mb']:.0f}",
-                     f"{e['peak_mem_mb']:.0f}"])
-    return _table(["L", "e3nn fwd+bwd (ms)", "rank-gaunt (ms)", "rank R", "speed-up", "cg (folded) speed-up",
-                   "rank-gaunt peak MB", "e3nn peak MB"], rows)
+        rows.append(
+            [
+                str(L),
+                f"{e['fwd_bwd_ms']:.1f}",
+                f"{g['fwd_bwd_ms']:.1f}",
+                str(g["rank"]),
+                f"{g['speedup_vs_e3nn']:.1f}x",
+                f"{c['speedup_vs_e3nn']:.1f}x",
+                f"{g['peak_mem_mb']:.0f}",
+                f"{e['peak_mem_mb']:.0f}",
+            ]
+        )
+    return _table(
+        [
+            "L",
+            "e3nn fwd+bwd (ms)",
+            "rank-gaunt (ms)",
+            "rank R",
+            "speed-up",
+            "cg (folded) speed-up",
+            "rank-gaunt peak MB",
+            "e3nn peak MB",
+        ],
+        rows,
+    )
 
 
 def acac(doc: dict) -> str:
@@ -106,13 +146,35 @@ def acac(doc: dict) -> str:
     for name, r in doc["results"].items():
         # mlip's count is approximate (state-dict floats minus tensor-product constants); MACE's is exact
         params = f"{r['parameters_approx']:,}" if name == "mace" else f"~{round(r['parameters_approx'], -2):,}"
-        rows.append([names[name], params, f"{r['test_energy_rmse_meV']:.2f}",
-                     f"{r['test_energy_rmse_meV_per_atom']:.3f}", f"{r['test_forces_rmse']:.1f}",
-                     f"{r['test_forces_mae']:.1f}", f"{r['steps']:,}", f"{r['structures_per_s']:.1f}",
-                     f"{r['median_step_ms']:.1f}", f"{r['structures_per_s'] / mace['structures_per_s']:.1f}x"])
-    return _table(["model", "parameters", "test E RMSE (meV)", "test E RMSE (meV/atom)", "test F RMSE (meV/A)",
-                   "test F MAE (meV/A)", "steps in 20 min", "structures/s", "median step (ms)",
-                   "throughput vs MACE"], rows)
+        rows.append(
+            [
+                names[name],
+                params,
+                f"{r['test_energy_rmse_meV']:.2f}",
+                f"{r['test_energy_rmse_meV_per_atom']:.3f}",
+                f"{r['test_forces_rmse']:.1f}",
+                f"{r['test_forces_mae']:.1f}",
+                f"{r['steps']:,}",
+                f"{r['structures_per_s']:.1f}",
+                f"{r['median_step_ms']:.1f}",
+                f"{r['structures_per_s'] / mace['structures_per_s']:.1f}x",
+            ]
+        )
+    return _table(
+        [
+            "model",
+            "parameters",
+            "test E RMSE (meV)",
+            "test E RMSE (meV/atom)",
+            "test F RMSE (meV/A)",
+            "test F MAE (meV/A)",
+            "steps in 20 min",
+            "structures/s",
+            "median step (ms)",
+            "throughput vs MACE",
+        ],
+        rows,
+    )
 
 
 def transip(acac_doc: dict, bpa_doc: dict) -> str:
@@ -125,12 +187,31 @@ def transip(acac_doc: dict, bpa_doc: dict) -> str:
         for name, r in doc["results"].items():
             m, q = r["eval"]["metrics"], r["eval"]["equivariance"]
             rot, inv = q["rotation"], _inversion(q)
-            rows.append([data, labels.get(name, name), f"{m['forces_rmse']:.1f}", f"{m['energy_per_atom_rmse']:.3f}",
-                         f"{_short(rot['energy_mev_per_atom'])} / {_short(rot['force_rel'])}",
-                         f"{_short(inv['energy_mev_per_atom'])} / {_short(inv['force_rel'])}", f"{r['steps']:,}",
-                         f"{r['structures_per_s']:.1f}"])
-    return _table(["data", "model", "test F RMSE (meV/A)", "test E RMSE (meV/atom)", "rotation: E / F rel.",
-                   "inversion: E / F rel.", "steps", "structures/s"], rows)
+            rows.append(
+                [
+                    data,
+                    labels.get(name, name),
+                    f"{m['forces_rmse']:.1f}",
+                    f"{m['energy_per_atom_rmse']:.3f}",
+                    f"{_short(rot['energy_mev_per_atom'])} / {_short(rot['force_rel'])}",
+                    f"{_short(inv['energy_mev_per_atom'])} / {_short(inv['force_rel'])}",
+                    f"{r['steps']:,}",
+                    f"{r['structures_per_s']:.1f}",
+                ]
+            )
+    return _table(
+        [
+            "data",
+            "model",
+            "test F RMSE (meV/A)",
+            "test E RMSE (meV/atom)",
+            "rotation: E / F rel.",
+            "inversion: E / F rel.",
+            "steps",
+            "structures/s",
+        ],
+        rows,
+    )
 
 
 def _renamed(results: dict) -> dict:
@@ -144,10 +225,13 @@ def _inversion(results: dict) -> dict:
 
 def symmetry_discovery(doc: dict) -> str:
     """Final verdicts of the automatic symmetry weights per data set (``transip/symmetry_discovery.py``)."""
-    cases = {"symmetric": "EMT only", "uniaxial": "+ easy axis along z (`uniaxial`, 3 eV)",
-             "field": "+ bond dipoles in a field along z (`field`, 3 eV/A)",
-             "chiral": "+ handedness term (`chiral`, 10 eV/A^3)",
-             "canonical": "EMT only, every molecule in its template orientation"}
+    cases = {
+        "symmetric": "EMT only",
+        "uniaxial": "+ easy axis along z (`uniaxial`, 3 eV)",
+        "field": "+ bond dipoles in a field along z (`field`, 3 eV/A)",
+        "chiral": "+ handedness term (`chiral`, 10 eV/A^3)",
+        "canonical": "EMT only, every molecule in its template orientation",
+    }
     rows = []
     for case, r in doc["results"].items():
         r = _renamed({**r, "expected_holds": r["expected_holds"] and _renamed(r["expected_holds"])})
@@ -158,12 +242,21 @@ def symmetry_discovery(doc: dict) -> str:
         missed = [t for t in types if int(r[t]["holds"]) != r["expected_holds"][t]]
         found = "yes" if not missed else "no: " + " and ".join(missed) + " missed"
         rows.append([cases[case], *cells, found, f"{r['valid_forces_rmse']:.0f}"])
-    return _table(["data", "rotation: holds / gap / weight", "inversion: holds / gap / weight",
-                   "labels' symmetry found", "valid F RMSE (meV/A)"], rows)
+    return _table(
+        [
+            "data",
+            "rotation: holds / gap / weight",
+            "inversion: holds / gap / weight",
+            "labels' symmetry found",
+            "valid F RMSE (meV/A)",
+        ],
+        rows,
+    )
 
 
 def train_step(two: dict, three: dict) -> str:
     """Median training-step time per family and L, 2 and 3 interactions (``bench_train_step.py``)."""
+
     def by(doc):
         return {(r["family"], r["lmax"]): r for r in doc["rows"]}
 
@@ -171,11 +264,18 @@ def train_step(two: dict, three: dict) -> str:
     rows = []
     for family in dict.fromkeys(r["family"] for r in two["rows"]):
         r1, r2 = b2[(family, 1)], b2[(family, 2)]
-        rows.append([family, f"{r1['median_ms']:.1f}", f"{r2['median_ms']:.1f}",
-                     f"{r1['structures_per_s']:.0f} / {r2['structures_per_s']:.0f}",
-                     f"{b3[(family, 1)]['median_ms']:.1f} / {b3[(family, 2)]['median_ms']:.1f}"])
-    return _table(["family", "L = 1 (ms)", "L = 2 (ms)", "structures/s (L = 1 / 2)",
-                   "3 interactions, L = 1 / 2 (ms)"], rows)
+        rows.append(
+            [
+                family,
+                f"{r1['median_ms']:.1f}",
+                f"{r2['median_ms']:.1f}",
+                f"{r1['structures_per_s']:.0f} / {r2['structures_per_s']:.0f}",
+                f"{b3[(family, 1)]['median_ms']:.1f} / {b3[(family, 2)]['median_ms']:.1f}",
+            ]
+        )
+    return _table(
+        ["family", "L = 1 (ms)", "L = 2 (ms)", "structures/s (L = 1 / 2)", "3 interactions, L = 1 / 2 (ms)"], rows
+    )
 
 
 def calculator(doc: dict) -> str:
@@ -194,10 +294,27 @@ def relax(doc: dict) -> str:
     rows = []
     for opt in dict.fromkeys(r["optimizer"] for r in doc["rows"]):
         a, b = by[(opt, "ase-loop")], by[(opt, "batched")]
-        rows.append([opt, f"{a['seconds']:.2f}", f"{b['seconds']:.2f}", f"{a['steps']} / {b['steps']}",
-                     f"{a['model_calls']} / {b['model_calls']}", f"{b['speedup']:.1f}x"])
-    return _table(["optimizer", "loop of ASE optimizers (s)", "batched (s)", "steps (ASE / batched)",
-                   "model calls (ASE / batched)", "speed-up"], rows)
+        rows.append(
+            [
+                opt,
+                f"{a['seconds']:.2f}",
+                f"{b['seconds']:.2f}",
+                f"{a['steps']} / {b['steps']}",
+                f"{a['model_calls']} / {b['model_calls']}",
+                f"{b['speedup']:.1f}x",
+            ]
+        )
+    return _table(
+        [
+            "optimizer",
+            "loop of ASE optimizers (s)",
+            "batched (s)",
+            "steps (ASE / batched)",
+            "model calls (ASE / batched)",
+            "speed-up",
+        ],
+        rows,
+    )
 
 
 # ------------------------------------------------------------------------------------------ registry
@@ -211,40 +328,69 @@ class Table:
 
 PY = ".venv/bin/python"
 TABLES: dict[str, Table] = {
-    "bench_data": Table(bench_data, ("bench_data.json",),
-                        (f"{PY} benchmarks/bench_data.py --n 10000 --out {RESULTS}/bench_data.json",)),
-    "bench_neighbors": Table(bench_neighbors, ("bench_neighbors.json",),
-                             (f"{PY} benchmarks/bench_neighbors.py --json {RESULTS}/bench_neighbors.json",)),
+    "bench_data": Table(
+        bench_data, ("bench_data.json",), (f"{PY} benchmarks/bench_data.py --n 10000 --out {RESULTS}/bench_data.json",)
+    ),
+    "bench_neighbors": Table(
+        bench_neighbors,
+        ("bench_neighbors.json",),
+        (f"{PY} benchmarks/bench_neighbors.py --json {RESULTS}/bench_neighbors.json",),
+    ),
     "bench_tp": Table(
-        bench_tp, ("bench_tp_threads1.json",),
-        (f".venv/bin/mlip bench tp --l-max 6 --threads 1 --json {RESULTS}/bench_tp_threads1.json "
-         f"--plot {RESULTS}/bench_tp_threads1.png",),
-        stale="measured at commit 2aae089, before the rank-space kernel rewrite (bfe781f) and issue 11's CP ranks"),
-    "acac": Table(acac, ("acac_20min_threads1.json",),
-                  (f"{PY} benchmarks/acac/run_all.py --budget 1200 --threads 1 --parallel 2 "
-                   f"--out {RESULTS}/acac_20min_threads1.json",)),
+        bench_tp,
+        ("bench_tp_threads1.json",),
+        (
+            f".venv/bin/mlip bench tp --l-max 6 --threads 1 --json {RESULTS}/bench_tp_threads1.json "
+            f"--plot {RESULTS}/bench_tp_threads1.png",
+        ),
+        stale="measured at commit 2aae089, before the rank-space kernel rewrite (bfe781f) and issue 11's CP ranks",
+    ),
+    "acac": Table(
+        acac,
+        ("acac_20min_threads1.json",),
+        (
+            f"{PY} benchmarks/acac/run_all.py --budget 1200 --threads 1 --parallel 2 "
+            f"--out {RESULTS}/acac_20min_threads1.json",
+        ),
+    ),
     "transip": Table(
-        transip, ("acac_transip_20min_threads1.json", "3bpa_transip_20min_threads1.json"),
-        tuple(f"{PY} benchmarks/transip/run_all.py --dataset {d} --budget 1200 --threads 1 --parallel 2 "
-              f"--out {RESULTS}/{d}_transip_20min_threads1.json" for d in ("acac", "3bpa"))),
+        transip,
+        ("acac_transip_20min_threads1.json", "3bpa_transip_20min_threads1.json"),
+        tuple(
+            f"{PY} benchmarks/transip/run_all.py --dataset {d} --budget 1200 --threads 1 --parallel 2 "
+            f"--out {RESULTS}/{d}_transip_20min_threads1.json"
+            for d in ("acac", "3bpa")
+        ),
+    ),
     "symmetry_discovery": Table(
-        symmetry_discovery, ("symmetry_discovery.json",),
-        (f"{PY} benchmarks/transip/symmetry_discovery.py --parallel 2 --out {RESULTS}/symmetry_discovery",)),
+        symmetry_discovery,
+        ("symmetry_discovery.json",),
+        (f"{PY} benchmarks/transip/symmetry_discovery.py --parallel 2 --out {RESULTS}/symmetry_discovery",),
+    ),
     "train_step": Table(
-        train_step, ("bench_train_step_threads1.json", "bench_train_step_3int_threads1.json"),
-        (f"{PY} benchmarks/bench_train_step.py --threads 1 --json {RESULTS}/bench_train_step_threads1.json",
-         f"{PY} benchmarks/bench_train_step.py --threads 1 --interactions 3 "
-         f"--json {RESULTS}/bench_train_step_3int_threads1.json"),
+        train_step,
+        ("bench_train_step_threads1.json", "bench_train_step_3int_threads1.json"),
+        (
+            f"{PY} benchmarks/bench_train_step.py --threads 1 --json {RESULTS}/bench_train_step_threads1.json",
+            f"{PY} benchmarks/bench_train_step.py --threads 1 --interactions 3 "
+            f"--json {RESULTS}/bench_train_step_3int_threads1.json",
+        ),
         stale="measured at commit bfe781f with the for-loop AdamW (the trainer uses the fused one) and before "
-              "issue 11's CP ranks"),
+        "issue 11's CP ranks",
+    ),
     "calculator": Table(
-        calculator, ("bench_calculator.json",),
+        calculator,
+        ("bench_calculator.json",),
         (f"{PY} benchmarks/bench_calculator.py --repeats 2 --min-time 1.5 --out {RESULTS}/bench_calculator.json",),
-        stale="measured at commit 7d7375e, before issue 11's changes to how the calculator builds its batches"),
+        stale="measured at commit 7d7375e, before issue 11's changes to how the calculator builds its batches",
+    ),
     "relax": Table(
-        relax, ("bench_relax.json",), (f"{PY} benchmarks/bench_relax.py --out {RESULTS}/bench_relax.json",),
+        relax,
+        ("bench_relax.json",),
+        (f"{PY} benchmarks/bench_relax.py --out {RESULTS}/bench_relax.json",),
         stale="measured at commit d3488b1, before the rank-space kernel rewrite (bfe781f) and issue 11's changes "
-              "to batched relaxation"),
+        "to batched relaxation",
+    ),
 }
 
 
@@ -257,9 +403,15 @@ def _run_facts(doc: dict) -> tuple[float | None, str | None]:
         commit = None if not code["commit"] else code["commit"][:7] + (" with local changes" if code["dirty"] else "")
         return prov["load_average"][0], commit
     load = None
-    for path in (("load_average",), ("machine", "load_average_before"), ("meta", "machine", "load_average"),
-                 ("machine", "load_before"), ("machine", "load_average"), ("meta", "load_avg_start_end"),
-                 ("meta", "load_avg_end")):
+    for path in (
+        ("load_average",),
+        ("machine", "load_average_before"),
+        ("meta", "machine", "load_average"),
+        ("machine", "load_before"),
+        ("machine", "load_average"),
+        ("meta", "load_avg_start_end"),
+        ("meta", "load_avg_end"),
+    ):
         value = doc
         for key in path:
             value = value.get(key) if isinstance(value, dict) else None
@@ -276,14 +428,15 @@ def render(name: str, results: Path | None = None) -> str:
     docs = [json.loads((results / source).read_text()) for source in table.sources]
     parts = []
     if table.stale:
-        parts.append(f"> **Stale:** {table.stale}. Regenerate: "
-                     + "; ".join(f"`{c}`" for c in table.commands) + ".\n")
+        parts.append(f"> **Stale:** {table.stale}. Regenerate: " + "; ".join(f"`{c}`" for c in table.commands) + ".\n")
     parts.append(table.render(*docs) + "\n")
     facts = []
     for source, doc in zip(table.sources, docs):
         load, commit = _run_facts(doc)
-        facts.append(f"`{RESULTS}/{source}` (load average {'not recorded' if load is None else f'{load:.1f}'}, "
-                     f"commit {commit or 'not recorded'})")
+        facts.append(
+            f"`{RESULTS}/{source}` (load average {'not recorded' if load is None else f'{load:.1f}'}, "
+            f"commit {commit or 'not recorded'})"
+        )
     parts.append("Source: " + "; ".join(facts) + ".\n")
     return "\n".join(parts)
 

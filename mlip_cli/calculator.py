@@ -56,8 +56,9 @@ class SkinNeighborList:
         if self._ref is None or self._ref.shape != positions.shape:
             return False
         key_cell, key_pbc, key_numbers = self._key
-        if not (np.array_equal(cell, key_cell) and np.array_equal(pbc, key_pbc)
-                and np.array_equal(numbers, key_numbers)):
+        if not (
+            np.array_equal(cell, key_cell) and np.array_equal(pbc, key_pbc) and np.array_equal(numbers, key_numbers)
+        ):
             return False
         if self.skin == 0:
             return np.array_equal(positions, self._ref)
@@ -95,14 +96,21 @@ class SkinNeighborList:
         if self.skin == 0:
             return src, dst, shifts
         vec = positions[dst] - positions[src] + self._shift_vectors
-        keep = np.einsum("ij,ij->i", vec, vec) < self.cutoff ** 2
+        keep = np.einsum("ij,ij->i", vec, vec) < self.cutoff**2
         return src[keep], dst[keep], shifts[keep]
 
 
-def single_batch(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray,
-                 edges: tuple[np.ndarray, np.ndarray, np.ndarray], dtype: torch.dtype,
-                 device: torch.device | str = "cpu", charge: float | None = None,
-                 spin: float | None = None) -> Batch:
+def single_batch(
+    numbers: np.ndarray,
+    positions: np.ndarray,
+    cell: np.ndarray,
+    pbc: np.ndarray,
+    edges: tuple[np.ndarray, np.ndarray, np.ndarray],
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+    charge: float | None = None,
+    spin: float | None = None,
+) -> Batch:
     """A :class:`~mlip_datasets.graph.Batch` of one structure without labels (what a model call needs).
 
     Shapes:
@@ -114,10 +122,16 @@ def single_batch(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, p
         return torch.as_tensor(np.asarray(x, dtype=np.float64), device=device).to(dtype)
 
     return unlabelled_batch(
-        numbers=torch.as_tensor(np.asarray(numbers, dtype=np.int64), device=device), positions=real(positions),
-        cell=real(cell), pbc=torch.as_tensor(np.asarray(pbc, dtype=bool), device=device),
-        edge_index=torch.as_tensor(np.stack([src, dst]), device=device), shifts=real(shifts),
-        node_graph=torch.zeros(len(numbers), dtype=torch.long, device=device), charge=[charge], spin=[spin])
+        numbers=torch.as_tensor(np.asarray(numbers, dtype=np.int64), device=device),
+        positions=real(positions),
+        cell=real(cell),
+        pbc=torch.as_tensor(np.asarray(pbc, dtype=bool), device=device),
+        edge_index=torch.as_tensor(np.stack([src, dst]), device=device),
+        shifts=real(shifts),
+        node_graph=torch.zeros(len(numbers), dtype=torch.long, device=device),
+        charge=[charge],
+        spin=[spin],
+    )
 
 
 class MLIPCalculator(Calculator):
@@ -143,13 +157,22 @@ class MLIPCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
-    def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None,
-                 dtype: str | torch.dtype | None = None, skin: float = DEFAULT_SKIN,
-                 charge_key: str = "charge", spin_key: str = "spin", always_stress: bool = False, **kwargs):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        skin: float = DEFAULT_SKIN,
+        charge_key: str = "charge",
+        spin_key: str = "spin",
+        always_stress: bool = False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         param = next(iter(model.parameters()), None)
-        self.device = torch.device(device) if device is not None else (
-            param.device if param is not None else torch.device("cpu"))
+        self.device = (
+            torch.device(device) if device is not None else (param.device if param is not None else torch.device("cpu"))
+        )
         self.dtype = resolve_dtype(dtype, getattr(model, "dtype", torch.float32))
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.cutoff = float(model.cutoff)
@@ -160,8 +183,14 @@ class MLIPCalculator(Calculator):
         self._info_state: tuple | None = None
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
-                        dtype: str | torch.dtype | None = None, use_ema: bool = True, **kwargs) -> MLIPCalculator:
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype | None = None,
+        use_ema: bool = True,
+        **kwargs,
+    ) -> MLIPCalculator:
         """Load the model of a checkpoint (or run directory) with :func:`mlip_cli.checkpoint.load_model`.
 
         Args:
@@ -199,15 +228,15 @@ class MLIPCalculator(Calculator):
             changes.append("info")
         return changes
 
-    def calculate(self, atoms=None, properties: Sequence[str] = ("energy",),
-                  system_changes: Sequence[str] = all_changes) -> None:
+    def calculate(
+        self, atoms=None, properties: Sequence[str] = ("energy",), system_changes: Sequence[str] = all_changes
+    ) -> None:
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         cell, pbc = atoms.cell.array, atoms.pbc
         periodic = is_periodic(cell, pbc)
         if "stress" in properties and not periodic:
-            raise PropertyNotImplementedError("stress needs a periodic cell of nonzero volume; this structure "
-                                              "has none")
+            raise PropertyNotImplementedError("stress needs a periodic cell of nonzero volume; this structure has none")
         charge, spin = self._info(atoms)
         self._info_state = (charge, spin)
         positions = atoms.positions

@@ -35,8 +35,16 @@ import torch
 from ._version import __version__
 from .errors import UsageError
 
-__all__ = ["CHECKPOINT_SCHEMA", "MIGRATIONS", "CheckpointError", "save_checkpoint", "load_checkpoint",
-           "migrate_checkpoint", "load_model", "resolve_dtype"]
+__all__ = [
+    "CHECKPOINT_SCHEMA",
+    "MIGRATIONS",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "migrate_checkpoint",
+    "load_model",
+    "resolve_dtype",
+]
 
 CHECKPOINT_SCHEMA = 2
 _KIND = "mlip-checkpoint"
@@ -54,8 +62,15 @@ def resolve_dtype(dtype: str | torch.dtype | None, default: torch.dtype = torch.
         if dtype not in (torch.float32, torch.float64):
             raise UsageError(f"dtype must be float32 or float64, got {dtype}")
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32, "single": torch.float32,
-             "float64": torch.float64, "fp64": torch.float64, "double": torch.float64}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float": torch.float32,
+        "single": torch.float32,
+        "float64": torch.float64,
+        "fp64": torch.float64,
+        "double": torch.float64,
+    }
     key = str(dtype).lower().removeprefix("torch.")
     if key not in names:
         raise UsageError(f"dtype must be float32 or float64, got {dtype!r}")
@@ -104,8 +119,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: not an mlip checkpoint (no kind={_KIND!r} entry)")
     schema = data.get("schema")
     if not isinstance(schema, int) or schema > CHECKPOINT_SCHEMA:
-        raise CheckpointError(f"{path}: checkpoint schema {schema!r} is newer than this mlip supports "
-                              f"({CHECKPOINT_SCHEMA}); upgrade mlip")
+        raise CheckpointError(
+            f"{path}: checkpoint schema {schema!r} is newer than this mlip supports ({CHECKPOINT_SCHEMA}); upgrade mlip"
+        )
     try:
         data = migrate_checkpoint(data)
     except (KeyError, TypeError, ValueError) as err:  # a file that claims a schema it does not follow
@@ -155,8 +171,12 @@ def _renamed_types(state: dict[str, Any], renamed: dict[str, str]) -> dict[str, 
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _schema_1_to_2}
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
-               dtype: str | torch.dtype | None = None, use_ema: bool = True) -> torch.nn.Module:
+def load_model(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+    use_ema: bool = True,
+) -> torch.nn.Module:
     """The trained model in a checkpoint (or run directory), in eval mode.
 
     Args:
@@ -175,8 +195,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     missing, unexpected = model.load_state_dict(kept, strict=False)
     missing = [k for k in missing if k not in state]  # dropped constants are not missing
     if missing or unexpected:
-        raise CheckpointError(f"{data['path']}: weights do not fit the stored model config "
-                              f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+        raise CheckpointError(
+            f"{data['path']}: weights do not fit the stored model config "
+            f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
+        )
     model.to(dtype=dtype, device=device)
     return model.eval()
 
@@ -192,8 +214,13 @@ def _keep_rebuilt_constants(model: torch.nn.Module, state: dict) -> dict:
     kept = {}
     for name, value in state.items():
         ref = fresh.get(name)
-        if ref is not None and ref.shape == value.shape and ref.is_floating_point() and value.is_floating_point() \
-                and torch.equal(ref.to(value.dtype).cpu(), value.cpu()):
+        if (
+            ref is not None
+            and ref.shape == value.shape
+            and ref.is_floating_point()
+            and value.is_floating_point()
+            and torch.equal(ref.to(value.dtype).cpu(), value.cpu())
+        ):
             continue
         kept[name] = value
     return kept

@@ -27,13 +27,16 @@ class EvalReport:
     parity: dict[str, np.ndarray] = dataclasses.field(repr=False, default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {"structures": self.structures, "atoms": self.atoms, "metrics": self.metrics,
-                "per_element": {str(z): v for z, v in self.per_element.items()},
-                "equivariance": self.equivariance}
+        return {
+            "structures": self.structures,
+            "atoms": self.atoms,
+            "metrics": self.metrics,
+            "per_element": {str(z): v for z, v in self.per_element.items()},
+            "equivariance": self.equivariance,
+        }
 
 
-def equivariance_error(model, graphs, device, rotations: int = 3, max_structures: int = 32,
-                       seed: int = 0) -> dict:
+def equivariance_error(model, graphs, device, rotations: int = 3, max_structures: int = 32, seed: int = 0) -> dict:
     """How far the model is from exact O(3) symmetry on real inputs, per generator of the group
     (:mod:`mlip_cli.models.symmetry`).
 
@@ -66,20 +69,30 @@ def equivariance_error(model, graphs, device, rotations: int = 3, max_structures
             strong = expected.norm(dim=1) > 1e-6
             angles.append(torch.rad2deg(angle[strong]).double())
         count = sum(a.numel() for a in angles)
-        report[kind] = {"energy_mev_per_atom": 1000.0 * e_err,
-                        "force_rel": math.sqrt(f_num / f_den) if f_den > 0 else 0.0,
-                        "force_angle_deg": float(torch.cat(angles).mean()) if count else 0.0}
+        report[kind] = {
+            "energy_mev_per_atom": 1000.0 * e_err,
+            "force_rel": math.sqrt(f_num / f_den) if f_den > 0 else 0.0,
+            "force_angle_deg": float(torch.cat(angles).mean()) if count else 0.0,
+        }
     return report
 
 
-def evaluate_model(model, graphs, batch_size: int = 16, device="cpu", compute_stress: bool = True,
-                   rotations: int = 3, progress=None) -> EvalReport:
+def evaluate_model(
+    model, graphs, batch_size: int = 16, device="cpu", compute_stress: bool = True, rotations: int = 3, progress=None
+) -> EvalReport:
     """Errors of ``model`` on every structure of ``graphs`` (a :class:`mlip_cli.train.data.GraphSet`)."""
-    metrics = evaluate_set(model, graphs, batch_size, torch.device(device), compute_stress=compute_stress,
-                           keep=True, progress=progress)
+    metrics = evaluate_set(
+        model, graphs, batch_size, torch.device(device), compute_stress=compute_stress, keep=True, progress=progress
+    )
     equivariance = equivariance_error(model, graphs, device, rotations=rotations) if rotations > 0 else {}
-    return EvalReport(structures=len(graphs), atoms=int(graphs.natoms().sum()), metrics=metrics.summary(),
-                      per_element=metrics.per_element(), equivariance=equivariance, parity=metrics.parity_data())
+    return EvalReport(
+        structures=len(graphs),
+        atoms=int(graphs.natoms().sum()),
+        metrics=metrics.summary(),
+        per_element=metrics.per_element(),
+        equivariance=equivariance,
+        parity=metrics.parity_data(),
+    )
 
 
 def open_graphs(path: str | Path, cutoff: float, dtype: torch.dtype, limit: int | None = None):

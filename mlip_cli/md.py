@@ -67,9 +67,17 @@ def energy_drift(times_ps: np.ndarray, energies: np.ndarray) -> float:
     return float(np.polyfit(t, e, 1)[0])
 
 
-def make_dynamics(atoms, ensemble: str, timestep_fs: float, temperature_K: float = 300.0,
-                  friction_per_fs: float = 0.01, pressure_GPa: float = 0.0, tdamp_fs: float | None = None,
-                  pdamp_fs: float | None = None, seed: int = 0):
+def make_dynamics(
+    atoms,
+    ensemble: str,
+    timestep_fs: float,
+    temperature_K: float = 300.0,
+    friction_per_fs: float = 0.01,
+    pressure_GPa: float = 0.0,
+    tdamp_fs: float | None = None,
+    pdamp_fs: float | None = None,
+    seed: int = 0,
+):
     """The ASE integrator for ``ensemble`` (``nve``, ``nvt``, ``npt``).
 
     Args:
@@ -92,8 +100,14 @@ def make_dynamics(atoms, ensemble: str, timestep_fs: float, temperature_K: float
         from ase.md.langevin import Langevin
 
         # fixcm=False: ASE's fixcm=True does not sample NVT exactly (deprecated since ASE 3.28)
-        return Langevin(atoms, timestep=dt, temperature_K=temperature_K, friction=friction_per_fs / units.fs,
-                        fixcm=False, rng=np.random.default_rng(seed))
+        return Langevin(
+            atoms,
+            timestep=dt,
+            temperature_K=temperature_K,
+            friction=friction_per_fs / units.fs,
+            fixcm=False,
+            rng=np.random.default_rng(seed),
+        )
     if ensemble == "npt":
         from ase.md.nose_hoover_chain import IsotropicMTKNPT
 
@@ -101,8 +115,14 @@ def make_dynamics(atoms, ensemble: str, timestep_fs: float, temperature_K: float
             raise UsageError("NPT needs a structure periodic along x, y and z with a full cell")
         tdamp = (tdamp_fs if tdamp_fs is not None else 100 * timestep_fs) * units.fs
         pdamp = (pdamp_fs if pdamp_fs is not None else 1000 * timestep_fs) * units.fs
-        return IsotropicMTKNPT(atoms, timestep=dt, temperature_K=temperature_K, pressure_au=pressure_GPa * units.GPa,
-                               tdamp=tdamp, pdamp=pdamp)
+        return IsotropicMTKNPT(
+            atoms,
+            timestep=dt,
+            temperature_K=temperature_K,
+            pressure_au=pressure_GPa * units.GPa,
+            tdamp=tdamp,
+            pdamp=pdamp,
+        )
     raise UsageError(f"ensemble must be one of {', '.join(ENSEMBLES)}, got {ensemble!r}")
 
 
@@ -146,12 +166,26 @@ class _Writer:
         (self._traj or self._fh).close()
 
 
-def run_md(atoms, ensemble: str = "nve", steps: int = 1000, timestep_fs: float = 1.0, temperature_K: float = 300.0,
-           *, friction_per_fs: float = 0.01, pressure_GPa: float = 0.0, tdamp_fs: float | None = None,
-           pdamp_fs: float | None = None, seed: int = 0, init_velocities: bool | None = None,
-           trajectory: str | Path | None = None, traj_interval: int = 10, log: str | Path | None = None,
-           log_interval: int = 10, max_force: float = 1000.0,
-           progress: Callable[[int], None] | None = None) -> MDReport:
+def run_md(
+    atoms,
+    ensemble: str = "nve",
+    steps: int = 1000,
+    timestep_fs: float = 1.0,
+    temperature_K: float = 300.0,
+    *,
+    friction_per_fs: float = 0.01,
+    pressure_GPa: float = 0.0,
+    tdamp_fs: float | None = None,
+    pdamp_fs: float | None = None,
+    seed: int = 0,
+    init_velocities: bool | None = None,
+    trajectory: str | Path | None = None,
+    traj_interval: int = 10,
+    log: str | Path | None = None,
+    log_interval: int = 10,
+    max_force: float = 1000.0,
+    progress: Callable[[int], None] | None = None,
+) -> MDReport:
     """Run MD on ``atoms`` (its calculator set, usually :class:`~mlip_cli.calculator.MLIPCalculator`).
 
     Args:
@@ -172,8 +206,9 @@ def run_md(atoms, ensemble: str = "nve", steps: int = 1000, timestep_fs: float =
         init_velocities = not np.any(atoms.get_momenta())
     if init_velocities and temperature_K > 0:
         initialize_velocities(atoms, temperature_K, seed)
-    dyn = make_dynamics(atoms, ensemble, timestep_fs, temperature_K, friction_per_fs, pressure_GPa, tdamp_fs,
-                        pdamp_fs, seed)
+    dyn = make_dynamics(
+        atoms, ensemble, timestep_fs, temperature_K, friction_per_fs, pressure_GPa, tdamp_fs, pdamp_fs, seed
+    )
     n = len(atoms)
     times, energies, temps = [], [], []
 
@@ -221,8 +256,13 @@ def run_md(atoms, ensemble: str = "nve", steps: int = 1000, timestep_fs: float =
     e = np.asarray(energies)
     rate = steps / seconds if seconds > 0 else float("inf")
     return MDReport(
-        ensemble=ensemble.lower(), natoms=n, steps=steps, timestep_fs=timestep_fs, seconds=seconds,
-        steps_per_second=rate, ns_per_day=rate * timestep_fs * 86400 / 1e6,
+        ensemble=ensemble.lower(),
+        natoms=n,
+        steps=steps,
+        timestep_fs=timestep_fs,
+        seconds=seconds,
+        steps_per_second=rate,
+        ns_per_day=rate * timestep_fs * 86400 / 1e6,
         energy_drift=energy_drift(np.asarray(times), e),
         max_energy_deviation=float(np.abs(e - e[0]).max()) if len(e) else 0.0,
         mean_temperature=float(np.mean(temps)) if temps else 0.0,
@@ -230,4 +270,3 @@ def run_md(atoms, ensemble: str = "nve", steps: int = 1000, timestep_fs: float =
         model_calls=getattr(calc, "model_calls", 0) - calls0,
         neighbor_builds=getattr(getattr(calc, "neighbors", None), "builds", 0) - builds0,
     )
-

@@ -30,5 +30,7 @@ def check_elements(structures: Iterable, elements: Sequence[int], path: Path) ->
             from ase.data import chemical_symbols
 
             names = ", ".join(chemical_symbols[z] for z in extra)
-            raise UsageError(f"{path}: structure {i} has elements ({names}) that the model does not cover "
-                             f"(model elements: {' '.join(chemical_symbols[z] for z in sorted(known))})")
+            raise UsageError(
+                f"{path}: structure {i} has elements ({names}) that the model does not cover "
+                f"(model elements: {' '.join(chemical_symbols[z] for z in sorted(known))})"
+            )

@@ -30,7 +30,8 @@ def test_every_table_is_marked_once_in_the_readme():
 def test_readme_table_equals_its_json(name):
     assert tables.blocks(README)[name] == tables.render(name), (
         f"README table {name!r} differs from {', '.join(tables.TABLES[name].sources)}; "
-        "run `python benchmarks/tables.py --write`")
+        "run `python benchmarks/tables.py --write`"
+    )
 
 
 def test_an_edited_number_is_caught():

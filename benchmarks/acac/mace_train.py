@@ -57,9 +57,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--final-lr-fraction", type=float, default=0.01)
     p.add_argument("--ema-decay", type=float, default=0.99, help="d = min(decay, (1+n)/(10+n)) at update n")
     p.add_argument("--val-every", type=int, default=100)
-    p.add_argument("--select-by", choices=["loss", "forces"], default="loss",
-                   help="best EMA weights by validation loss (w_E*RMSE_E/atom^2 + w_F*RMSE_F^2, as mlip train) "
-                        "or by validation force RMSE")
+    p.add_argument(
+        "--select-by",
+        choices=["loss", "forces"],
+        default="loss",
+        help="best EMA weights by validation loss (w_E*RMSE_E/atom^2 + w_F*RMSE_F^2, as mlip train) "
+        "or by validation force RMSE",
+    )
     p.add_argument("--max-nan-steps", type=int, default=5, help="abort after this many non-finite steps in a row")
     p.add_argument("--time-budget", type=float, default=1200.0, help="seconds of training (validation excluded)")
     p.add_argument("--eval-batch-size", type=int, default=50)
@@ -77,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ----------------------------------------------------------------------------------------------- data and stats
 
+
 def read_frames(path: Path) -> list[dict]:
     """Frames of an extxyz file as dicts: numbers [N], positions [N,3], energy (float64 eV), forces [N,3]."""
     frames = []
@@ -86,8 +91,16 @@ def read_frames(path: Path) -> list[dict]:
         forces = calc.get("forces", atoms.arrays.get("forces"))
         if energy is None or forces is None:
             sys.exit(f"mace_train: error: {path} frame {i} has no energy or forces")
-        frames.append({"numbers": atoms.numbers.copy(), "positions": atoms.positions.copy(), "pbc": atoms.pbc.copy(),
-                       "cell": np.array(atoms.cell), "energy": float(energy), "forces": np.asarray(forces, float)})
+        frames.append(
+            {
+                "numbers": atoms.numbers.copy(),
+                "positions": atoms.positions.copy(),
+                "pbc": atoms.pbc.copy(),
+                "cell": np.array(atoms.cell),
+                "energy": float(energy),
+                "forces": np.asarray(forces, float),
+            }
+        )
     return frames
 
 
@@ -107,9 +120,13 @@ def to_atomic_data(frames: list[dict], z_table, r_max: float) -> list:
     graphs = []
     for f in frames:
         config = mdata.Configuration(
-            atomic_numbers=f["numbers"], positions=f["positions"],
+            atomic_numbers=f["numbers"],
+            positions=f["positions"],
             properties={"energy": f["energy"], "forces": f["forces"]},
-            property_weights={"energy": 1.0, "forces": 1.0}, cell=f["cell"], pbc=tuple(bool(x) for x in f["pbc"]))
+            property_weights={"energy": 1.0, "forces": 1.0},
+            cell=f["cell"],
+            pbc=tuple(bool(x) for x in f["pbc"]),
+        )
         graphs.append(mdata.AtomicData.from_config(config, z_table=z_table, cutoff=r_max))
     return graphs
 
@@ -121,27 +138,50 @@ def collate(graphs: list, indices) -> dict:
 
 # ------------------------------------------------------------------------------------------------------ model
 
+
 def build_model(args: argparse.Namespace, stats: dict, avg_num_neighbors: float) -> torch.nn.Module:
     """ScaleShiftMACE with the arguments of `mace_run_train --model MACE` at the given size, except the shift:
     the protocol's mean per-atom interaction energy instead of MACE's 0 (`--model MACE` hard-codes shift 0)."""
     hidden = o3.Irreps((args.num_channels * o3.Irreps.spherical_harmonics(args.max_L)).sort()[0].simplify())
     return modules.ScaleShiftMACE(
-        r_max=args.r_max, num_bessel=8, num_polynomial_cutoff=5, max_ell=3,
+        r_max=args.r_max,
+        num_bessel=8,
+        num_polynomial_cutoff=5,
+        max_ell=3,
         interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
         # --model MACE replaces the residual first block by the plain one.
         interaction_cls_first=modules.interaction_classes["RealAgnosticInteractionBlock"],
-        num_interactions=args.num_interactions, num_elements=len(stats["elements"]), hidden_irreps=hidden,
-        edge_irreps=None, atomic_energies=np.array(stats["e0s"]), apply_cutoff=True,
-        avg_num_neighbors=avg_num_neighbors, atomic_numbers=stats["elements"], use_reduced_cg=False,
-        use_so3=False, use_edge_irreps_first=False, cueq_config=None, pair_repulsion=False,
-        distance_transform="None", correlation=args.correlation, gate=modules.gate_dict["silu"],
-        MLP_irreps=o3.Irreps("16x0e"), atomic_inter_scale=stats["scale"], atomic_inter_shift=stats["shift"],
-        radial_MLP=[64, 64, 64], radial_type="bessel", heads=["Default"], embedding_specs=None,
-        use_embedding_readout=False, use_last_readout_only=False, use_agnostic_product=False,
+        num_interactions=args.num_interactions,
+        num_elements=len(stats["elements"]),
+        hidden_irreps=hidden,
+        edge_irreps=None,
+        atomic_energies=np.array(stats["e0s"]),
+        apply_cutoff=True,
+        avg_num_neighbors=avg_num_neighbors,
+        atomic_numbers=stats["elements"],
+        use_reduced_cg=False,
+        use_so3=False,
+        use_edge_irreps_first=False,
+        cueq_config=None,
+        pair_repulsion=False,
+        distance_transform="None",
+        correlation=args.correlation,
+        gate=modules.gate_dict["silu"],
+        MLP_irreps=o3.Irreps("16x0e"),
+        atomic_inter_scale=stats["scale"],
+        atomic_inter_shift=stats["shift"],
+        radial_MLP=[64, 64, 64],
+        radial_type="bessel",
+        heads=["Default"],
+        embedding_specs=None,
+        use_embedding_readout=False,
+        use_last_readout_only=False,
+        use_agnostic_product=False,
     )
 
 
 # ------------------------------------------------------------------------------------------- train and evaluate
+
 
 def lr_factor(step: int, progress: float, args: argparse.Namespace) -> float:
     """Linear warmup over the first steps times cosine decay to final_lr_fraction at progress = elapsed/budget = 1."""
@@ -167,14 +207,21 @@ def evaluate(model, graphs: list, frames: list[dict], targets: np.ndarray, batch
         n = np.array([len(frames[i]["numbers"]) for i in idx])
         de.append(e)
         de_atom.append(e / n)
-        df.append(out["forces"].detach().double().numpy().ravel() - np.concatenate([frames[i]["forces"].ravel()
-                                                                                    for i in idx]))
+        df.append(
+            out["forces"].detach().double().numpy().ravel() - np.concatenate([frames[i]["forces"].ravel() for i in idx])
+        )
     de, de_atom, df = (np.concatenate(x) * 1000.0 for x in (de, de_atom, df))
     rmse = lambda x: float(np.sqrt(np.mean(x**2)))  # noqa: E731
     mae = lambda x: float(np.mean(np.abs(x)))  # noqa: E731
-    return {"energy_rmse_meV": rmse(de), "energy_rmse_meV_per_atom": rmse(de_atom), "forces_rmse_meV_per_A": rmse(df),
-            "energy_mae_meV": mae(de), "energy_mae_meV_per_atom": mae(de_atom), "forces_mae_meV_per_A": mae(df),
-            "structures": len(graphs)}
+    return {
+        "energy_rmse_meV": rmse(de),
+        "energy_rmse_meV_per_atom": rmse(de_atom),
+        "forces_rmse_meV_per_A": rmse(df),
+        "energy_mae_meV": mae(de),
+        "energy_mae_meV_per_atom": mae(de_atom),
+        "forces_mae_meV_per_A": mae(df),
+        "structures": len(graphs),
+    }
 
 
 def train(args, model, graphs, frames, targets, val_graphs, val_frames, val_targets) -> dict:
@@ -205,14 +252,17 @@ def train(args, model, graphs, frames, targets, val_graphs, val_frames, val_targ
         if metric < best["metric"]:
             best = {**metrics, "metric": metric, "step": step, "state": copy.deepcopy(ema.state_dict())}
         val_s += time.perf_counter() - start
-        print(f"step {step:6d}  train {train_s:7.1f} s  val E {metrics['energy_rmse_meV']:8.2f} meV  "
-              f"F {metrics['forces_rmse_meV_per_A']:8.2f} meV/A", flush=True)
+        print(
+            f"step {step:6d}  train {train_s:7.1f} s  val E {metrics['energy_rmse_meV']:8.2f} meV  "
+            f"F {metrics['forces_rmse_meV_per_A']:8.2f} meV/A",
+            flush=True,
+        )
 
     while train_s < args.time_budget:
         t0 = time.perf_counter()
         if cursor >= len(order):  # new epoch, reshuffled
             order, cursor = rng.permutation(len(graphs)), 0
-        idx = order[cursor:cursor + args.batch_size]
+        idx = order[cursor : cursor + args.batch_size]
         cursor += args.batch_size
         batch = collate(graphs, idx)
         t1 = time.perf_counter()
@@ -256,21 +306,37 @@ def train(args, model, graphs, frames, targets, val_graphs, val_frames, val_targ
     tail = slice(10, None) if step > 10 else slice(None)
     total_ms = [d + c for d, c in zip(data_ms, compute_ms)]
     return {
-        "steps": step, "epochs": structures / len(graphs), "structures": structures, "train_s": train_s,
-        "validation_s": val_s, "structures_per_s": structures / train_s,
-        "median_step_ms": statistics.median(total_ms[tail]), "median_data_ms": statistics.median(data_ms[tail]),
-        "median_compute_ms": statistics.median(compute_ms[tail]), "data_s": sum(data_ms) / 1e3,
-        "compute_s": sum(compute_ms) / 1e3, "mean_compute_ms": statistics.fmean(compute_ms), "skipped_steps": skipped,
+        "steps": step,
+        "epochs": structures / len(graphs),
+        "structures": structures,
+        "train_s": train_s,
+        "validation_s": val_s,
+        "structures_per_s": structures / train_s,
+        "median_step_ms": statistics.median(total_ms[tail]),
+        "median_data_ms": statistics.median(data_ms[tail]),
+        "median_compute_ms": statistics.median(compute_ms[tail]),
+        "data_s": sum(data_ms) / 1e3,
+        "compute_s": sum(compute_ms) / 1e3,
+        "mean_compute_ms": statistics.fmean(compute_ms),
+        "skipped_steps": skipped,
         "final_loss": loss.item(),
-        "validation_curve": curve, "best": best,
+        "validation_curve": curve,
+        "best": best,
     }
 
 
 # ----------------------------------------------------------------------------------------------------- main
 
+
 def versions() -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__, "e3nn": e3nn.__version__,
-            "mace": mace.__version__, "numpy": np.__version__, "ase": ase.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "e3nn": e3nn.__version__,
+        "mace": mace.__version__,
+        "numpy": np.__version__,
+        "ase": ase.__version__,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -283,24 +349,29 @@ def main(argv: list[str] | None = None) -> None:
     frames = read_frames(args.train_file)
     test_frames = read_frames(args.test_file)
     perm = np.random.default_rng(args.split_seed).permutation(len(frames))
-    train_frames = [frames[i] for i in perm[:args.n_train]]
-    val_frames = [frames[i] for i in perm[args.n_train:]]
+    train_frames = [frames[i] for i in perm[: args.n_train]]
+    val_frames = [frames[i] for i in perm[args.n_train :]]
     elements = sorted({int(z) for f in frames + test_frames for z in f["numbers"]})
     stats = fit_statistics(train_frames, elements)
     z_table = AtomicNumberTable(elements)
-    graphs, val_graphs, test_graphs = (to_atomic_data(f, z_table, args.r_max)
-                                       for f in (train_frames, val_frames, test_frames))
+    graphs, val_graphs, test_graphs = (
+        to_atomic_data(f, z_table, args.r_max) for f in (train_frames, val_frames, test_frames)
+    )
     # MACE normalises messages by the mean number of neighbours of the training graphs.
     avg_num_neighbors = sum(g.edge_index.shape[1] for g in graphs) / sum(g.num_nodes for g in graphs)
-    targets, val_targets, test_targets = (interaction_targets(f, stats)
-                                          for f in (train_frames, val_frames, test_frames))
+    targets, val_targets, test_targets = (
+        interaction_targets(f, stats) for f in (train_frames, val_frames, test_frames)
+    )
     prep_s = time.perf_counter() - start
 
     model = build_model(args, stats, avg_num_neighbors)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"MACE {args.num_channels} channels, max_L {args.max_L}, {args.num_interactions} interactions: "
-          f"{n_params:,} parameters; {len(graphs)} train / {len(val_graphs)} val / {len(test_graphs)} test; "
-          f"avg neighbours {avg_num_neighbors:.2f}; {args.dtype}, {args.threads} thread(s)", flush=True)
+    print(
+        f"MACE {args.num_channels} channels, max_L {args.max_L}, {args.num_interactions} interactions: "
+        f"{n_params:,} parameters; {len(graphs)} train / {len(val_graphs)} val / {len(test_graphs)} test; "
+        f"avg neighbours {avg_num_neighbors:.2f}; {args.dtype}, {args.threads} thread(s)",
+        flush=True,
+    )
 
     result = train(args, model, graphs, train_frames, targets, val_graphs, val_frames, val_targets)
     best = result.pop("best")
@@ -310,24 +381,42 @@ def main(argv: list[str] | None = None) -> None:
     test_s = time.perf_counter() - start
 
     report = {
-        "model": "mace", "parameters": n_params, "config": {k: str(v) if isinstance(v, Path) else v
-                                                             for k, v in vars(args).items()},
-        "statistics": stats, "avg_num_neighbors": avg_num_neighbors, "data_prep_s": prep_s,
-        "training": result, "best_validation": best, "test": test, "test_s": test_s, "versions": versions(),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "threads": args.threads, "load_average": os.getloadavg()},
+        "model": "mace",
+        "parameters": n_params,
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "statistics": stats,
+        "avg_num_neighbors": avg_num_neighbors,
+        "data_prep_s": prep_s,
+        "training": result,
+        "best_validation": best,
+        "test": test,
+        "test_s": test_s,
+        "versions": versions(),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "threads": args.threads,
+            "load_average": os.getloadavg(),
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(args.out.suffix + ".tmp")
     tmp.write_text(json.dumps(report, indent=2))
     tmp.replace(args.out)
-    print(f"\nsteps {result['steps']}  epochs {result['epochs']:.1f}  train {result['train_s']:.1f} s  "
-          f"validation {result['validation_s']:.1f} s")
-    print(f"step {result['median_step_ms']:.1f} ms (data {result['median_data_ms']:.1f} + compute "
-          f"{result['median_compute_ms']:.1f})  {result['structures_per_s']:.1f} structures/s")
-    print(f"test (best EMA, step {best['step']}): E RMSE {test['energy_rmse_meV']:.2f} meV "
-          f"({test['energy_rmse_meV_per_atom']:.3f} meV/atom)  F RMSE {test['forces_rmse_meV_per_A']:.2f} meV/A"
-          f"  -> {args.out}")
+    print(
+        f"\nsteps {result['steps']}  epochs {result['epochs']:.1f}  train {result['train_s']:.1f} s  "
+        f"validation {result['validation_s']:.1f} s"
+    )
+    print(
+        f"step {result['median_step_ms']:.1f} ms (data {result['median_data_ms']:.1f} + compute "
+        f"{result['median_compute_ms']:.1f})  {result['structures_per_s']:.1f} structures/s"
+    )
+    print(
+        f"test (best EMA, step {best['step']}): E RMSE {test['energy_rmse_meV']:.2f} meV "
+        f"({test['energy_rmse_meV_per_atom']:.3f} meV/atom)  F RMSE {test['forces_rmse_meV_per_A']:.2f} meV/A"
+        f"  -> {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -29,17 +29,43 @@ SIZES = {"train": 450, "valid": 50, "test": 650, "batch_size": 5, "atoms": 15}
 
 def mlip_job(family: str, args, work: Path) -> tuple[list[str], Path]:
     run = work / f"acac-{family}"
-    cmd = [sys.executable, "-m", "mlip_cli", "train", f"acac/{family}", "--data", str(args.data / "train_300K.xyz"),
-           "--test-data", str(args.data / "test_MD_300K.xyz"), "--time-budget", str(args.budget), "--out", str(run),
-           "--set", f"run.threads={args.threads}", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlip_cli",
+        "train",
+        f"acac/{family}",
+        "--data",
+        str(args.data / "train_300K.xyz"),
+        "--test-data",
+        str(args.data / "test_MD_300K.xyz"),
+        "--time-budget",
+        str(args.budget),
+        "--out",
+        str(run),
+        "--set",
+        f"run.threads={args.threads}",
+        "--quiet",
+    ]
     return cmd, run
 
 
 def mace_job(args, work: Path) -> tuple[list[str], Path]:
     out = work / "mace.json"
-    cmd = [args.mace_python, str(ROOT / "benchmarks" / "acac" / "mace_train.py"), "--threads", str(args.threads),
-           "--time-budget", str(args.budget), "--train-file", str(args.data / "train_300K.xyz"),
-           "--test-file", str(args.data / "test_MD_300K.xyz"), "--out", str(out)]
+    cmd = [
+        args.mace_python,
+        str(ROOT / "benchmarks" / "acac" / "mace_train.py"),
+        "--threads",
+        str(args.threads),
+        "--time-budget",
+        str(args.budget),
+        "--train-file",
+        str(args.data / "train_300K.xyz"),
+        "--test-file",
+        str(args.data / "test_MD_300K.xyz"),
+        "--out",
+        str(out),
+    ]
     return cmd, out
 
 
@@ -66,34 +92,57 @@ def mlip_numbers(run: Path) -> dict:
 
     result = yaml.safe_load((run / "result.yaml").read_text())
     ckpt = torch.load(run / "best.pt", weights_only=True, map_location="cpu")
-    params = sum(v.numel() for k, v in ckpt["model_state"].items() if v.is_floating_point()
-                 and not k.endswith((".A", ".B", ".C", "cg_tensor")))
+    params = sum(
+        v.numel()
+        for k, v in ckpt["model_state"].items()
+        if v.is_floating_point() and not k.endswith((".A", ".B", ".C", "cg_tensor"))
+    )
     t, test = result["timing"], result["test"]
-    return {"steps": result["steps"], "structures_per_s": t["structures_per_s"], "median_step_ms": t["median_step_ms"],
-            "train_s": t["train_s"], "test_energy_rmse_meV": test["energy_rmse"],
-            "test_energy_rmse_meV_per_atom": test["energy_per_atom_rmse"], "test_forces_rmse": test["forces_rmse"],
-            "test_forces_mae": test["forces_mae"], "parameters_approx": params, "raw": result}
+    return {
+        "steps": result["steps"],
+        "structures_per_s": t["structures_per_s"],
+        "median_step_ms": t["median_step_ms"],
+        "train_s": t["train_s"],
+        "test_energy_rmse_meV": test["energy_rmse"],
+        "test_energy_rmse_meV_per_atom": test["energy_per_atom_rmse"],
+        "test_forces_rmse": test["forces_rmse"],
+        "test_forces_mae": test["forces_mae"],
+        "parameters_approx": params,
+        "raw": result,
+    }
 
 
 def mace_numbers(path: Path) -> dict:
     d = json.loads(path.read_text())
     tr, test = d["training"], d["test"]
-    return {"steps": tr["steps"], "structures_per_s": tr["structures_per_s"], "median_step_ms": tr["median_step_ms"],
-            "train_s": tr["train_s"], "test_energy_rmse_meV": test["energy_rmse_meV"],
-            "test_energy_rmse_meV_per_atom": test["energy_rmse_meV_per_atom"],
-            "test_forces_rmse": test["forces_rmse_meV_per_A"], "test_forces_mae": test["forces_mae_meV_per_A"],
-            "parameters_approx": d["parameters"], "raw": d}
+    return {
+        "steps": tr["steps"],
+        "structures_per_s": tr["structures_per_s"],
+        "median_step_ms": tr["median_step_ms"],
+        "train_s": tr["train_s"],
+        "test_energy_rmse_meV": test["energy_rmse_meV"],
+        "test_energy_rmse_meV_per_atom": test["energy_rmse_meV_per_atom"],
+        "test_forces_rmse": test["forces_rmse_meV_per_A"],
+        "test_forces_mae": test["forces_mae_meV_per_A"],
+        "parameters_approx": d["parameters"],
+        "raw": d,
+    }
 
 
 def table(results: dict) -> str:
     mace = results.get("mace")
-    lines = ["| model | test E RMSE (meV) | test E RMSE (meV/atom) | test F RMSE (meV/A) | steps | structures/s | "
-             "median step (ms) | throughput vs MACE |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | test E RMSE (meV) | test E RMSE (meV/atom) | test F RMSE (meV/A) | steps | structures/s | "
+        "median step (ms) | throughput vs MACE |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         ratio = f"{r['structures_per_s'] / mace['structures_per_s']:.2f}x" if mace else "-"
-        lines.append(f"| {name} | {r['test_energy_rmse_meV']:.2f} | {r['test_energy_rmse_meV_per_atom']:.3f} | "
-                     f"{r['test_forces_rmse']:.1f} | {r['steps']} | {r['structures_per_s']:.1f} | "
-                     f"{r['median_step_ms']:.1f} | {ratio} |")
+        lines.append(
+            f"| {name} | {r['test_energy_rmse_meV']:.2f} | {r['test_energy_rmse_meV_per_atom']:.3f} | "
+            f"{r['test_forces_rmse']:.1f} | {r['steps']} | {r['structures_per_s']:.1f} | "
+            f"{r['median_step_ms']:.1f} | {ratio} |"
+        )
     return "\n".join(lines)
 
 
@@ -103,8 +152,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--parallel", type=int, default=1, help="jobs at a time (each with --threads threads)")
     p.add_argument("--families", nargs="+", default=["tdn", "gaunt", "cg"])
-    p.add_argument("--mace-python", default="/work/venvs/mace/bin/python", help="python of the MACE venv; "
-                   "'' to skip MACE")
+    p.add_argument(
+        "--mace-python", default="/work/venvs/mace/bin/python", help="python of the MACE venv; '' to skip MACE"
+    )
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--work", type=Path, default=ROOT / "bench_out" / "acac")
     p.add_argument("--out", type=Path, default=ROOT / "bench_out" / "acac.json")
@@ -126,9 +176,14 @@ def main() -> None:
     for name, path in where.items():
         if codes.get(name) == 0:
             results[name] = mace_numbers(path) if name == "mace" else mlip_numbers(path)
-    report = {"budget_s": args.budget, "threads": args.threads, "parallel": args.parallel, "exit_codes": codes,
-              "provenance": provenance(threads=args.threads, dtype="float32", sizes=SIZES, load_before=load_before),
-              "results": results}
+    report = {
+        "budget_s": args.budget,
+        "threads": args.threads,
+        "parallel": args.parallel,
+        "exit_codes": codes,
+        "provenance": provenance(threads=args.threads, dtype="float32", sizes=SIZES, load_before=load_before),
+        "results": results,
+    }
     write_report(args.out, report, table(results))
 
 

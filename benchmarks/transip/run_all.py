@@ -48,8 +48,22 @@ def data_files(args) -> dict[str, Path]:
         return {"train": args.data / "train_300K.xyz", "valid": None, "test": args.data / "test_MD_300K.xyz"}
     split = args.work / "split"
     if not (split / "train_300K.test.xyz").exists():
-        subprocess.run(mlip("data", "split", str(args.data / "train_300K.xyz"), "--fractions", "0.8,0.1,0.1",
-                            "--seed", "0", "--out", str(split), "--overwrite"), check=True, cwd=ROOT)
+        subprocess.run(
+            mlip(
+                "data",
+                "split",
+                str(args.data / "train_300K.xyz"),
+                "--fractions",
+                "0.8,0.1,0.1",
+                "--seed",
+                "0",
+                "--out",
+                str(split),
+                "--overwrite",
+            ),
+            check=True,
+            cwd=ROOT,
+        )
     return {name: split / f"train_300K.{name}.xyz" for name in ("train", "valid", "test")}
 
 
@@ -67,8 +81,21 @@ def sizes(files: dict) -> dict:
 
 def train_command(variant: str, files: dict, args, run: Path) -> list[str]:
     family, sets = VARIANTS[variant]
-    cmd = mlip("train", f"{args.dataset}/{family}", "--data", str(files["train"]), "--test-data", str(files["test"]),
-               "--time-budget", str(args.budget), "--out", str(run), "--quiet", "--set", f"run.threads={args.threads}")
+    cmd = mlip(
+        "train",
+        f"{args.dataset}/{family}",
+        "--data",
+        str(files["train"]),
+        "--test-data",
+        str(files["test"]),
+        "--time-budget",
+        str(args.budget),
+        "--out",
+        str(run),
+        "--quiet",
+        "--set",
+        f"run.threads={args.threads}",
+    )
     if files["valid"] is not None:
         cmd += ["--valid-data", str(files["valid"])]
     for s in sets:
@@ -96,21 +123,32 @@ def summary(run: Path, report: dict) -> dict:
         rows = list(csv.DictReader(f))
     symmetry = {k: float(v) for k, v in (rows[-1] if rows else {}).items() if k.startswith("symmetry_") and v}
     t = result["timing"]
-    return {"steps": result["steps"], "structures_per_s": t["structures_per_s"], "median_step_ms": t["median_step_ms"],
-            "train_s": t["train_s"], "symmetry_last": symmetry, "eval": report}
+    return {
+        "steps": result["steps"],
+        "structures_per_s": t["structures_per_s"],
+        "median_step_ms": t["median_step_ms"],
+        "train_s": t["train_s"],
+        "symmetry_last": symmetry,
+        "eval": report,
+    }
 
 
 def table(results: dict) -> str:
-    lines = ["| model | test F RMSE (meV/A) | test E RMSE (meV/atom) | rotation: E err (meV/atom) / F rel. | "
-             "inversion: E err (meV/atom) / F rel. | steps | structures/s |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | test F RMSE (meV/A) | test E RMSE (meV/atom) | rotation: E err (meV/atom) / F rel. | "
+        "inversion: E err (meV/atom) / F rel. | steps | structures/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         e = r["eval"]
         m, q = e["metrics"], e["equivariance"]
         rot, ref = q["rotation"], q["inversion"]
-        lines.append(f"| {name} | {m['forces_rmse']:.1f} | {m['energy_per_atom_rmse']:.3f} | "
-                     f"{rot['energy_mev_per_atom']:.2g} / {rot['force_rel']:.1e} | "
-                     f"{ref['energy_mev_per_atom']:.2g} / {ref['force_rel']:.1e} | {r['steps']:,} | "
-                     f"{r['structures_per_s']:.1f} |")
+        lines.append(
+            f"| {name} | {m['forces_rmse']:.1f} | {m['energy_per_atom_rmse']:.3f} | "
+            f"{rot['energy_mev_per_atom']:.2g} / {rot['force_rel']:.1e} | "
+            f"{ref['energy_mev_per_atom']:.2g} / {ref['force_rel']:.1e} | {r['steps']:,} | "
+            f"{r['structures_per_s']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -145,13 +183,19 @@ def main() -> None:
         if VARIANTS[v][0] == "transip":
             results[LABELS[v]] = summary(run, evaluate(run, files["test"], args.threads, False))
             results[f"(c) = {LABELS[v][:3]} + frame averaging"] = summary(
-                run, evaluate(run, files["test"], args.threads, True))
+                run, evaluate(run, files["test"], args.threads, True)
+            )
         else:
             results[LABELS[v]] = summary(run, evaluate(run, files["test"], args.threads, None))
-    report = {"dataset": args.dataset, "budget_s": args.budget, "threads": args.threads, "parallel": args.parallel,
-              "exit_codes": codes, "results": results,
-              "provenance": provenance(threads=args.threads, dtype="float32", sizes=sizes(files),
-                                       load_before=load_before)}
+    report = {
+        "dataset": args.dataset,
+        "budget_s": args.budget,
+        "threads": args.threads,
+        "parallel": args.parallel,
+        "exit_codes": codes,
+        "results": results,
+        "provenance": provenance(threads=args.threads, dtype="float32", sizes=sizes(files), load_before=load_before),
+    }
     write_report(args.out, report, table(results))
 
 

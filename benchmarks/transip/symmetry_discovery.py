@@ -57,9 +57,10 @@ def final(rows: list[dict]) -> dict:
         if f"symmetry_holds/{t}" in last:
             out[t] = {k: float(last[f"symmetry_{k}/{t}"]) for k in ("holds", "gap", "weight", "violation")}
             # the first validation at which the type was released (None: never)
-            out[t]["released_at_step"] = next((int(r["step"]) for r in rows
-                                               if r[f"symmetry_holds/{t}"] and float(r[f"symmetry_holds/{t}"]) == 0),
-                                              None)
+            out[t]["released_at_step"] = next(
+                (int(r["step"]) for r in rows if r[f"symmetry_holds/{t}"] and float(r[f"symmetry_holds/{t}"]) == 0),
+                None,
+            )
     return out
 
 
@@ -69,8 +70,9 @@ def plot(histories: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(histories), figsize=(3.2 * len(histories), 5.5), sharex=True,
-                             sharey="row", squeeze=False)
+    fig, axes = plt.subplots(
+        2, len(histories), figsize=(3.2 * len(histories), 5.5), sharex=True, sharey="row", squeeze=False
+    )
     for col, (case, rows) in enumerate(histories.items()):
         steps = [int(r["step"]) for r in rows]
         for t, style in zip(TYPES, ("-", "--")):
@@ -88,8 +90,11 @@ def plot(histories: dict, path: Path) -> None:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| data | rotation: holds / gap / weight | inversion: holds / gap / weight | as expected | "
-             "valid F RMSE (meV/A) |", "|---|---|---|---|---|"]
+    lines = [
+        "| data | rotation: holds / gap / weight | inversion: holds / gap / weight | as expected | "
+        "valid F RMSE (meV/A) |",
+        "|---|---|---|---|---|",
+    ]
     for case, r in results.items():
         if r["expected_holds"] is None:  # a control without the regulariser
             lines.append(f"| {case} | - | - | - | {r['valid_forces_rmse']:.0f} |")
@@ -106,15 +111,31 @@ def main() -> None:
     p.add_argument("--parallel", type=int, default=1)
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--work", type=Path, default=Path("bench_out") / "symmetry_discovery")
-    p.add_argument("--out", type=Path, default=Path("bench_out") / "symmetry_discovery_report",
-                   help="stem of the .json, .md and .png outputs")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench_out") / "symmetry_discovery_report",
+        help="stem of the .json, .md and .png outputs",
+    )
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     jobs = {}
     for case in args.cases:
         shutil.rmtree(args.work / case, ignore_errors=True)
-        cmd = [sys.executable, "-m", "mlip_cli", "train", "transip-symmetry", "--out", str(args.work / case),
-               "--quiet", "--set", f"run.max_steps={args.steps}", "--set", "run.threads=1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlip_cli",
+            "train",
+            "transip-symmetry",
+            "--out",
+            str(args.work / case),
+            "--quiet",
+            "--set",
+            f"run.max_steps={args.steps}",
+            "--set",
+            "run.threads=1",
+        ]
         for s in CASES[case]:
             cmd += ["--set", s]
         jobs[case] = cmd
@@ -122,13 +143,20 @@ def main() -> None:
     codes = run_jobs(jobs, args.parallel, args.work)
     histories = {c: read_rows(args.work / c) for c in args.cases if codes.get(c) == 0}
     plotted = {c: rows for c, rows in histories.items() if c in EXPECTED}
-    results = {c: {**final(rows), "expected_holds": dict(zip(TYPES, EXPECTED[c])) if c in EXPECTED else None}
-               for c, rows in histories.items()}
+    results = {
+        c: {**final(rows), "expected_holds": dict(zip(TYPES, EXPECTED[c])) if c in EXPECTED else None}
+        for c, rows in histories.items()
+    }
     table = markdown(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"steps": args.steps, "exit_codes": codes, "results": results,
-              "provenance": provenance(threads=1, dtype="float32", sizes={"structures": 400, "steps": args.steps},
-                                       load_before=load_before)}
+    report = {
+        "steps": args.steps,
+        "exit_codes": codes,
+        "results": results,
+        "provenance": provenance(
+            threads=1, dtype="float32", sizes={"structures": 400, "steps": args.steps}, load_before=load_before
+        ),
+    }
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     args.out.with_suffix(".md").write_text(table + "\n")
     if plotted:

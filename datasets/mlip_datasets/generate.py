@@ -15,8 +15,26 @@ from .record import Structure
 METALS = ("Cu", "Ag", "Au", "Ni", "Pd", "Pt")
 FACETS = ("fcc111", "fcc100")
 ADSORBATES = ("H", "O", "N", "C", "OH", "CO", "NH", "CH", "NO", "N2")
-MOLECULES = ("H2O", "NH3", "CH4", "CO2", "CH3OH", "HCOOH", "C2H6", "C2H4", "H2CO", "CH3CN", "OH", "NO",
-             "CH3", "CN", "N2H4", "CH3CHO", "HCO", "NH2")
+MOLECULES = (
+    "H2O",
+    "NH3",
+    "CH4",
+    "CO2",
+    "CH3OH",
+    "HCOOH",
+    "C2H6",
+    "C2H4",
+    "H2CO",
+    "CH3CN",
+    "OH",
+    "NO",
+    "CH3",
+    "CN",
+    "N2H4",
+    "CH3CHO",
+    "HCO",
+    "NH2",
+)
 KINDS = ("slab-adsorbate", "molecule")
 
 
@@ -48,8 +66,13 @@ def _slab(rng: np.random.Generator, size: tuple[int, int, int]):
     return slab, fixed, f"{name}/{metal}({facet[3:]})"
 
 
-def slab_adsorbate(n: int, seed: int = 0, frames_per_system: int = 5,
-                   size: tuple[int, int, int] = (3, 3, 4), max_force: float | None = None) -> Iterator[Structure]:
+def slab_adsorbate(
+    n: int,
+    seed: int = 0,
+    frames_per_system: int = 5,
+    size: tuple[int, int, int] = (3, 3, 4),
+    max_force: float | None = None,
+) -> Iterator[Structure]:
     """Yield ``n`` frames from short EMT relaxations of random adsorbates on fcc slabs.
 
     Each system (``sid``) is rattled, then relaxed with FIRE; every step is a frame (``fid``) until
@@ -73,11 +96,21 @@ def slab_adsorbate(n: int, seed: int = 0, frames_per_system: int = 5,
         def record():
             if max_force is not None and np.abs(atoms.get_forces(apply_constraint=False)).max() > max_force:
                 return
-            frames.append(Structure(
-                numbers=atoms.numbers, positions=atoms.positions, cell=np.asarray(atoms.cell),
-                pbc=atoms.pbc, energy=atoms.get_potential_energy(),
-                forces=atoms.get_forces(apply_constraint=False), tags=atoms.get_tags(), fixed=fixed,
-                sid=sid, fid=len(frames), info={"system": label, "energy_kind": "total"}))
+            frames.append(
+                Structure(
+                    numbers=atoms.numbers,
+                    positions=atoms.positions,
+                    cell=np.asarray(atoms.cell),
+                    pbc=atoms.pbc,
+                    energy=atoms.get_potential_energy(),
+                    forces=atoms.get_forces(apply_constraint=False),
+                    tags=atoms.get_tags(),
+                    fixed=fixed,
+                    sid=sid,
+                    fid=len(frames),
+                    info={"system": label, "energy_kind": "total"},
+                )
+            )
 
         opt = FIRE(atoms, logfile=None)
         opt.attach(record)
@@ -91,9 +124,13 @@ def slab_adsorbate(n: int, seed: int = 0, frames_per_system: int = 5,
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     """A Haar-random rotation matrix: a normalised Gaussian quaternion is uniform on SO(3)'s double cover."""
     w, x, y, z = (q := rng.normal(size=4)) / np.linalg.norm(q)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def molecules(n: int, seed: int = 0, rattle: float = 0.05, random_orientation: bool = False) -> Iterator[Structure]:
@@ -116,13 +153,21 @@ def molecules(n: int, seed: int = 0, rattle: float = 0.05, random_orientation: b
         atoms.calc = EMT()
         electrons = int(atoms.numbers.sum())
         yield Structure(
-            numbers=atoms.numbers, positions=atoms.positions, energy=atoms.get_potential_energy(),
-            forces=atoms.get_forces(), charge=0, spin=1 + electrons % 2, sid=i, fid=0,
-            info={"system": name, "energy_kind": "total"})
+            numbers=atoms.numbers,
+            positions=atoms.positions,
+            energy=atoms.get_potential_energy(),
+            forces=atoms.get_forces(),
+            charge=0,
+            spin=1 + electrons % 2,
+            sid=i,
+            fid=0,
+            info={"system": name, "energy_kind": "total"},
+        )
 
 
-def generate(kind: str, n: int, seed: int = 0, breaking: str | None = None, strength: float = 1.0,
-             **options) -> Iterator[Structure]:
+def generate(
+    kind: str, n: int, seed: int = 0, breaking: str | None = None, strength: float = 1.0, **options
+) -> Iterator[Structure]:
     """Dispatch on ``kind`` (one of :data:`KINDS`); ``options`` go to the kind's generator.
 
     ``breaking`` adds a symmetry-breaking term of that ``strength``

@@ -59,8 +59,9 @@ class AtomicGraph:
         return getattr(self, label) is not None
 
 
-def structure_to_graph(structure: Structure, cutoff: float, dtype: torch.dtype = torch.float64,
-                       backend: str = "auto", index: int = -1) -> AtomicGraph:
+def structure_to_graph(
+    structure: Structure, cutoff: float, dtype: torch.dtype = torch.float64, backend: str = "auto", index: int = -1
+) -> AtomicGraph:
     """Build the neighbour graph of ``structure`` within ``cutoff`` (Angstrom) as tensors of ``dtype``."""
     s = structure
     src, dst, shifts = neighbor_list(s.positions, s.cell, s.pbc, cutoff, backend=backend)
@@ -91,8 +92,13 @@ def structure_to_graph(structure: Structure, cutoff: float, dtype: torch.dtype =
     )
 
 
-def edge_vectors(positions: torch.Tensor, cell: torch.Tensor, shifts: torch.Tensor, edge_index: torch.Tensor,
-                 node_graph: torch.Tensor) -> torch.Tensor:
+def edge_vectors(
+    positions: torch.Tensor,
+    cell: torch.Tensor,
+    shifts: torch.Tensor,
+    edge_index: torch.Tensor,
+    node_graph: torch.Tensor,
+) -> torch.Tensor:
     """The one definition of an edge vector: ``positions[j] - positions[i] + shifts @ cell[structure of i]``.
 
     Models call it with strained positions and cells (stress), so it takes tensors rather than a batch.
@@ -178,8 +184,9 @@ def collate_graphs(graphs: Sequence[AtomicGraph]) -> Batch:
     edge_index = torch.cat([g.edge_index + ptr[k] for k, g in enumerate(graphs)], dim=1)
     batch = torch.repeat_interleave(torch.arange(len(graphs)), natoms)
 
-    def per_structure(name: str, shape: tuple[int, ...], kind: torch.dtype = dtype) -> tuple[torch.Tensor,
-                                                                                                torch.Tensor]:
+    def per_structure(
+        name: str, shape: tuple[int, ...], kind: torch.dtype = dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         values = [getattr(g, name) for g in graphs]
         mask = torch.tensor([v is not None for v in values], dtype=torch.bool)
         zero = torch.zeros(shape, dtype=kind)
@@ -215,10 +222,19 @@ def collate_graphs(graphs: Sequence[AtomicGraph]) -> Batch:
     )
 
 
-def unlabelled_batch(numbers: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
-                     edge_index: torch.Tensor, shifts: torch.Tensor, node_graph: torch.Tensor,
-                     charge: Sequence[float | None] | None = None, spin: Sequence[float | None] | None = None,
-                     index: Sequence[int] | None = None, dtype: torch.dtype | None = None) -> Batch:
+def unlabelled_batch(
+    numbers: torch.Tensor,
+    positions: torch.Tensor,
+    cell: torch.Tensor,
+    pbc: torch.Tensor,
+    edge_index: torch.Tensor,
+    shifts: torch.Tensor,
+    node_graph: torch.Tensor,
+    charge: Sequence[float | None] | None = None,
+    spin: Sequence[float | None] | None = None,
+    index: Sequence[int] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Batch:
     """A :class:`Batch` without labels (what a model call needs), from tensors already on their device.
 
     The calculator and batched relaxation build one on every step, so this skips ``collate_graphs``' per-graph
@@ -246,12 +262,26 @@ def unlabelled_batch(numbers: torch.Tensor, positions: torch.Tensor, cell: torch
     charge_t, charge_mask = optional(charge)
     spin_t, spin_mask = optional(spin)
     return Batch(
-        numbers=numbers, positions=positions.to(dtype), cell=cell.to(dtype).reshape(num, 3, 3),
-        pbc=pbc.reshape(num, 3), edge_index=edge_index, shifts=shifts.to(dtype), batch=node_graph, ptr=ptr,
-        natoms=natoms, energy=torch.zeros(num, dtype=torch.float64, device=device),
-        forces=torch.zeros(n, 3, dtype=dtype, device=device), stress=torch.zeros(num, 3, 3, dtype=dtype, device=device),
-        charge=charge_t, spin=spin_t, energy_mask=no, forces_mask=torch.zeros(n, dtype=torch.bool, device=device),
-        stress_mask=no, charge_mask=charge_mask, spin_mask=spin_mask,
-        index=torch.full((num,), -1, dtype=torch.long, device=device) if index is None
+        numbers=numbers,
+        positions=positions.to(dtype),
+        cell=cell.to(dtype).reshape(num, 3, 3),
+        pbc=pbc.reshape(num, 3),
+        edge_index=edge_index,
+        shifts=shifts.to(dtype),
+        batch=node_graph,
+        ptr=ptr,
+        natoms=natoms,
+        energy=torch.zeros(num, dtype=torch.float64, device=device),
+        forces=torch.zeros(n, 3, dtype=dtype, device=device),
+        stress=torch.zeros(num, 3, 3, dtype=dtype, device=device),
+        charge=charge_t,
+        spin=spin_t,
+        energy_mask=no,
+        forces_mask=torch.zeros(n, dtype=torch.bool, device=device),
+        stress_mask=no,
+        charge_mask=charge_mask,
+        spin_mask=spin_mask,
+        index=torch.full((num,), -1, dtype=torch.long, device=device)
+        if index is None
         else torch.as_tensor(list(index), dtype=torch.long, device=device),
     )

@@ -123,7 +123,7 @@ def write_dataset(
     except DataError as err:
         _remove(tmp)
         if err.path is not None and Path(err.path).name.startswith(tmp.name):  # name the user's path
-            raise type(err)(str(path) + err.path[len(str(tmp)):], err.message, err.record) from None
+            raise type(err)(str(path) + err.path[len(str(tmp)) :], err.message, err.record) from None
         raise
     except BaseException:
         _remove(tmp)

@@ -39,8 +39,17 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import lmdb
 
-__all__ = ["LmdbWriter", "ShardEnvs", "first_shard", "open_readonly", "readonly", "references", "release",
-           "shard_files", "sniff_first_shard"]
+__all__ = [
+    "LmdbWriter",
+    "ShardEnvs",
+    "first_shard",
+    "open_readonly",
+    "readonly",
+    "references",
+    "release",
+    "shard_files",
+    "sniff_first_shard",
+]
 
 _lock = threading.Lock()
 _pid = os.getpid()
@@ -61,8 +70,9 @@ def first_shard(path: str | Path, pattern: str = "*.lmdb") -> Path | None:
     return files[0] if files and files[0].is_file() else None
 
 
-def sniff_first_shard(path: str | Path, looks_right: Callable[[lmdb.Transaction], bool],
-                      pattern: str = "*.lmdb") -> bool:
+def sniff_first_shard(
+    path: str | Path, looks_right: Callable[[lmdb.Transaction], bool], pattern: str = "*.lmdb"
+) -> bool:
     """``looks_right(txn)`` in a read transaction on the first shard of ``path``; False if that is no LMDB file.
 
     Uses the process's shared environment, so sniffing works while a reader holds the file.
@@ -252,8 +262,15 @@ class LmdbWriter:
 
         self.path = Path(path)
         # one writer of a file nobody else sees yet: no lock table, and one sync on close instead of one per commit
-        self.env = lmdb.open(str(path), subdir=False, map_size=map_size or WRITE_MAP_SIZE, lock=False, sync=False,
-                             metasync=False, meminit=False)
+        self.env = lmdb.open(
+            str(path),
+            subdir=False,
+            map_size=map_size or WRITE_MAP_SIZE,
+            lock=False,
+            sync=False,
+            metasync=False,
+            meminit=False,
+        )
         self._pending: list[tuple[bytes, bytes, bool]] = []
 
     def put(self, key: bytes, value: bytes, *, append: bool = False) -> None:

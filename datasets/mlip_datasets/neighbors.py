@@ -68,12 +68,16 @@ def neighbor_list(
         src, dst, shifts = _matscipy(positions, cell, pbc, cutoff)
     else:
         src, dst, shifts = _ase(positions, cell, pbc, cutoff)
-    return (np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64),
-            np.asarray(shifts, dtype=np.int64).reshape(-1, 3))
+    return (
+        np.asarray(src, dtype=np.int64),
+        np.asarray(dst, dtype=np.int64),
+        np.asarray(shifts, dtype=np.int64).reshape(-1, 3),
+    )
 
 
-def edge_vectors(positions: np.ndarray, cell: np.ndarray, src: np.ndarray, dst: np.ndarray,
-                 shifts: np.ndarray) -> np.ndarray:
+def edge_vectors(
+    positions: np.ndarray, cell: np.ndarray, src: np.ndarray, dst: np.ndarray, shifts: np.ndarray
+) -> np.ndarray:
     """Edge vectors ``positions[dst] - positions[src] + shifts @ cell``.
 
     Shapes:
@@ -113,7 +117,7 @@ def _complete_cell(cell: np.ndarray, pbc: np.ndarray, positions: np.ndarray, cut
     # orthonormal directions perpendicular to the periodic vectors (the null space of their span)
     if len(periodic):
         _, _, vt = np.linalg.svd(periodic)
-        directions = vt[len(periodic):]
+        directions = vt[len(periodic) :]
     else:
         directions = np.eye(3)
     origin = np.zeros(3)
@@ -147,5 +151,6 @@ def _ase(positions, cell, pbc, cutoff):
 
     box, _ = _complete_cell(cell, pbc, positions, cutoff)
     # ASE works in fractional coordinates of ``box``; atoms outside it along free axes are handled by its binning
-    return primitive_neighbor_list("ijS", pbc, box, positions, cutoff, self_interaction=False,
-                                   use_scaled_positions=False)
+    return primitive_neighbor_list(
+        "ijS", pbc, box, positions, cutoff, self_interaction=False, use_scaled_positions=False
+    )

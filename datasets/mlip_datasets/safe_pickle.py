@@ -134,9 +134,18 @@ _HOLDERS = (PygData, PygStorage)
 # ---- tensors -------------------------------------------------------------------------------------------
 
 _STORAGE_DTYPES = {
-    "FloatStorage": "<f4", "DoubleStorage": "<f8", "HalfStorage": "<f2", "BFloat16Storage": "<u2",
-    "LongStorage": "<i8", "IntStorage": "<i4", "ShortStorage": "<i2", "CharStorage": "i1",
-    "ByteStorage": "u1", "BoolStorage": "?", "ComplexFloatStorage": "<c8", "ComplexDoubleStorage": "<c16",
+    "FloatStorage": "<f4",
+    "DoubleStorage": "<f8",
+    "HalfStorage": "<f2",
+    "BFloat16Storage": "<u2",
+    "LongStorage": "<i8",
+    "IntStorage": "<i4",
+    "ShortStorage": "<i2",
+    "CharStorage": "i1",
+    "ByteStorage": "u1",
+    "BoolStorage": "?",
+    "ComplexFloatStorage": "<c8",
+    "ComplexDoubleStorage": "<c16",
 }  # torch writes storage bytes little-endian on every platform
 
 
@@ -363,8 +372,11 @@ def _typed(kind, fn: Callable) -> Callable:
 
 
 _TENSOR_REBUILDS = tuple(
-    _Allowed(fn, name) for fn, name in ((_rebuild_tensor, "torch._utils._rebuild_tensor_v2"),
-                                         (_rebuild_tensor, "torch._utils._rebuild_tensor"))
+    _Allowed(fn, name)
+    for fn, name in (
+        (_rebuild_tensor, "torch._utils._rebuild_tensor_v2"),
+        (_rebuild_tensor, "torch._utils._rebuild_tensor"),
+    )
 )
 _NP = {"_reconstruct": _np_reconstruct, "scalar": _np_scalar}
 _ALLOWED: dict[tuple[str, str], Any] = {
@@ -399,8 +411,11 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 }
 # older spellings of the same objects (numpy 1.x, Python 2 era pickles, re-exports)
 _MODULE_ALIASES = {
-    "numpy.core.multiarray": "numpy._core.multiarray", "numpy.core.numeric": "numpy._core.numeric",
-    "__builtin__": "builtins", "copy_reg": "copyreg", "torch_geometric.data": "torch_geometric.data.data",
+    "numpy.core.multiarray": "numpy._core.multiarray",
+    "numpy.core.numeric": "numpy._core.numeric",
+    "__builtin__": "builtins",
+    "copy_reg": "copyreg",
+    "torch_geometric.data": "torch_geometric.data.data",
 }
 
 

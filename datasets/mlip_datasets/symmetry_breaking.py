@@ -60,8 +60,9 @@ def _energy(kind: str, numbers, vectors, src, dst, num_atoms: int):
     raise ValueError(f"unknown symmetry-breaking term {kind!r}; choose from {', '.join(TERMS)}")
 
 
-def breaking_term(kind: str, numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray | None, pbc,
-                  strength: float) -> tuple[float, np.ndarray]:
+def breaking_term(
+    kind: str, numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray | None, pbc, strength: float
+) -> tuple[float, np.ndarray]:
     """Energy (eV) and forces (eV/A) of one term (see the module table) for one structure.
 
     Shapes:

@@ -55,8 +55,14 @@ class AtomicGraphDataset(Dataset):
         backend: neighbour-list backend (see :func:`mlip_datasets.neighbors.neighbor_list`).
     """
 
-    def __init__(self, reader: Reader, cutoff: float, dtype: torch.dtype = torch.float64,
-                 transform: Callable[[AtomicGraph], AtomicGraph] | None = None, backend: str = "auto"):
+    def __init__(
+        self,
+        reader: Reader,
+        cutoff: float,
+        dtype: torch.dtype = torch.float64,
+        transform: Callable[[AtomicGraph], AtomicGraph] | None = None,
+        backend: str = "auto",
+    ):
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
         self.reader = reader
@@ -111,10 +117,20 @@ class SizeBatchSampler(Sampler[list[int]]):
         natoms (S,), num_edges (S,).
     """
 
-    def __init__(self, natoms, max_atoms: int | None = None, max_edges: int | None = None,
-                 max_structures: int | None = None, *, num_edges: Sequence[int] | None = None,
-                 shuffle: bool = True, seed: int = 0, drop_last: bool = False,
-                 num_replicas: int = 1, rank: int = 0):
+    def __init__(
+        self,
+        natoms,
+        max_atoms: int | None = None,
+        max_edges: int | None = None,
+        max_structures: int | None = None,
+        *,
+        num_edges: Sequence[int] | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
         if max_atoms is None and max_edges is None and max_structures is None:
             raise ValueError("give at least one of max_atoms, max_edges, max_structures")
         for name, value in (("max_atoms", max_atoms), ("max_edges", max_edges), ("max_structures", max_structures)):
@@ -178,7 +194,7 @@ class SizeBatchSampler(Sampler[list[int]]):
             elif remainder:
                 extra = self.num_replicas - remainder
                 batches = batches + [batches[k % len(batches)] for k in range(extra)]
-        mine = batches[self.rank:: self.num_replicas]
+        mine = batches[self.rank :: self.num_replicas]
         self._cache = (self.epoch, mine)
         return mine
 

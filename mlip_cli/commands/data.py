@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="Inspect, convert, summarise, split, validate and generate data sets.",
-                  no_args_is_help=True)
+app = typer.Typer(help="Inspect, convert, summarise, split, validate and generate data sets.", no_args_is_help=True)
 
-FromOpt = Annotated[Optional[str], typer.Option("--from", help="Input format (default: detected).")]
-ToOpt = Annotated[Optional[str], typer.Option("--to", help="Output format (default: from the extension).")]
+FromOpt = Annotated[str | None, typer.Option("--from", help="Input format (default: detected).")]
+ToOpt = Annotated[str | None, typer.Option("--to", help="Output format (default: from the extension).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 EnergyKey = Annotated[str, typer.Option("--energy-key", help="Key holding the energy label.")]
 ForcesKey = Annotated[str, typer.Option("--forces-key", help="Key holding the forces label.")]
@@ -20,8 +19,7 @@ ChargeKey = Annotated[str, typer.Option("--charge-key", help="Key holding the to
 SpinKey = Annotated[str, typer.Option("--spin-key", help="Key holding the spin multiplicity.")]
 
 
-def _open(path: Path, fmt: str | None, energy="energy", forces="forces", stress="stress", charge="charge",
-          spin="spin"):
+def _open(path: Path, fmt: str | None, energy="energy", forces="forces", stress="stress", charge="charge", spin="spin"):
     from mlip_datasets.io import open_dataset
     from mlip_datasets.keys import LabelKeys
 
@@ -53,9 +51,16 @@ def _energy_kind(metadata: dict, reader) -> str:
 
 
 @app.command()
-def info(path: Path, fmt: FromOpt = None, as_json: JsonOpt = False, energy_key: EnergyKey = "energy",
-         forces_key: ForcesKey = "forces", stress_key: StressKey = "stress", charge_key: ChargeKey = "charge",
-         spin_key: SpinKey = "spin") -> None:
+def info(
+    path: Path,
+    fmt: FromOpt = None,
+    as_json: JsonOpt = False,
+    energy_key: EnergyKey = "energy",
+    forces_key: ForcesKey = "forces",
+    stress_key: StressKey = "stress",
+    charge_key: ChargeKey = "charge",
+    spin_key: SpinKey = "spin",
+) -> None:
     """Detect the format and print size, elements, labels, periodicity and energy kind."""
     from ..ui import console, print_json, table
 
@@ -91,26 +96,41 @@ def _fmt(value) -> str:
 
 
 @app.command()
-def convert(src: Path, dst: Path, to: ToOpt = None, fmt: FromOpt = None,
-            shards: Annotated[int, typer.Option(min=1, help="Number of output shards.")] = 1,
-            overwrite: Annotated[bool, typer.Option(help="Replace DST if it exists.")] = False,
-            energy_key: EnergyKey = "energy", forces_key: ForcesKey = "forces", stress_key: StressKey = "stress",
-            charge_key: ChargeKey = "charge", spin_key: SpinKey = "spin") -> None:
+def convert(
+    src: Path,
+    dst: Path,
+    to: ToOpt = None,
+    fmt: FromOpt = None,
+    shards: Annotated[int, typer.Option(min=1, help="Number of output shards.")] = 1,
+    overwrite: Annotated[bool, typer.Option(help="Replace DST if it exists.")] = False,
+    energy_key: EnergyKey = "energy",
+    forces_key: ForcesKey = "forces",
+    stress_key: StressKey = "stress",
+    charge_key: ChargeKey = "charge",
+    spin_key: SpinKey = "spin",
+) -> None:
     """Convert SRC to DST (format from DST's extension or --to); DST appears only when complete."""
     from mlip_datasets.io import write_dataset
 
     from ..ui import console, progress
 
-    with _open(src, fmt, energy_key, forces_key, stress_key, charge_key, spin_key) as reader:
-        with progress(f"{src.name} -> {dst.name}", len(reader)) as update:
-            count = write_dataset(dst, reader, to, shards=shards, overwrite=overwrite, progress=update)
+    with (
+        _open(src, fmt, energy_key, forces_key, stress_key, charge_key, spin_key) as reader,
+        progress(f"{src.name} -> {dst.name}", len(reader)) as update,
+    ):
+        count = write_dataset(dst, reader, to, shards=shards, overwrite=overwrite, progress=update)
     console.print(f"wrote {count} structures to {dst}")
 
 
 @app.command()
-def stats(path: Path, cutoff: Annotated[Optional[float], typer.Option(help="Also count neighbours within R.")] = None,
-          fmt: FromOpt = None, as_json: JsonOpt = False, energy_key: EnergyKey = "energy",
-          forces_key: ForcesKey = "forces") -> None:
+def stats(
+    path: Path,
+    cutoff: Annotated[float | None, typer.Option(help="Also count neighbours within R.")] = None,
+    fmt: FromOpt = None,
+    as_json: JsonOpt = False,
+    energy_key: EnergyKey = "energy",
+    forces_key: ForcesKey = "forces",
+) -> None:
     """E0s by least squares, energy and force statistics, average neighbours within --cutoff."""
     from ..ui import console, print_json, table
 
@@ -121,24 +141,33 @@ def stats(path: Path, cutoff: Annotated[Optional[float], typer.Option(help="Also
         return
     from ase.data import chemical_symbols
 
-    rows = [[chemical_symbols[z], result.element_counts[z], f"{result.e0s[z]:.6f}" if z in result.e0s else "-"]
-            for z in result.element_counts]
+    rows = [
+        [chemical_symbols[z], result.element_counts[z], f"{result.e0s[z]:.6f}" if z in result.e0s else "-"]
+        for z in result.element_counts
+    ]
     console.print(table("elements", ["element", "atoms", "E0 (eV)"], rows))
-    scalars = {k: v for k, v in result.as_dict().items()
-               if not isinstance(v, dict) and v is not None}
-    console.print(table("statistics", ["quantity", "value"],
-                        [[k.replace("_", " "), f"{v:.6g}" if isinstance(v, float) else v] for k, v in scalars.items()]))
+    scalars = {k: v for k, v in result.as_dict().items() if not isinstance(v, dict) and v is not None}
+    console.print(
+        table(
+            "statistics",
+            ["quantity", "value"],
+            [[k.replace("_", " "), f"{v:.6g}" if isinstance(v, float) else v] for k, v in scalars.items()],
+        )
+    )
 
 
 @app.command()
-def split(path: Path,
-          fractions: Annotated[str, typer.Option(help="Comma-separated fractions summing to 1.")] = "0.8,0.1,0.1",
-          seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-          group_by: Annotated[Optional[str], typer.Option(help="Keep records sharing this key together (sid).")] = None,
-          names: Annotated[str, typer.Option(help="Names of the splits.")] = "train,valid,test",
-          out: Annotated[Optional[Path], typer.Option(help="Output directory (default: beside PATH).")] = None,
-          to: ToOpt = None, fmt: FromOpt = None,
-          overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False) -> None:
+def split(
+    path: Path,
+    fractions: Annotated[str, typer.Option(help="Comma-separated fractions summing to 1.")] = "0.8,0.1,0.1",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    group_by: Annotated[str | None, typer.Option(help="Keep records sharing this key together (sid).")] = None,
+    names: Annotated[str, typer.Option(help="Names of the splits.")] = "train,valid,test",
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: beside PATH).")] = None,
+    to: ToOpt = None,
+    fmt: FromOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+) -> None:
     """Reproducible splits written as data sets, plus split.json with the indices."""
     import json
 
@@ -171,8 +200,17 @@ def split(path: Path,
                 write_dataset(target, (reader[int(i)] for i in idx), to, overwrite=overwrite, progress=update)
             rows.append([label, len(idx), str(target)])
     index_file = out / f"{path.stem}.split.json"
-    index_file.write_text(json.dumps({"source": str(path), "seed": seed, "fractions": parts,
-                                      "group_by": group_by, **{l: i.tolist() for l, i in zip(labels, indices)}}))
+    index_file.write_text(
+        json.dumps(
+            {
+                "source": str(path),
+                "seed": seed,
+                "fractions": parts,
+                "group_by": group_by,
+                **{l: i.tolist() for l, i in zip(labels, indices)},
+            }
+        )
+    )
     console.print(table("split", ["split", "structures", "path"], rows))
     console.print(f"indices in {index_file}")
 
@@ -188,10 +226,13 @@ def _group_key(reader, i: int, key: str):
 
 
 @app.command()
-def validate(path: Path, fmt: FromOpt = None,
-             min_distance: Annotated[float, typer.Option(help="Closest allowed distance between atoms (A).")] = 0.1,
-             show: Annotated[int, typer.Option(help="How many problems to list.")] = 20,
-             as_json: JsonOpt = False) -> None:
+def validate(
+    path: Path,
+    fmt: FromOpt = None,
+    min_distance: Annotated[float, typer.Option(help="Closest allowed distance between atoms (A).")] = 0.1,
+    show: Annotated[int, typer.Option(help="How many problems to list.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
     """Check every record; exit code 1 if any is bad."""
     from mlip_datasets.validate import validate as run_validation
 
@@ -215,27 +256,36 @@ def validate(path: Path, fmt: FromOpt = None,
 
 
 @app.command()
-def generate(out: Path,
-             kind: Annotated[str, typer.Option(help="slab-adsorbate or molecule.")] = "slab-adsorbate",
-             n: Annotated[int, typer.Option(min=1, help="Number of structures.")] = 200,
-             seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-             size: Annotated[Optional[str], typer.Option(help="slab-adsorbate: slab repeats NX,NY,LAYERS "
-                                                              "(default 3,3,4).")] = None,
-             max_force: Annotated[Optional[float], typer.Option(help="slab-adsorbate: drop frames with a force "
-                                                                     "component above this (eV/A).")] = None,
-             breaking: Annotated[Optional[str], typer.Option(
-                 help="Add a symmetry-breaking energy term: uniaxial (easy axis along z: breaks rotations, keeps "
-                      "the inversion), field (bond dipoles in a field along z: breaks both) or chiral "
-                      "(handedness: keeps rotations, breaks the inversion).")] = None,
-             strength: Annotated[float, typer.Option(help="Strength of --breaking: eV (uniaxial), eV/A (field), "
-                                                          "eV/A^3 (chiral).")] = 1.0,
-             random_orientation: Annotated[Optional[bool], typer.Option(
-                 help="molecule: rotate each molecule at random (default: on with --breaking).")] = None,
-             to: ToOpt = None,
-             shards: Annotated[int, typer.Option(min=1, help="Number of output shards.")] = 1,
-             overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False) -> None:
+def generate(
+    out: Path,
+    kind: Annotated[str, typer.Option(help="slab-adsorbate or molecule.")] = "slab-adsorbate",
+    n: Annotated[int, typer.Option(min=1, help="Number of structures.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    size: Annotated[str | None, typer.Option(help="slab-adsorbate: slab repeats NX,NY,LAYERS (default 3,3,4).")] = None,
+    max_force: Annotated[
+        float | None, typer.Option(help="slab-adsorbate: drop frames with a force component above this (eV/A).")
+    ] = None,
+    breaking: Annotated[
+        str | None,
+        typer.Option(
+            help="Add a symmetry-breaking energy term: uniaxial (easy axis along z: breaks rotations, keeps "
+            "the inversion), field (bond dipoles in a field along z: breaks both) or chiral "
+            "(handedness: keeps rotations, breaks the inversion)."
+        ),
+    ] = None,
+    strength: Annotated[
+        float, typer.Option(help="Strength of --breaking: eV (uniaxial), eV/A (field), eV/A^3 (chiral).")
+    ] = 1.0,
+    random_orientation: Annotated[
+        bool | None, typer.Option(help="molecule: rotate each molecule at random (default: on with --breaking).")
+    ] = None,
+    to: ToOpt = None,
+    shards: Annotated[int, typer.Option(min=1, help="Number of output shards.")] = 1,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
     """Make OC20-like slab+adsorbate frames or rattled molecules with ASE's EMT calculator."""
-    from mlip_datasets.generate import KINDS, generate as make
+    from mlip_datasets.generate import KINDS
+    from mlip_datasets.generate import generate as make
     from mlip_datasets.io import write_dataset
     from mlip_datasets.symmetry_breaking import TERMS
 
@@ -264,6 +314,7 @@ def generate(out: Path,
     elif random_orientation is not None:
         options["random_orientation"] = random_orientation
     with progress(f"generating {kind}", n) as update:
-        count = write_dataset(out, make(kind, n, seed, **options), to, shards=shards, overwrite=overwrite,
-                              progress=update)
+        count = write_dataset(
+            out, make(kind, n, seed, **options), to, shards=shards, overwrite=overwrite, progress=update
+        )
     console.print(f"wrote {count} structures to {out}")

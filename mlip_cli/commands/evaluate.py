@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -12,16 +11,19 @@ def evaluate(
     checkpoint: Path = typer.Argument(..., help="A checkpoint (.pt) or a run directory (uses best.pt)."),
     data: Path = typer.Argument(..., help="Data to score (any `mlip data` format) with energy/force labels."),
     batch_size: int = typer.Option(16, "--batch-size", help="Structures per model call."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N structures."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 or float64 (default: as trained)."),
+    limit: int | None = typer.Option(None, "--limit", help="Score only the first N structures."),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32 or float64 (default: as trained)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     rotations: int = typer.Option(3, "--rotations", help="Random rotations for the equivariance error (0: skip)."),
-    parity: Optional[Path] = typer.Option(None, "--parity", help="Parity-plot PNG path (default: "
-                                          "<data name>_parity.png next to the checkpoint)."),
+    parity: Path | None = typer.Option(
+        None, "--parity", help="Parity-plot PNG path (default: <data name>_parity.png next to the checkpoint)."
+    ),
     raw: bool = typer.Option(False, "--raw", help="Use the raw weights instead of the EMA weights."),
-    frame_averaging: Optional[bool] = typer.Option(None, "--frame-averaging/--no-frame-averaging",
-                                                   help="transip: average the energy over principal frames "
-                                                   "(exactly O(3)-invariant); default: as trained."),
+    frame_averaging: bool | None = typer.Option(
+        None,
+        "--frame-averaging/--no-frame-averaging",
+        help="transip: average the energy over principal frames (exactly O(3)-invariant); default: as trained.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Score a trained model on a data set."""
@@ -56,20 +58,33 @@ def evaluate(
         print_json(result)
         return
     units = {"energy": "meV", "energy_per_atom": "meV/atom", "forces": "meV/A", "stress": "meV/A^3"}
-    rows = [[f"{q} ({u})", f"{report.metrics[q + '_mae']:.3f}", f"{report.metrics[q + '_rmse']:.3f}"]
-            for q, u in units.items() if q + "_mae" in report.metrics]
+    rows = [
+        [f"{q} ({u})", f"{report.metrics[q + '_mae']:.3f}", f"{report.metrics[q + '_rmse']:.3f}"]
+        for q, u in units.items()
+        if q + "_mae" in report.metrics
+    ]
     console.print(table(f"{report.structures} structures, {report.atoms} atoms", ["quantity", "MAE", "RMSE"], rows))
     if report.per_element:
         from ase.data import chemical_symbols
 
-        console.print(table("force errors by element (meV/A)", ["element", "MAE", "RMSE", "components"],
-                            [[chemical_symbols[z], f"{v['forces_mae']:.2f}", f"{v['forces_rmse']:.2f}",
-                              v["components"]] for z, v in report.per_element.items()]))
+        console.print(
+            table(
+                "force errors by element (meV/A)",
+                ["element", "MAE", "RMSE", "components"],
+                [
+                    [chemical_symbols[z], f"{v['forces_mae']:.2f}", f"{v['forces_rmse']:.2f}", v["components"]]
+                    for z, v in report.per_element.items()
+                ],
+            )
+        )
     eq = report.equivariance
     if eq:
         for kind, what in (("rotation", f"{eq['rotations']} random rotations"), ("inversion", "r -> -r")):
             e = eq[kind]
-            console.print(f"{kind} equivariance ({what}, {eq['structures']} structures): energy "
-                          f"{e['energy_mev_per_atom']:.2e} meV/atom, force relative {e['force_rel']:.2e}, "
-                          f"angle {e['force_angle_deg']:.2e} deg", highlight=False)
+            console.print(
+                f"{kind} equivariance ({what}, {eq['structures']} structures): energy "
+                f"{e['energy_mev_per_atom']:.2e} meV/atom, force relative {e['force_rel']:.2e}, "
+                f"angle {e['force_angle_deg']:.2e} deg",
+                highlight=False,
+            )
     console.print(f"parity plot: {png}", highlight=False)

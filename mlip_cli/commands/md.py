@@ -14,20 +14,23 @@ from .options import Device, Dtype, ModelPath, Skin, Threads, set_threads
 def md(
     structure: Annotated[Path, typer.Argument(help="Input: any ase.io file or a data set from `mlip data`.")],
     model: ModelPath,
-    ensemble: Annotated[str, typer.Option(help="nve (velocity Verlet), nvt (Langevin) or npt (isotropic MTK).")]
-    = "nve",
+    ensemble: Annotated[
+        str, typer.Option(help="nve (velocity Verlet), nvt (Langevin) or npt (isotropic MTK).")
+    ] = "nve",
     temperature: Annotated[float, typer.Option(help="Initial-velocity and thermostat temperature, K.")] = 300.0,
     timestep: Annotated[float, typer.Option(help="Time step, fs.")] = 1.0,
     steps: Annotated[int, typer.Option(min=0, help="Number of steps.")] = 1000,
     index: Annotated[int, typer.Option(help="Which frame of the input to run (default: the first).")] = 0,
     friction: Annotated[float, typer.Option(help="Langevin friction, 1/fs (nvt).")] = 0.01,
     pressure: Annotated[float, typer.Option(help="Target pressure, GPa (npt).")] = 0.0,
-    tdamp: Annotated[float | None, typer.Option(help="NPT thermostat time constant, fs (default 100 steps).")]
-    = None,
-    pdamp: Annotated[float | None, typer.Option(help="NPT barostat time constant, fs (default 1000 steps).")]
-    = None,
-    seed: Annotated[int, typer.Option(help="Seed of the Maxwell-Boltzmann initial velocities (drawn at "
-                                           "--temperature) and of the Langevin noise.")] = 0,
+    tdamp: Annotated[float | None, typer.Option(help="NPT thermostat time constant, fs (default 100 steps).")] = None,
+    pdamp: Annotated[float | None, typer.Option(help="NPT barostat time constant, fs (default 1000 steps).")] = None,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Seed of the Maxwell-Boltzmann initial velocities (drawn at --temperature) and of the Langevin noise."
+        ),
+    ] = 0,
     traj: Annotated[Path | None, typer.Option(help="Trajectory file (.traj, else extended XYZ).")] = None,
     traj_interval: Annotated[int, typer.Option(min=1, help="Write a frame every N steps.")] = 10,
     log: Annotated[Path | None, typer.Option(help="ASE MD log (time, energies per atom, temperature).")] = None,
@@ -64,10 +67,25 @@ def md(
     atoms.calc = calc
     try:
         with progress(f"md ({ensemble}, {len(atoms)} atoms)", steps) as update:
-            report = run_md(atoms, ensemble, steps, timestep, temperature, friction_per_fs=friction,
-                            pressure_GPa=pressure, tdamp_fs=tdamp, pdamp_fs=pdamp, seed=seed,
-                            init_velocities=True, trajectory=traj, traj_interval=traj_interval,
-                            log=log, log_interval=log_interval, max_force=max_force, progress=update)
+            report = run_md(
+                atoms,
+                ensemble,
+                steps,
+                timestep,
+                temperature,
+                friction_per_fs=friction,
+                pressure_GPa=pressure,
+                tdamp_fs=tdamp,
+                pdamp_fs=pdamp,
+                seed=seed,
+                init_velocities=True,
+                trajectory=traj,
+                traj_interval=traj_interval,
+                log=log,
+                log_interval=log_interval,
+                max_force=max_force,
+                progress=update,
+            )
     except MDFailure as err:
         err_console.print(f"mlip md: stopped: {err}", highlight=False)
         raise typer.Exit(1) from None
@@ -79,10 +97,16 @@ def md(
         print_json(report.as_dict())
         return
     drift_label = "energy drift (eV/atom/ps)" + ("" if ensemble == "nve" else ", thermostatted: not conserved")
-    rows = [["atoms", report.natoms], ["steps", report.steps], ["time step (fs)", report.timestep_fs],
-            [drift_label, f"{report.energy_drift:.3e}"],
-            ["max |E(t) - E(0)| (eV/atom)", f"{report.max_energy_deviation:.3e}"],
-            ["mean temperature (K)", f"{report.mean_temperature:.1f}"],
-            ["steps/s", f"{report.steps_per_second:.2f}"], ["ns/day", f"{report.ns_per_day:.4f}"],
-            ["neighbour-list builds", report.neighbor_builds], ["wall time (s)", f"{report.seconds:.2f}"]]
+    rows = [
+        ["atoms", report.natoms],
+        ["steps", report.steps],
+        ["time step (fs)", report.timestep_fs],
+        [drift_label, f"{report.energy_drift:.3e}"],
+        ["max |E(t) - E(0)| (eV/atom)", f"{report.max_energy_deviation:.3e}"],
+        ["mean temperature (K)", f"{report.mean_temperature:.1f}"],
+        ["steps/s", f"{report.steps_per_second:.2f}"],
+        ["ns/day", f"{report.ns_per_day:.4f}"],
+        ["neighbour-list builds", report.neighbor_builds],
+        ["wall time (s)", f"{report.seconds:.2f}"],
+    ]
     console.print(table(f"md {ensemble} ({dtype or 'checkpoint dtype'}, {device})", ["quantity", "value"], rows))

@@ -30,26 +30,48 @@ def _formula(s) -> str:
 
 
 def relax(
-    structures: Annotated[Path, typer.Argument(help="Input: any ase.io file (every frame is relaxed) or a data "
-                                                    "set written by `mlip data`.")],
+    structures: Annotated[
+        Path,
+        typer.Argument(help="Input: any ase.io file (every frame is relaxed) or a data set written by `mlip data`."),
+    ],
     model: ModelPath,
     optimizer: Annotated[str, typer.Option(help="FIRE, BFGS or LBFGS (ASE's algorithms and defaults).")] = "FIRE",
-    fmax: Annotated[float, typer.Option(help="Converged when every free atom (and, with --relax-cell, every cell "
-                                             "force) is below this, eV/A.")] = 0.05,
+    fmax: Annotated[
+        float,
+        typer.Option(
+            help="Converged when every free atom (and, with --relax-cell, every cell force) is below this, eV/A."
+        ),
+    ] = 0.05,
     steps: Annotated[int, typer.Option(help="At most this many optimizer steps per structure.")] = 500,
-    relax_cell: Annotated[bool, typer.Option("--relax-cell", help="Relax the cell of periodic structures too "
-                                                                  "(ASE FrechetCellFilter, one by one).")] = False,
-    out: Annotated[Path | None, typer.Option(help="Output file or data set for the final frames "
-                                                     "(default: INPUT_relaxed.extxyz).")] = None,
-    trajectory: Annotated[Path | None, typer.Option(help="Also write each structure's frames to "
-                                                            "DIR/<index>.extxyz.")] = None,
-    batched: Annotated[bool, typer.Option("--batched/--one-by-one", help="FIRE/LBFGS at fixed cell: relax many "
-                                          "structures per model call (default), or one by one with ASE.")] = True,
+    relax_cell: Annotated[
+        bool,
+        typer.Option(
+            "--relax-cell", help="Relax the cell of periodic structures too (ASE FrechetCellFilter, one by one)."
+        ),
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Output file or data set for the final frames (default: INPUT_relaxed.extxyz).")
+    ] = None,
+    trajectory: Annotated[
+        Path | None, typer.Option(help="Also write each structure's frames to DIR/<index>.extxyz.")
+    ] = None,
+    batched: Annotated[
+        bool,
+        typer.Option(
+            "--batched/--one-by-one",
+            help="FIRE/LBFGS at fixed cell: relax many structures per model call (default), or one by one with ASE.",
+        ),
+    ] = True,
     batch_atoms: Annotated[int, typer.Option(min=1, help="At most this many atoms per batched model call.")] = 4096,
-    fix_tags: Annotated[str | None, typer.Option(help="Also fix atoms with these tags, e.g. 0 for OC20 "
-                                                         "sub-surface atoms.")] = None,
-    max_force: Annotated[float, typer.Option(help="A force above this (eV/A) marks the structure as failed "
-                                                  "(exploded); it is reported and not written.")] = 1000.0,
+    fix_tags: Annotated[
+        str | None, typer.Option(help="Also fix atoms with these tags, e.g. 0 for OC20 sub-surface atoms.")
+    ] = None,
+    max_force: Annotated[
+        float,
+        typer.Option(
+            help="A force above this (eV/A) marks the structure as failed (exploded); it is reported and not written."
+        ),
+    ] = 1000.0,
     device: Device = "cpu",
     dtype: Dtype = None,
     skin: Skin = 0.5,
@@ -86,9 +108,21 @@ def relax(
     path = ("batched " if uses_batched(optimizer, relax_cell, batched) else "ASE ") + optimizer
     start = time.perf_counter()
     with progress(f"relaxing ({path})", len(frames)) as update:
-        results = relax_structures(net, frames, optimizer, fmax, steps, relax_cell=relax_cell, batched=batched,
-                                   fix_tags=tags, max_force=max_force, skin=skin, batch_atoms=batch_atoms,
-                                   trajectory=trajectory is not None, progress=update)
+        results = relax_structures(
+            net,
+            frames,
+            optimizer,
+            fmax,
+            steps,
+            relax_cell=relax_cell,
+            batched=batched,
+            fix_tags=tags,
+            max_force=max_force,
+            skin=skin,
+            batch_atoms=batch_atoms,
+            trajectory=trajectory is not None,
+            progress=update,
+        )
     elapsed = time.perf_counter() - start
 
     good = [r for r in results if r.structure is not None]
@@ -100,24 +134,54 @@ def relax(
 
     counts = {status: sum(r.status == status for r in results) for status in (CONVERGED, "not converged", FAILED)}
     if as_json:
-        print_json({"input": str(structures), "output": str(out) if good else None, "optimizer": path,
-                    "seconds": elapsed, **{k.replace(" ", "_"): v for k, v in counts.items()},
-                    "results": [{"index": r.index, "status": r.status, "steps": r.steps, "energy": r.energy,
-                                 "fmax": r.fmax, "message": r.message} for r in results]})
+        print_json(
+            {
+                "input": str(structures),
+                "output": str(out) if good else None,
+                "optimizer": path,
+                "seconds": elapsed,
+                **{k.replace(" ", "_"): v for k, v in counts.items()},
+                "results": [
+                    {
+                        "index": r.index,
+                        "status": r.status,
+                        "steps": r.steps,
+                        "energy": r.energy,
+                        "fmax": r.fmax,
+                        "message": r.message,
+                    }
+                    for r in results
+                ],
+            }
+        )
     else:
-        shown = results if len(results) <= _MAX_TABLE_ROWS else \
-            [r for r in results if r.status != CONVERGED][:_MAX_TABLE_ROWS]
-        rows = [[r.index, _formula(frames[r.index]), r.status if not r.message else f"{r.status}: {r.message}",
-                 r.steps, "-" if r.energy is None else f"{r.energy:.4f}", "-" if r.fmax is None else f"{r.fmax:.4f}"]
-                for r in shown]
-        title = f"relaxation ({path}, fmax {fmax} eV/A)" + ("" if len(shown) == len(results) else
-                                                          f": the first {len(shown)} not converged")
+        shown = (
+            results
+            if len(results) <= _MAX_TABLE_ROWS
+            else [r for r in results if r.status != CONVERGED][:_MAX_TABLE_ROWS]
+        )
+        rows = [
+            [
+                r.index,
+                _formula(frames[r.index]),
+                r.status if not r.message else f"{r.status}: {r.message}",
+                r.steps,
+                "-" if r.energy is None else f"{r.energy:.4f}",
+                "-" if r.fmax is None else f"{r.fmax:.4f}",
+            ]
+            for r in shown
+        ]
+        title = f"relaxation ({path}, fmax {fmax} eV/A)" + (
+            "" if len(shown) == len(results) else f": the first {len(shown)} not converged"
+        )
         if rows:
-            console.print(table(title, ["#", "formula", "status", "steps", "energy (eV)", "max force (eV/A)"],
-                                rows))
-        console.print(f"{counts[CONVERGED]} converged, {counts['not converged']} not converged, {counts[FAILED]} "
-                      f"failed, in {elapsed:.1f} s; "
-                      + (f"wrote {len(good)} final frames to {out}" if good else "nothing written"), highlight=False)
+            console.print(table(title, ["#", "formula", "status", "steps", "energy (eV)", "max force (eV/A)"], rows))
+        console.print(
+            f"{counts[CONVERGED]} converged, {counts['not converged']} not converged, {counts[FAILED]} "
+            f"failed, in {elapsed:.1f} s; "
+            + (f"wrote {len(good)} final frames to {out}" if good else "nothing written"),
+            highlight=False,
+        )
     for r in results:
         if r.status == FAILED:
             err_console.print(f"structure {r.index} skipped: {r.message}", highlight=False)

@@ -5,25 +5,32 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
 
 def train(
-    recipe: Optional[str] = typer.Argument(None, help="Recipe YAML file, or a shipped recipe name (tdn-tiny, "
-                                           "gaunt-tiny, cg-tiny, acac/tdn, ...). Optional with --resume."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Training data (any `mlip data` format); "
-                                        "overrides data.train."),
-    valid_data: Optional[Path] = typer.Option(None, "--valid-data", help="Validation data; overrides data.valid."),
-    test_data: Optional[Path] = typer.Option(None, "--test-data", help="Test data, scored at the end."),
-    overrides: List[str] = typer.Option([], "--set", help="Override a recipe value: section.key=value "
-                                        "(repeatable), e.g. --set optim.lr=1e-3 --set model.channels=32."),
-    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall-clock training budget, e.g. "
-                                              "20m, 1h, 90s (validation time not counted)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its "
-                                          "last.pt."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<recipe name>)."),
+    recipe: str | None = typer.Argument(
+        None,
+        help="Recipe YAML file, or a shipped recipe name (tdn-tiny, "
+        "gaunt-tiny, cg-tiny, acac/tdn, ...). Optional with --resume.",
+    ),
+    data: Path | None = typer.Option(
+        None, "--data", help="Training data (any `mlip data` format); overrides data.train."
+    ),
+    valid_data: Path | None = typer.Option(None, "--valid-data", help="Validation data; overrides data.valid."),
+    test_data: Path | None = typer.Option(None, "--test-data", help="Test data, scored at the end."),
+    overrides: list[str] = typer.Option(
+        [],
+        "--set",
+        help="Override a recipe value: section.key=value "
+        "(repeatable), e.g. --set optim.lr=1e-3 --set model.channels=32.",
+    ),
+    time_budget: str | None = typer.Option(
+        None, "--time-budget", help="Wall-clock training budget, e.g. 20m, 1h, 90s (validation time not counted)."
+    ),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this directory from its last.pt."),
+    out: Path | None = typer.Option(None, "--out", help="Run directory (default: runs/<recipe name>)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or status lines."),
 ) -> None:
     """Train a potential; writes best.pt, last.pt, metrics.csv, recipe.yaml, result.yaml and learning_curve.png."""
@@ -35,8 +42,9 @@ def train(
     for note in plan.notes:
         err_console.print(note)
     log = None if quiet else (lambda msg: err_console.print(msg, highlight=False))
-    result = run_training(plan.recipe, plan.run_dir, resume=plan.resume, log=log,
-                          progress_factory=None if quiet else _progress_factory)
+    result = run_training(
+        plan.recipe, plan.run_dir, resume=plan.resume, log=log, progress_factory=None if quiet else _progress_factory
+    )
     _report(result, plan.recipe)
 
 
@@ -46,28 +54,55 @@ def _report(result, recipe) -> None:
     rows = []
     for name, metrics in (("valid", result.valid), ("test", result.test)):
         if metrics:
-            rows.append([name, *(f"{metrics.get(k, float('nan')):.3f}" for k in (
-                "energy_per_atom_mae", "energy_per_atom_rmse", "forces_mae", "forces_rmse"))])
-    console.print(table(f"{recipe.name}: {result.steps} steps, stopped by {result.stop_reason} "
-                        f"(best EMA weights in {result.run_dir}/best.pt)",
-                        ["set", "E MAE meV/atom", "E RMSE meV/atom", "F MAE meV/A", "F RMSE meV/A"], rows))
+            rows.append(
+                [
+                    name,
+                    *(
+                        f"{metrics.get(k, float('nan')):.3f}"
+                        for k in ("energy_per_atom_mae", "energy_per_atom_rmse", "forces_mae", "forces_rmse")
+                    ),
+                ]
+            )
+    console.print(
+        table(
+            f"{recipe.name}: {result.steps} steps, stopped by {result.stop_reason} "
+            f"(best EMA weights in {result.run_dir}/best.pt)",
+            ["set", "E MAE meV/atom", "E RMSE meV/atom", "F MAE meV/A", "F RMSE meV/A"],
+            rows,
+        )
+    )
     t = result.timing
-    console.print(f"time: {t['train_s']:.1f} s training ({t['data_s']:.1f} s data, {t['compute_s']:.1f} s compute), "
-                  f"{t['valid_s']:.1f} s validation; {t['structures_per_s']:.1f} structures/s, "
-                  f"{t['step_ms']:.1f} ms/step compute", highlight=False)
+    console.print(
+        f"time: {t['train_s']:.1f} s training ({t['data_s']:.1f} s data, {t['compute_s']:.1f} s compute), "
+        f"{t['valid_s']:.1f} s validation; {t['structures_per_s']:.1f} structures/s, "
+        f"{t['step_ms']:.1f} ms/step compute",
+        highlight=False,
+    )
 
 
 @contextlib.contextmanager
 def _progress_factory(total, unit: str):
     """A rich bar over steps (or seconds of the time budget) with loss, validation error and throughput."""
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from ..ui import err_console
 
-    columns = [TextColumn("[bold]train" if unit in ("steps", "s") else f"[bold]{unit}"), BarColumn(),
-               TaskProgressColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
-               TimeRemainingColumn()]
+    columns = [
+        TextColumn("[bold]train" if unit in ("steps", "s") else f"[bold]{unit}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    ]
     fields = {"loss": None, "valid": None, "rate": None}
     with Progress(*columns, console=err_console, transient=False) as bar:
         task = bar.add_task("train", total=total, info="")

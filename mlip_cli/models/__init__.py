@@ -1,8 +1,8 @@
 """mlip models: typed configs, a registry of families, and the energy/forces/stress potential wrapper.
 
-    from mlip_cli.models import ModelConfig, build_model
-    model = build_model({"family": "tdn", "elements": ["H", "C", "O", "Cu"], "cutoff": 5.0})
-    out = model(batch, compute_forces=True, compute_stress=True)   # energy [B], forces [N,3], stress [B,3,3]
+from mlip_cli.models import ModelConfig, build_model
+model = build_model({"family": "tdn", "elements": ["H", "C", "O", "Cu"], "cutoff": 5.0})
+out = model(batch, compute_forces=True, compute_stress=True)   # energy [B], forces [N,3], stress [B,3,3]
 """
 
 import importlib

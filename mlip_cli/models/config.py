@@ -22,9 +22,28 @@ DEFAULT_FAMILY = "tdn"
 
 #: Fields of the single flat config before it was split per family; checkpoints of that time store all of them.
 FLAT_CONFIG_FIELDS = (
-    "family", "elements", "cutoff", "channels", "lmax", "num_interactions", "num_radial", "radial_hidden",
-    "radial_layers", "envelope_p", "readout_hidden", "cp_rank", "gaunt_grid", "avg_num_neighbors", "scale", "shift",
-    "e0s", "message_backend", "num_heads", "ff_hidden", "vector_channels", "frame_averaging",
+    "family",
+    "elements",
+    "cutoff",
+    "channels",
+    "lmax",
+    "num_interactions",
+    "num_radial",
+    "radial_hidden",
+    "radial_layers",
+    "envelope_p",
+    "readout_hidden",
+    "cp_rank",
+    "gaunt_grid",
+    "avg_num_neighbors",
+    "scale",
+    "shift",
+    "e0s",
+    "message_backend",
+    "num_heads",
+    "ff_hidden",
+    "vector_channels",
+    "frame_averaging",
 )
 
 
@@ -103,8 +122,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if not type(self).family:
-            raise TypeError(f"{type(self).__name__} is not a registered family's config; use "
-                            f"ModelConfig.from_dict or a family's config class")
+            raise TypeError(
+                f"{type(self).__name__} is not a registered family's config; use "
+                f"ModelConfig.from_dict or a family's config class"
+            )
         self.elements = [_atomic_number(z) for z in self.elements]
         self.e0s = {_atomic_number(z): float(v) for z, v in dict(self.e0s or {}).items()}
         for f in dataclasses.fields(self):
@@ -120,8 +141,9 @@ class ModelConfig:
                 raise TypeError
             return kind(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"model config: {name} must be {'an integer' if kind is int else 'a number'}, "
-                              f"got {value!r}") from None
+            raise ConfigError(
+                f"model config: {name} must be {'an integer' if kind is int else 'a number'}, got {value!r}"
+            ) from None
 
     def validate(self) -> None:
         """Check values; raises :class:`ConfigError` naming the field. Subclasses extend it (``super()`` first)."""
@@ -171,8 +193,10 @@ class ModelConfig:
         unknown = [k for k in data if k not in allowed]
         if unknown:
             names = ", ".join(repr(k) for k in unknown)
-            raise ConfigError(f"model config: unknown key{'s' if len(unknown) > 1 else ''} {names} for family "
-                              f"{family!r}; allowed keys: {', '.join(allowed)}")
+            raise ConfigError(
+                f"model config: unknown key{'s' if len(unknown) > 1 else ''} {names} for family "
+                f"{family!r}; allowed keys: {', '.join(allowed)}"
+            )
         return target(**{k: v for k, v in data.items() if k != "family"})
 
     def to_dict(self) -> dict[str, Any]:

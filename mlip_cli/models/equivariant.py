@@ -46,8 +46,16 @@ from .config import ConfigError, ModelConfig
 from .potential import Potential
 from .registry import register_model
 
-__all__ = ["EquivariantPotential", "TDNPotential", "GauntPotential", "CGPotential", "EquivariantConfig",
-           "TDNConfig", "GauntConfig", "CGConfig"]
+__all__ = [
+    "EquivariantPotential",
+    "TDNPotential",
+    "GauntPotential",
+    "CGPotential",
+    "EquivariantConfig",
+    "TDNConfig",
+    "GauntConfig",
+    "CGConfig",
+]
 
 
 @dataclass
@@ -130,10 +138,20 @@ class EquivariantPotential(Potential):
         last = c.num_interactions - 1
         # The first block sees only the embedding scalars, the last is read out only through its scalars.
         self.blocks = nn.ModuleList(
-            InteractionBlock(c.channels, c.lmax, c.num_elements, self.tp, num_radial=c.num_radial,
-                             radial_hidden=c.radial_hidden, radial_layers=c.radial_layers,
-                             avg_num_neighbors=c.avg_num_neighbors, backend=c.message_backend,
-                             lmax_in=0 if i == 0 else c.lmax, lmax_out=0 if i == last else c.lmax, **c.tp_options())
+            InteractionBlock(
+                c.channels,
+                c.lmax,
+                c.num_elements,
+                self.tp,
+                num_radial=c.num_radial,
+                radial_hidden=c.radial_hidden,
+                radial_layers=c.radial_layers,
+                avg_num_neighbors=c.avg_num_neighbors,
+                backend=c.message_backend,
+                lmax_in=0 if i == 0 else c.lmax,
+                lmax_out=0 if i == last else c.lmax,
+                **c.tp_options(),
+            )
             for i in range(c.num_interactions)
         )
         self.readout = ScalarReadout(c.channels, c.readout_hidden)
@@ -143,8 +161,9 @@ class EquivariantPotential(Potential):
         """Relative error of the TP factors against the exact tensor (0 for gaunt and cg)."""
         return max((b.conv.rel_error for b in self.blocks), default=0.0)
 
-    def interaction_energies(self, species: torch.Tensor, vectors: torch.Tensor, src: torch.Tensor,
-                             dst: torch.Tensor, num_atoms: int) -> torch.Tensor:
+    def interaction_energies(
+        self, species: torch.Tensor, vectors: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, num_atoms: int
+    ) -> torch.Tensor:
         """Per-atom interaction energies.
 
         Shapes:

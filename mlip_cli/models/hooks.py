@@ -6,8 +6,8 @@ for family-specific attributes; a family that needs nothing more returns the emp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -59,8 +59,9 @@ class Potential(nn.Module):
         """What this model adds to training beyond the data loss (none by default)."""
         return TrainingHooks()
 
-    def interaction_energies(self, species: torch.Tensor, vectors: torch.Tensor, src: torch.Tensor,
-                             dst: torch.Tensor, num_atoms: int) -> torch.Tensor:
+    def interaction_energies(
+        self, species: torch.Tensor, vectors: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, num_atoms: int
+    ) -> torch.Tensor:
         """Per-atom interaction energies before scale/shift.
 
         Shapes:
@@ -85,8 +86,9 @@ class Potential(nn.Module):
         if shift is not None:
             self.config.shift = float(shift)
 
-    def forward(self, batch, compute_forces: bool = True, compute_stress: bool = False,
-                create_graph: bool | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, batch, compute_forces: bool = True, compute_stress: bool = False, create_graph: bool | None = None
+    ) -> dict[str, torch.Tensor]:
         """Energies (and forces, stress) of a batch of structures.
 
         Args:

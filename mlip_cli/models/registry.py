@@ -67,12 +67,18 @@ def config_class(family: str) -> type[ModelConfig]:
 
 def registered_families(exactly_equivariant: bool | None = None) -> tuple[str, ...]:
     """Registered family names, sorted; only those that declared ``exactly_equivariant`` so when it is given."""
-    return tuple(name for name, cls in sorted(MODELS.items())
-                 if exactly_equivariant is None or cls.exactly_equivariant == exactly_equivariant)
+    return tuple(
+        name
+        for name, cls in sorted(MODELS.items())
+        if exactly_equivariant is None or cls.exactly_equivariant == exactly_equivariant
+    )
 
 
-def build_model(config: ModelConfig | Mapping[str, Any], dtype: torch.dtype = torch.float32,
-                device: torch.device | str | None = None) -> torch.nn.Module:
+def build_model(
+    config: ModelConfig | Mapping[str, Any],
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.nn.Module:
     """Build the model a config describes (float32 by default; ``torch.float64`` for exact checks).
 
     Args:

@@ -27,8 +27,14 @@ from mlip_kernels.wigner import wigner_D
 from .symmetry import ROTATION, draw, transform_batch
 
 __all__ = [
-    "Irreps", "rotate_embeddings", "alignment_loss", "random_rotate_batch", "random_reflections", "safe_eigh",
-    "pca_frames", "FRAME_SIGNS",
+    "Irreps",
+    "rotate_embeddings",
+    "alignment_loss",
+    "random_rotate_batch",
+    "random_reflections",
+    "safe_eigh",
+    "pca_frames",
+    "FRAME_SIGNS",
 ]
 
 
@@ -48,10 +54,10 @@ class Irreps:
     def dim(self) -> int:
         return sum(mul * (2 * l + 1) for mul, l, _ in self.blocks)
 
-    def __add__(self, other: "Irreps") -> "Irreps":
+    def __add__(self, other: Irreps) -> Irreps:
         return Irreps(self.blocks + other.blocks)
 
-    def __mul__(self, times: int) -> "Irreps":
+    def __mul__(self, times: int) -> Irreps:
         return Irreps(self.blocks * times)
 
     def __str__(self) -> str:
@@ -107,8 +113,11 @@ def alignment_loss(moved: torch.Tensor, expected: torch.Tensor, groups: torch.Te
         den = 0.5 * (moved.pow(2).sum() + expected.pow(2).sum())
     else:
         size = int(groups.max()) + 1 if groups.numel() else 0
-        count = torch.zeros(size, dtype=moved.dtype, device=moved.device).index_add_(
-            0, groups, torch.ones_like(groups, dtype=moved.dtype)).clamp(min=1)[:, None]
+        count = (
+            torch.zeros(size, dtype=moved.dtype, device=moved.device)
+            .index_add_(0, groups, torch.ones_like(groups, dtype=moved.dtype))
+            .clamp(min=1)[:, None]
+        )
 
         def spread(x):
             mean = torch.zeros(size, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, groups, x) / count
@@ -143,8 +152,9 @@ def random_rotate_batch(batch, generator: torch.Generator | None = None, inversi
 
 # ---------------------------------------------------------------------------------------- frames
 #: The 8 sign patterns of a principal frame's axes (proper and improper frames: O(3) averaging).
-FRAME_SIGNS = torch.tensor([[a, b, c] for a in (1.0, -1.0) for b in (1.0, -1.0) for c in (1.0, -1.0)],
-                           dtype=torch.float64)
+FRAME_SIGNS = torch.tensor(
+    [[a, b, c] for a in (1.0, -1.0) for b in (1.0, -1.0) for c in (1.0, -1.0)], dtype=torch.float64
+)
 
 
 class _SafeEigh(torch.autograd.Function):
@@ -193,4 +203,3 @@ def pca_frames(vectors: torch.Tensor, weights: torch.Tensor, edge_graph: torch.T
     outer = (weights[:, None, None] * vectors[:, :, None] * vectors[:, None, :]).reshape(-1, 9)
     C = outer.new_zeros(num_graphs, 9).index_add(0, edge_graph, outer).reshape(num_graphs, 3, 3)
     return safe_eigh(C)[1]
-

@@ -18,8 +18,7 @@ import torch
 
 from mlip_kernels.wigner import random_rotation
 
-__all__ = ["ROTATION", "INVERSION", "SYMMETRY_TYPES", "RENAMED_TYPES", "draw", "averaging_elements",
-           "transform_batch"]
+__all__ = ["ROTATION", "INVERSION", "SYMMETRY_TYPES", "RENAMED_TYPES", "draw", "averaging_elements", "transform_batch"]
 
 ROTATION = "rotation"
 INVERSION = "inversion"
@@ -47,8 +46,9 @@ def draw(kind: str, num_graphs: int, generator: torch.Generator | None = None) -
     return -torch.eye(3, dtype=torch.float64).expand(num_graphs, 3, 3)
 
 
-def averaging_elements(kind: str, num_graphs: int, rotations: int,
-                       generator: torch.Generator | None = None) -> list[torch.Tensor]:
+def averaging_elements(
+    kind: str, num_graphs: int, rotations: int, generator: torch.Generator | None = None
+) -> list[torch.Tensor]:
     """The elements a prediction is averaged over to symmetrise it under ``kind``: ``rotations`` Haar-random
     rotations (a Monte Carlo average), or the identity and the inversion (the whole group, exact).
 
@@ -75,8 +75,9 @@ def transform_batch(batch, R: torch.Tensor):
         R = R.expand(batch.num_graphs, 3, 3)
     Rt = R.transpose(1, 2)
     atom_Rt = Rt.index_select(0, batch.batch)
-    changes = dict(positions=torch.einsum("ni,nij->nj", batch.positions, atom_Rt),
-                   cell=torch.bmm(batch.cell.to(dtype), Rt))
+    changes = dict(
+        positions=torch.einsum("ni,nij->nj", batch.positions, atom_Rt), cell=torch.bmm(batch.cell.to(dtype), Rt)
+    )
     if getattr(batch, "forces", None) is not None:
         changes["forces"] = torch.einsum("ni,nij->nj", batch.forces.to(dtype), atom_Rt)
     if getattr(batch, "stress", None) is not None:

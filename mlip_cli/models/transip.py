@@ -41,9 +41,9 @@ from mlip_kernels.sh import spherical_harmonics
 
 from ..nn import BesselBasis, ElementEmbedding, PolynomialEnvelope, ScalarReadout
 from .config import ConfigError, ModelConfig
+from .hooks import TrainingHooks
 from .potential import Potential
 from .registry import register_model
-from .hooks import TrainingHooks
 from .soft_equivariance import FRAME_SIGNS, Irreps, alignment_loss, pca_frames, rotate_embeddings
 from .symmetry import SYMMETRY_TYPES, draw, transform_batch
 
@@ -59,8 +59,9 @@ class _Edges(NamedTuple):
     y1: torch.Tensor  # [E, 3] sqrt(3) * unit vector
 
 
-def _edge_softmax(self_logit: torch.Tensor, logit: torch.Tensor, envelope: torch.Tensor,
-                  dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _edge_softmax(
+    self_logit: torch.Tensor, logit: torch.Tensor, envelope: torch.Tensor, dst: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax per receiver over its own token and its neighbours, neighbour weights scaled by the envelope.
 
     Shapes:
@@ -83,8 +84,7 @@ class TransIPBlock(nn.Module):
         x ``[N, width]`` -> ``[N, width]``.
     """
 
-    def __init__(self, width: int, channels: int, vector_channels: int, heads: int, ff_hidden: int,
-                 radial_dim: int):
+    def __init__(self, width: int, channels: int, vector_channels: int, heads: int, ff_hidden: int, radial_dim: int):
         super().__init__()
         self.channels, self.vector_channels = channels, vector_channels
         self.heads, self.head_dim = heads, channels // heads
@@ -148,8 +148,10 @@ class TransIPConfig(ModelConfig):
         if not isinstance(self.frame_averaging, bool):
             raise ConfigError(f"model config: frame_averaging must be true or false, got {self.frame_averaging!r}")
         if self.channels % self.num_heads:
-            raise ConfigError(f"model config: num_heads ({self.num_heads}) must divide channels ({self.channels}) "
-                              f"for family 'transip'")
+            raise ConfigError(
+                f"model config: num_heads ({self.num_heads}) must divide channels ({self.channels}) "
+                f"for family 'transip'"
+            )
 
 
 # Equivariance is learned (the alignment loss); frame averaging makes it exact, but only when switched on.
@@ -190,8 +192,9 @@ class TransIPPotential(Potential):
         self._edge_graph: tuple[torch.Tensor, int] | None = None  # set by forward() for frame averaging
 
     # ------------------------------------------------------------------------------------- backbone
-    def tokens(self, species: torch.Tensor, vectors: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
-               num_atoms: int) -> list[torch.Tensor]:
+    def tokens(
+        self, species: torch.Tensor, vectors: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, num_atoms: int
+    ) -> list[torch.Tensor]:
         """Token embeddings after each layer.
 
         Shapes:
@@ -200,8 +203,14 @@ class TransIPPotential(Potential):
         r = torch.linalg.vector_norm(vectors, dim=-1)
         radial = self.radial(self.basis(r))
         direction = vectors / r[:, None]
-        edges = _Edges(src, dst, radial, self.edge_embed(torch.cat([radial, direction], dim=1)), self.envelope(r),
-                       spherical_harmonics(vectors, 1)[:, 1:])
+        edges = _Edges(
+            src,
+            dst,
+            radial,
+            self.edge_embed(torch.cat([radial, direction], dim=1)),
+            self.envelope(r),
+            spherical_harmonics(vectors, 1)[:, 1:],
+        )
         h = self.embedding(species)
         x = torch.cat([h, h.new_zeros(num_atoms, self.width - self.channels)], dim=1)
         out = []
@@ -214,8 +223,9 @@ class TransIPPotential(Potential):
         x = self.tokens(species, vectors, src, dst, num_atoms)[-1]
         return self.readout(self.readout_norm(x[:, : self.channels]))
 
-    def interaction_energies(self, species: torch.Tensor, vectors: torch.Tensor, src: torch.Tensor,
-                             dst: torch.Tensor, num_atoms: int) -> torch.Tensor:
+    def interaction_energies(
+        self, species: torch.Tensor, vectors: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, num_atoms: int
+    ) -> torch.Tensor:
         """Per-atom interaction energies, frame-averaged when ``config.frame_averaging``.
 
         Frames are per structure when called through :meth:`forward`; a direct call treats all edges as one
@@ -235,12 +245,18 @@ class TransIPPotential(Potential):
         signs = FRAME_SIGNS.to(dtype=vectors.dtype, device=vectors.device)
         f = signs.shape[0]
         offsets = (torch.arange(f, device=src.device) * num_atoms)[:, None]
-        e = self._energies(species.repeat(f), (local[None] * signs[:, None, :]).reshape(-1, 3),
-                           (src[None] + offsets).reshape(-1), (dst[None] + offsets).reshape(-1), f * num_atoms)
+        e = self._energies(
+            species.repeat(f),
+            (local[None] * signs[:, None, :]).reshape(-1, 3),
+            (src[None] + offsets).reshape(-1),
+            (dst[None] + offsets).reshape(-1),
+            f * num_atoms,
+        )
         return e.view(f, num_atoms).mean(0)
 
-    def forward(self, batch, compute_forces: bool = True, compute_stress: bool = False,
-                create_graph: bool | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, batch, compute_forces: bool = True, compute_stress: bool = False, create_graph: bool | None = None
+    ) -> dict[str, torch.Tensor]:
         """As :meth:`Potential.forward` (records which structure each edge belongs to, for the frames)."""
         self._edge_graph = (batch.batch.index_select(0, batch.edge_index[0]), int(batch.natoms.shape[0]))
         try:
@@ -261,8 +277,9 @@ class TransIPPotential(Potential):
         """
         dtype = self.dtype
         src, dst = batch.edge_index[0], batch.edge_index[1]
-        vectors = edge_vectors(batch.positions.to(dtype), batch.cell.to(dtype), batch.shifts.to(dtype),
-                               batch.edge_index, batch.batch)
+        vectors = edge_vectors(
+            batch.positions.to(dtype), batch.cell.to(dtype), batch.shifts.to(dtype), batch.edge_index, batch.batch
+        )
         xs = self.tokens(self.element_table(batch.numbers), vectors, src, dst, int(batch.numbers.shape[0]))
         if layers == "last":
             return xs[-1], self.irreps
@@ -289,6 +306,7 @@ class TransIPPotential(Potential):
         for name in SYMMETRY_TYPES:
             g = draw(name, batch.num_graphs).to(device=emb.device, dtype=emb.dtype)
             moved = self.embed(transform_batch(batch, g), layers="all")[0]
-            losses[name] = alignment_loss(moved, rotate_embeddings(emb, irreps, g.index_select(0, atom_graph)),
-                                          groups=species)
+            losses[name] = alignment_loss(
+                moved, rotate_embeddings(emb, irreps, g.index_select(0, atom_graph)), groups=species
+            )
         return losses

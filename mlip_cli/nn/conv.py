@@ -77,8 +77,16 @@ class EdgeConvolution(nn.Module):
         ``d_in = (lmax_in+1)^2``, ``d_out = (lmax_out+1)^2``.
     """
 
-    def __init__(self, tp: str, lmax: int, cp_rank: int | None = None, gaunt_grid: str = "auto",
-                 backend: str = "auto", lmax_in: int | None = None, lmax_out: int | None = None):
+    def __init__(
+        self,
+        tp: str,
+        lmax: int,
+        cp_rank: int | None = None,
+        gaunt_grid: str = "auto",
+        backend: str = "auto",
+        lmax_in: int | None = None,
+        lmax_out: int | None = None,
+    ):
         super().__init__()
         if tp not in TP_KINDS:
             raise ValueError(f"unknown tensor product {tp!r}; expected one of {TP_KINDS}")
@@ -116,8 +124,9 @@ class EdgeConvolution(nn.Module):
 
     def forward(self, x: torch.Tensor, Y: torch.Tensor, w: torch.Tensor, graph: MessageGraph) -> torch.Tensor:
         if not self.dense:
-            return rank_space_conv(x, self.A, Y, self.B, w, graph.src, graph.dst, self.C, graph.n_dst,
-                                   self.backend, graph=graph)
+            return rank_space_conv(
+                x, self.A, Y, self.B, w, graph.src, graph.dst, self.C, graph.n_dst, self.backend, graph=graph
+            )
         # Dense per edge: fold Y into M first (E d^3), then one [C, d_in] @ [d_in, d_out] per edge.
         K = torch.einsum("ej,ijk->eik", Y, self.cg_tensor)
         xs = x.index_select(0, graph.src)
@@ -130,5 +139,7 @@ class EdgeConvolution(nn.Module):
         return scatter_sum(m * w[:, :, None], graph.dst, graph.n_dst)
 
     def extra_repr(self) -> str:
-        return (f"tp={self.kind!r}, lmax={self.lmax}, lmax_in={self.lmax_in}, lmax_out={self.lmax_out}, "
-                f"rank={self.rank}, backend={self.backend!r}")
+        return (
+            f"tp={self.kind!r}, lmax={self.lmax}, lmax_in={self.lmax_in}, lmax_out={self.lmax_out}, "
+            f"rank={self.rank}, backend={self.backend!r}"
+        )

@@ -57,26 +57,48 @@ class InteractionBlock(nn.Module):
         ``lmax_out``).
     """
 
-    def __init__(self, channels: int, lmax: int, num_elements: int, tp: str, *, num_radial: int = 8,
-                 radial_hidden: int = 64, radial_layers: int = 2, avg_num_neighbors: float = 1.0,
-                 cp_rank: int | None = None, gaunt_grid: str = "auto", backend: str = "auto",
-                 lmax_in: int | None = None, lmax_out: int | None = None):
+    def __init__(
+        self,
+        channels: int,
+        lmax: int,
+        num_elements: int,
+        tp: str,
+        *,
+        num_radial: int = 8,
+        radial_hidden: int = 64,
+        radial_layers: int = 2,
+        avg_num_neighbors: float = 1.0,
+        cp_rank: int | None = None,
+        gaunt_grid: str = "auto",
+        backend: str = "auto",
+        lmax_in: int | None = None,
+        lmax_out: int | None = None,
+    ):
         super().__init__()
         lmax_in = lmax if lmax_in is None else lmax_in
         lmax_out = lmax if lmax_out is None else lmax_out
         self.lmax_in, self.lmax_out = lmax_in, lmax_out
         self.linear_in = EquivariantLinear(channels, channels, lmax_in)
         self.radial = RadialMLP(num_radial, radial_hidden, channels, radial_layers)
-        self.conv = EdgeConvolution(tp, lmax, cp_rank=cp_rank, gaunt_grid=gaunt_grid, backend=backend,
-                                    lmax_in=lmax_in, lmax_out=lmax_out)
+        self.conv = EdgeConvolution(
+            tp, lmax, cp_rank=cp_rank, gaunt_grid=gaunt_grid, backend=backend, lmax_in=lmax_in, lmax_out=lmax_out
+        )
         self.linear_out = EquivariantLinear(channels, channels, lmax_out)
         # Degrees present both in the input and in the output (the others get no self-connection).
         self.self_connection = ElementLinear(channels, channels, min(lmax_in, lmax_out), num_elements)
         self.gate = Gate(channels, lmax_out)
         self.message_norm = 1.0 / math.sqrt(avg_num_neighbors)
 
-    def forward(self, x: torch.Tensor, species: torch.Tensor, Y: torch.Tensor, basis: torch.Tensor,
-                envelope: torch.Tensor, graph: MessageGraph, edge_rows: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        species: torch.Tensor,
+        Y: torch.Tensor,
+        basis: torch.Tensor,
+        envelope: torch.Tensor,
+        graph: MessageGraph,
+        edge_rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Update the features; ``edge_rows [E]`` (optional) maps each edge to its row of ``basis`` and
         ``envelope`` when those are given once per reverse pair (:func:`~mlip_cli.nn.radial.reverse_pairs`)."""
         w = self.radial(basis, envelope) * self.message_norm  # [E or U, C]; the norm rides on the edge weights

@@ -102,8 +102,9 @@ class RadialMLP(nn.Module):
         return self.net(basis) * envelope[:, None]
 
 
-def reverse_pairs(src: torch.Tensor, dst: torch.Tensor, vectors: torch.Tensor,
-                  num_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def reverse_pairs(
+    src: torch.Tensor, dst: torch.Tensor, vectors: torch.Tensor, num_nodes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Group each edge with its reverse, so functions of ``|r_e|`` are computed once per pair.
 
     Neighbour lists are symmetric: edge ``i -> j`` with vector ``v`` has a twin ``j -> i`` with vector ``-v``

@@ -14,8 +14,16 @@ from collections.abc import Callable, Sequence
 
 from .result import CONVERGED, DEFAULT_MAX_FORCE, FAILED, NOT_CONVERGED, RelaxResult, fixed_mask
 
-__all__ = ["relax_structures", "uses_batched", "RelaxResult", "CONVERGED", "NOT_CONVERGED", "FAILED",
-           "DEFAULT_MAX_FORCE", "fixed_mask"]
+__all__ = [
+    "relax_structures",
+    "uses_batched",
+    "RelaxResult",
+    "CONVERGED",
+    "NOT_CONVERGED",
+    "FAILED",
+    "DEFAULT_MAX_FORCE",
+    "fixed_mask",
+]
 
 
 def uses_batched(optimizer: str, relax_cell: bool, batched: bool | None = None) -> bool:
@@ -26,11 +34,23 @@ def uses_batched(optimizer: str, relax_cell: bool, batched: bool | None = None) 
     return possible if batched is None else (bool(batched) and possible)
 
 
-def relax_structures(model, structures: Sequence, optimizer: str = "FIRE", fmax: float = 0.05, steps: int = 500,
-                     *, relax_cell: bool = False, batched: bool | None = None, fix_tags: tuple[int, ...] = (),
-                     max_force: float = DEFAULT_MAX_FORCE, skin: float | None = None, batch_atoms: int = 4096,
-                     trajectory: bool = False, optimizer_options: dict | None = None,
-                     progress: Callable[[int], None] | None = None) -> list[RelaxResult]:
+def relax_structures(
+    model,
+    structures: Sequence,
+    optimizer: str = "FIRE",
+    fmax: float = 0.05,
+    steps: int = 500,
+    *,
+    relax_cell: bool = False,
+    batched: bool | None = None,
+    fix_tags: tuple[int, ...] = (),
+    max_force: float = DEFAULT_MAX_FORCE,
+    skin: float | None = None,
+    batch_atoms: int = 4096,
+    trajectory: bool = False,
+    optimizer_options: dict | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[RelaxResult]:
     """Relax every structure; one :class:`RelaxResult` per input, in order.
 
     Args:
@@ -55,13 +75,34 @@ def relax_structures(model, structures: Sequence, optimizer: str = "FIRE", fmax:
     if uses_batched(optimizer, relax_cell, batched):
         from .batched import relax_batched
 
-        return relax_batched(model, structures, optimizer, fmax, steps, fix_tags=fix_tags, max_force=max_force,
-                             skin=skin, batch_atoms=batch_atoms, trajectory=trajectory,
-                             optimizer_options=optimizer_options, progress=progress)
+        return relax_batched(
+            model,
+            structures,
+            optimizer,
+            fmax,
+            steps,
+            fix_tags=fix_tags,
+            max_force=max_force,
+            skin=skin,
+            batch_atoms=batch_atoms,
+            trajectory=trajectory,
+            optimizer_options=optimizer_options,
+            progress=progress,
+        )
     from ..calculator import MLIPCalculator
     from .ase_path import relax_ase
 
     calc = MLIPCalculator(model, skin=skin)
-    return relax_ase(calc, structures, optimizer, fmax, steps, relax_cell=relax_cell, fix_tags=fix_tags,
-                     max_force=max_force, trajectory=trajectory, optimizer_options=optimizer_options,
-                     progress=progress)
+    return relax_ase(
+        calc,
+        structures,
+        optimizer,
+        fmax,
+        steps,
+        relax_cell=relax_cell,
+        fix_tags=fix_tags,
+        max_force=max_force,
+        trajectory=trajectory,
+        optimizer_options=optimizer_options,
+        progress=progress,
+    )

@@ -56,10 +56,20 @@ def _atoms(s: Structure, fixed: np.ndarray):
     return atoms
 
 
-def relax_one(calc: MLIPCalculator, s: Structure, index: int, optimizer: str = "BFGS", fmax: float = 0.05,
-              steps: int = 500, *, relax_cell: bool = False, fix_tags: tuple[int, ...] = (),
-              max_force: float = DEFAULT_MAX_FORCE, trajectory: bool = False,
-              optimizer_options: dict | None = None) -> RelaxResult:
+def relax_one(
+    calc: MLIPCalculator,
+    s: Structure,
+    index: int,
+    optimizer: str = "BFGS",
+    fmax: float = 0.05,
+    steps: int = 500,
+    *,
+    relax_cell: bool = False,
+    fix_tags: tuple[int, ...] = (),
+    max_force: float = DEFAULT_MAX_FORCE,
+    trajectory: bool = False,
+    optimizer_options: dict | None = None,
+) -> RelaxResult:
     """Relax one structure with an ASE optimizer (see :func:`relax_ase`)."""
     from ase.filters import FrechetCellFilter
 
@@ -84,16 +94,42 @@ def relax_one(calc: MLIPCalculator, s: Structure, index: int, optimizer: str = "
     stress = None
     if cell_dofs:
         stress = stress_to_matrix(atoms.get_stress())
-    final = finished_structure(s, atoms.positions, atoms.cell.array, calc.results["energy"],
-                               calc.results["forces"], stress, status, opt.nsteps, fmax_now)
-    return RelaxResult(index, status, opt.nsteps, float(calc.results["energy"]), fmax_now, final,
-                       trajectory=frames if trajectory else None)
+    final = finished_structure(
+        s,
+        atoms.positions,
+        atoms.cell.array,
+        calc.results["energy"],
+        calc.results["forces"],
+        stress,
+        status,
+        opt.nsteps,
+        fmax_now,
+    )
+    return RelaxResult(
+        index,
+        status,
+        opt.nsteps,
+        float(calc.results["energy"]),
+        fmax_now,
+        final,
+        trajectory=frames if trajectory else None,
+    )
 
 
-def relax_ase(calc: MLIPCalculator, structures: Sequence[Structure], optimizer: str = "BFGS",
-              fmax: float = 0.05, steps: int = 500, *, relax_cell: bool = False, fix_tags: tuple[int, ...] = (),
-              max_force: float = DEFAULT_MAX_FORCE, trajectory: bool = False, optimizer_options: dict | None = None,
-              progress: Callable[[int], None] | None = None) -> list[RelaxResult]:
+def relax_ase(
+    calc: MLIPCalculator,
+    structures: Sequence[Structure],
+    optimizer: str = "BFGS",
+    fmax: float = 0.05,
+    steps: int = 500,
+    *,
+    relax_cell: bool = False,
+    fix_tags: tuple[int, ...] = (),
+    max_force: float = DEFAULT_MAX_FORCE,
+    trajectory: bool = False,
+    optimizer_options: dict | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[RelaxResult]:
     """Relax each structure with ASE's ``optimizer`` (``FIRE``, ``BFGS``, ``LBFGS``) and ``calc``.
 
     Args:
@@ -108,8 +144,21 @@ def relax_ase(calc: MLIPCalculator, structures: Sequence[Structure], optimizer: 
     """
     results = []
     for k, s in enumerate(structures):
-        results.append(relax_one(calc, s, k, optimizer, fmax, steps, relax_cell=relax_cell, fix_tags=fix_tags,
-                                 max_force=max_force, trajectory=trajectory, optimizer_options=optimizer_options))
+        results.append(
+            relax_one(
+                calc,
+                s,
+                k,
+                optimizer,
+                fmax,
+                steps,
+                relax_cell=relax_cell,
+                fix_tags=fix_tags,
+                max_force=max_force,
+                trajectory=trajectory,
+                optimizer_options=optimizer_options,
+            )
+        )
         if progress is not None:
             progress(k + 1)
     return results

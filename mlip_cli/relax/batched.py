@@ -57,8 +57,9 @@ class _Chunk:
     pbc ``[B, 3]``.
     """
 
-    def __init__(self, structures: list[Structure], ids: list[int], fix_tags, cutoff: float, skin: float,
-                 device: torch.device):
+    def __init__(
+        self, structures: list[Structure], ids: list[int], fix_tags, cutoff: float, skin: float, device: torch.device
+    ):
         self.structures, self.ids, self.device = structures, ids, device
         self.cutoff, self.skin = cutoff, skin
         sizes = [s.natoms for s in structures]
@@ -108,14 +109,24 @@ class _Chunk:
         shifts = shifts.to(self.positions.dtype)
         edge_index = torch.stack([src, dst])
         vec = edge_vectors(self.positions, self.cell, shifts, edge_index, self.graph)
-        keep = (vec * vec).sum(dim=1) < self.cutoff ** 2
+        keep = (vec * vec).sum(dim=1) < self.cutoff**2
         return edge_index[:, keep], shifts[keep]
 
     def batch(self, dtype: torch.dtype) -> Batch:
         edge_index, shifts = self.edges()
-        return unlabelled_batch(self.numbers, self.positions, self.cell, self.pbc, edge_index, shifts, self.graph,
-                                charge=[s.charge for s in self.structures], spin=[s.spin for s in self.structures],
-                                index=self.ids, dtype=dtype)
+        return unlabelled_batch(
+            self.numbers,
+            self.positions,
+            self.cell,
+            self.pbc,
+            edge_index,
+            shifts,
+            self.graph,
+            charge=[s.charge for s in self.structures],
+            spin=[s.spin for s in self.structures],
+            index=self.ids,
+            dtype=dtype,
+        )
 
     def keep(self, structures: torch.Tensor) -> torch.Tensor:
         """Keep only the structures where ``structures [B]`` is True; returns the atom mask ``[N]``."""
@@ -130,11 +141,21 @@ class _Chunk:
         return atoms
 
 
-def relax_batched(model: torch.nn.Module, structures: Sequence[Structure], optimizer: str = "FIRE",
-                  fmax: float = 0.05, steps: int = 500, *, fix_tags: tuple[int, ...] = (),
-                  max_force: float = DEFAULT_MAX_FORCE, skin: float = DEFAULT_SKIN, batch_atoms: int = 4096,
-                  trajectory: bool = False, optimizer_options: dict | None = None,
-                  progress: Callable[[int], None] | None = None) -> list[RelaxResult]:
+def relax_batched(
+    model: torch.nn.Module,
+    structures: Sequence[Structure],
+    optimizer: str = "FIRE",
+    fmax: float = 0.05,
+    steps: int = 500,
+    *,
+    fix_tags: tuple[int, ...] = (),
+    max_force: float = DEFAULT_MAX_FORCE,
+    skin: float = DEFAULT_SKIN,
+    batch_atoms: int = 4096,
+    trajectory: bool = False,
+    optimizer_options: dict | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[RelaxResult]:
     """Relax ``structures`` at fixed cell, many per model call.
 
     Args:
@@ -163,8 +184,20 @@ def relax_batched(model: torch.nn.Module, structures: Sequence[Structure], optim
     results: list[RelaxResult | None] = [None] * len(structures)
     done = 0
     for group in chunks_by_atoms([s.natoms for s in structures], batch_atoms):
-        for r in _relax_chunk(model, [structures[i] for i in group], group, optimizer, fmax, steps, fix_tags,
-                              max_force, skin, trajectory, optimizer_options or {}, device):
+        for r in _relax_chunk(
+            model,
+            [structures[i] for i in group],
+            group,
+            optimizer,
+            fmax,
+            steps,
+            fix_tags,
+            max_force,
+            skin,
+            trajectory,
+            optimizer_options or {},
+            device,
+        ):
             results[r.index] = r
             done += 1
             if progress is not None:
@@ -172,8 +205,20 @@ def relax_batched(model: torch.nn.Module, structures: Sequence[Structure], optim
     return results  # type: ignore[return-value]
 
 
-def _relax_chunk(model, structures: list[Structure], ids: list[int], optimizer: str, fmax: float, steps: int,
-                 fix_tags, max_force: float, skin: float, trajectory: bool, options: dict, device):
+def _relax_chunk(
+    model,
+    structures: list[Structure],
+    ids: list[int],
+    optimizer: str,
+    fmax: float,
+    steps: int,
+    fix_tags,
+    max_force: float,
+    skin: float,
+    trajectory: bool,
+    options: dict,
+    device,
+):
     chunk = _Chunk(structures, ids, fix_tags, float(model.cutoff), skin, device)
     opt = OPTIMIZERS[optimizer](chunk.graph, len(ids), dtype=torch.float64, **options)
     frames: dict[int, list[Structure]] = {i: [] for i in ids} if trajectory else {}
@@ -205,8 +250,15 @@ def _relax_chunk(model, structures: list[Structure], ids: list[int], optimizer: 
                     continue
                 status = CONVERGED if bool(converged[b]) else NOT_CONVERGED
                 final = finished_structure(s, pos_np[a:z], s.cell, e_np[b], f_np[a:z], None, status, step, fm[b])
-                yield RelaxResult(index, status, step, float(e_np[b]), float(fm[b]), final,
-                                  trajectory=frames.pop(index) if trajectory else None)
+                yield RelaxResult(
+                    index,
+                    status,
+                    step,
+                    float(e_np[b]),
+                    float(fm[b]),
+                    final,
+                    trajectory=frames.pop(index) if trajectory else None,
+                )
         if bool(finished.all()):
             return
         if bool(finished.any()):

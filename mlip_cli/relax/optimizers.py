@@ -44,9 +44,22 @@ class BatchedFIRE:
 
     name = "FIRE"
 
-    def __init__(self, graph: torch.Tensor, num: int, *, dt: float = 0.1, maxstep: float = 0.2,
-                 dtmax: float = 1.0, Nmin: int = 5, finc: float = 1.1, fdec: float = 0.5, astart: float = 0.1,
-                 fa: float = 0.99, a: float = 0.1, dtype: torch.dtype = torch.float64):
+    def __init__(
+        self,
+        graph: torch.Tensor,
+        num: int,
+        *,
+        dt: float = 0.1,
+        maxstep: float = 0.2,
+        dtmax: float = 1.0,
+        Nmin: int = 5,
+        finc: float = 1.1,
+        fdec: float = 0.5,
+        astart: float = 0.1,
+        fa: float = 0.99,
+        a: float = 0.1,
+        dtype: torch.dtype = torch.float64,
+    ):
         self.graph, self.num = graph, num
         self.maxstep, self.dtmax, self.Nmin = maxstep, dtmax, Nmin
         self.finc, self.fdec, self.astart, self.fa = finc, fdec, astart, fa
@@ -72,10 +85,12 @@ class BatchedFIRE:
             keep = torch.where(downhill, 1.0 - self.a, torch.zeros_like(vf))
             self.vel = keep[g, None] * self.vel + mix[g, None] * forces
             grow = downhill & (self.nsteps > self.Nmin)
-            self.dt = torch.where(grow, (self.dt * self.finc).clamp(max=self.dtmax),
-                                  torch.where(downhill, self.dt, self.dt * self.fdec))
-            self.a = torch.where(grow, self.a * self.fa, torch.where(downhill, self.a, torch.full_like(self.a,
-                                                                                                     self.astart)))
+            self.dt = torch.where(
+                grow, (self.dt * self.finc).clamp(max=self.dtmax), torch.where(downhill, self.dt, self.dt * self.fdec)
+            )
+            self.a = torch.where(
+                grow, self.a * self.fa, torch.where(downhill, self.a, torch.full_like(self.a, self.astart))
+            )
             self.nsteps = torch.where(downhill, self.nsteps + 1, torch.zeros_like(self.nsteps))
         self.vel = self.vel + self.dt[g, None] * forces
         dr = self.dt[g, None] * self.vel
@@ -112,15 +127,24 @@ class BatchedLBFGS:
 
     name = "LBFGS"
 
-    def __init__(self, graph: torch.Tensor, num: int, *, maxstep: float = 0.2, memory: int = 100,
-                 damping: float = 1.0, alpha: float = 70.0, dtype: torch.dtype = torch.float64):
+    def __init__(
+        self,
+        graph: torch.Tensor,
+        num: int,
+        *,
+        maxstep: float = 0.2,
+        memory: int = 100,
+        damping: float = 1.0,
+        alpha: float = 70.0,
+        dtype: torch.dtype = torch.float64,
+    ):
         self.graph, self.num = graph, num
         self.maxstep, self.memory, self.damping, self.H0 = maxstep, memory, damping, 1.0 / alpha
         device = graph.device
         self.S = torch.zeros(0, len(graph), 3, dtype=dtype, device=device)  # [k, N, 3], oldest first
         self.Y = torch.zeros_like(self.S)
-        self.rho = torch.zeros(num, 0, dtype=dtype, device=device)          # [num, k]
-        self.SY = torch.zeros(num, 0, 0, dtype=dtype, device=device)        # [num, k, k]: <s_i, y_j>
+        self.rho = torch.zeros(num, 0, dtype=dtype, device=device)  # [num, k]
+        self.SY = torch.zeros(num, 0, 0, dtype=dtype, device=device)  # [num, k, k]: <s_i, y_j>
         self.iteration = 0
         self.r0: torch.Tensor | None = None
         self.f0: torch.Tensor | None = None
@@ -165,16 +189,14 @@ class BatchedLBFGS:
             q = grad - torch.einsum("nk,knd->nd", a[g], self.Y)
             z = self.H0 * q
             lower = eye + rho[:, :, None] * torch.tril(self.SY.transpose(1, 2), diagonal=-1)
-            c = torch.linalg.solve_triangular(lower, (a - rho * self._dots(self.Y, z))[:, :, None],
-                                              upper=False)[..., 0]
+            c = torch.linalg.solve_triangular(lower, (a - rho * self._dots(self.Y, z))[:, :, None], upper=False)[..., 0]
             z = z + torch.einsum("nk,knd->nd", c[g], self.S)
         else:
             z = self.H0 * grad
         self.iteration += 1
         p = -z
         longest = segment_max(p.norm(dim=1), g, num)
-        scale = torch.where(longest >= self.maxstep, self.maxstep / longest.clamp_min(1e-300),
-                            torch.ones_like(longest))
+        scale = torch.where(longest >= self.maxstep, self.maxstep / longest.clamp_min(1e-300), torch.ones_like(longest))
         self.r0, self.f0 = positions, forces
         return p * scale[g, None] * self.damping
 

@@ -8,8 +8,17 @@ import numpy as np
 
 from mlip_datasets.record import Structure
 
-__all__ = ["RelaxResult", "CONVERGED", "NOT_CONVERGED", "FAILED", "DEFAULT_MAX_FORCE", "fixed_mask",
-           "failure_reason", "finished_structure", "frame"]
+__all__ = [
+    "RelaxResult",
+    "CONVERGED",
+    "NOT_CONVERGED",
+    "FAILED",
+    "DEFAULT_MAX_FORCE",
+    "fixed_mask",
+    "failure_reason",
+    "finished_structure",
+    "frame",
+]
 
 CONVERGED, NOT_CONVERGED, FAILED = "converged", "not converged", "failed"
 
@@ -65,20 +74,39 @@ def failure_reason(energy: float, forces: np.ndarray, fmax: float, max_force: fl
     return ""
 
 
-def finished_structure(s: Structure, positions: np.ndarray, cell: np.ndarray, energy: float, forces: np.ndarray,
-                       stress: np.ndarray | None, status: str, steps: int, fmax: float) -> Structure:
+def finished_structure(
+    s: Structure,
+    positions: np.ndarray,
+    cell: np.ndarray,
+    energy: float,
+    forces: np.ndarray,
+    stress: np.ndarray | None,
+    status: str,
+    steps: int,
+    fmax: float,
+) -> Structure:
     """The output frame: input metadata (tags, fixed, charge, spin, sid, info) with the new geometry and the
     model's labels (raw forces, not constrained). Old labels of the input are replaced, never kept."""
-    info = {**s.info, "relax_converged": status == CONVERGED, "relax_steps": int(steps),
-            "relax_fmax": float(fmax)}
-    return s.replace(positions=np.array(positions, dtype=np.float64), cell=np.array(cell, dtype=np.float64),
-                     energy=float(energy), forces=np.array(forces, dtype=np.float64),
-                     stress=None if stress is None else np.array(stress, dtype=np.float64), info=info)
+    info = {**s.info, "relax_converged": status == CONVERGED, "relax_steps": int(steps), "relax_fmax": float(fmax)}
+    return s.replace(
+        positions=np.array(positions, dtype=np.float64),
+        cell=np.array(cell, dtype=np.float64),
+        energy=float(energy),
+        forces=np.array(forces, dtype=np.float64),
+        stress=None if stress is None else np.array(stress, dtype=np.float64),
+        info=info,
+    )
 
 
-def frame(s: Structure, positions: np.ndarray, cell: np.ndarray, energy: float, forces: np.ndarray,
-          step: int) -> Structure:
+def frame(
+    s: Structure, positions: np.ndarray, cell: np.ndarray, energy: float, forces: np.ndarray, step: int
+) -> Structure:
     """One trajectory frame."""
-    return s.replace(positions=np.array(positions, dtype=np.float64), cell=np.array(cell, dtype=np.float64),
-                     energy=float(energy), forces=np.array(forces, dtype=np.float64), stress=None,
-                     info={**s.info, "relax_step": int(step)})
+    return s.replace(
+        positions=np.array(positions, dtype=np.float64),
+        cell=np.array(cell, dtype=np.float64),
+        energy=float(energy),
+        forces=np.array(forces, dtype=np.float64),
+        stress=None,
+        info={**s.info, "relax_step": int(step)},
+    )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -96,8 +96,9 @@ def _generate(spec: dict, run_dir: Path, progress: Callable[[str, int], Callable
     return target
 
 
-def load_training_data(section: DataSection, cutoff: float, dtype: torch.dtype, run_dir: Path,
-                       progress=None) -> TrainingData:
+def load_training_data(
+    section: DataSection, cutoff: float, dtype: torch.dtype, run_dir: Path, progress=None
+) -> TrainingData:
     """Open the recipe's data, split it, and wrap each part in a :class:`GraphSet`."""
     train_path = Path(section.train) if section.train else _generate(section.generate or {}, run_dir, progress)
     reader = open_dataset(train_path)
@@ -147,8 +148,9 @@ def fit_statistics(train: GraphSet, elements: list[int] | None) -> dict:
     if elements:
         missing = sorted(set(present) - set(elements))
         if missing:
-            raise RecipeError(f"recipe: the training data has elements {missing} that model.elements "
-                              f"{sorted(elements)} does not list")
+            raise RecipeError(
+                f"recipe: the training data has elements {missing} that model.elements {sorted(elements)} does not list"
+            )
     elements = list(elements) if elements else present
     col = {z: k for k, z in enumerate(elements)}
     labelled = [g for g in graphs if g.energy is not None]
@@ -172,8 +174,16 @@ def fit_statistics(train: GraphSet, elements: list[int] | None) -> dict:
     return stats
 
 
-def iterate_batches(graphs: GraphSet, batch_size: int, shuffle: bool, seed: int, epoch: int,
-                    rank: int = 0, world: int = 1, skip: int = 0) -> Iterator[tuple[int, Batch, float]]:
+def iterate_batches(
+    graphs: GraphSet,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world: int = 1,
+    skip: int = 0,
+) -> Iterator[tuple[int, Batch, float]]:
     """This process's batches for ``epoch``: ``(position in epoch, batch, seconds spent preparing it)``.
 
     Packing depends only on (seed, epoch), so every process and every resumed run sees the same batches;
@@ -181,8 +191,9 @@ def iterate_batches(graphs: GraphSet, batch_size: int, shuffle: bool, seed: int,
     """
     import time
 
-    sampler = SizeBatchSampler(graphs.natoms(), max_structures=batch_size, shuffle=shuffle, seed=seed,
-                               num_replicas=world, rank=rank)
+    sampler = SizeBatchSampler(
+        graphs.natoms(), max_structures=batch_size, shuffle=shuffle, seed=seed, num_replicas=world, rank=rank
+    )
     sampler.set_epoch(epoch)
     for k, positions in enumerate(sampler.batches()):
         if k < skip:

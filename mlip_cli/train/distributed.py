@@ -13,8 +13,14 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "setup_distributed", "all_reduce_sum", "sync_gradients", "broadcast_model",
-           "shutdown_distributed"]
+__all__ = [
+    "DistInfo",
+    "setup_distributed",
+    "all_reduce_sum",
+    "sync_gradients",
+    "broadcast_model",
+    "shutdown_distributed",
+]
 
 
 @dataclass(frozen=True)
@@ -39,8 +45,9 @@ def setup_distributed(device: torch.device) -> DistInfo:
         return DistInfo()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(rank=dist.get_rank(), world=dist.get_world_size(),
-                    local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo(
+        rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0"))
+    )
 
 
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
@@ -61,7 +68,7 @@ def sync_gradients(model: torch.nn.Module, info: DistInfo) -> None:
     offset = 0
     for p, g in zip(params, grads):
         n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
         offset += n
 
 

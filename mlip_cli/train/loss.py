@@ -11,12 +11,15 @@ __all__ = ["label_counts", "weighted_loss"]
 
 def label_counts(batch) -> torch.Tensor:
     """Labelled structures (energy), force components and stress components in a batch, as float64 ``[3]``."""
-    return torch.tensor([float(batch.energy_mask.sum()), 3.0 * float(batch.forces_mask.sum()),
-                         9.0 * float(batch.stress_mask.sum())], dtype=torch.float64)
+    return torch.tensor(
+        [float(batch.energy_mask.sum()), 3.0 * float(batch.forces_mask.sum()), 9.0 * float(batch.stress_mask.sum())],
+        dtype=torch.float64,
+    )
 
 
-def weighted_loss(batch, out: dict[str, torch.Tensor], weights: LossSection,
-                  counts: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def weighted_loss(
+    batch, out: dict[str, torch.Tensor], weights: LossSection, counts: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``sum_k w_k * (sum of squared errors of k) / counts[k]``.
 
     ``counts`` are the label counts of the *global* batch (summed over processes), so the per-process losses

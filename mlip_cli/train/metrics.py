@@ -41,8 +41,11 @@ class ErrorMetrics:
         err = (pred.detach().double() - ref.detach().double()).reshape(-1).cpu()
         self.sums[row] += torch.stack([err.abs().sum(), (err * err).sum(), torch.tensor(float(err.numel()))])
         if self.keep:
-            self.pairs[name].append(np.stack([ref.detach().double().reshape(-1).cpu().numpy(),
-                                              pred.detach().double().reshape(-1).cpu().numpy()]))
+            self.pairs[name].append(
+                np.stack(
+                    [ref.detach().double().reshape(-1).cpu().numpy(), pred.detach().double().reshape(-1).cpu().numpy()]
+                )
+            )
 
     def update(self, batch, out: dict[str, torch.Tensor]) -> None:
         """Add one batch of predictions (``out`` from a model forward) against the batch labels."""
@@ -62,7 +65,8 @@ class ErrorMetrics:
                 if z in self._index:
                     e = err[numbers == z].reshape(-1)
                     self.element_sums[self._index[z]] += torch.stack(
-                        [e.abs().sum(), (e * e).sum(), torch.tensor(float(e.numel()))])
+                        [e.abs().sum(), (e * e).sum(), torch.tensor(float(e.numel()))]
+                    )
         if "stress" in out and bool(batch.stress_mask.any()):
             s_mask = batch.stress_mask
             self._add(3, "stress", batch.stress[s_mask], out["stress"][s_mask])
@@ -93,8 +97,11 @@ class ErrorMetrics:
         table = {}
         for z, (s_abs, s_sq, n) in zip(self.elements, self.element_sums.tolist()):
             if n > 0:
-                table[z] = {"forces_mae": 1000.0 * s_abs / n, "forces_rmse": 1000.0 * math.sqrt(s_sq / n),
-                            "components": int(n)}
+                table[z] = {
+                    "forces_mae": 1000.0 * s_abs / n,
+                    "forces_rmse": 1000.0 * math.sqrt(s_sq / n),
+                    "components": int(n),
+                }
         return table
 
     def parity_data(self) -> dict[str, np.ndarray]:
@@ -102,8 +109,16 @@ class ErrorMetrics:
         return {k: np.concatenate(v, axis=1) for k, v in self.pairs.items() if v}
 
 
-def evaluate_set(model, graphs, batch_size: int, device: torch.device, info: DistInfo | None = None,
-                 compute_stress: bool = False, keep: bool = False, progress=None) -> ErrorMetrics:
+def evaluate_set(
+    model,
+    graphs,
+    batch_size: int,
+    device: torch.device,
+    info: DistInfo | None = None,
+    compute_stress: bool = False,
+    keep: bool = False,
+    progress=None,
+) -> ErrorMetrics:
     """Error metrics of ``model`` on a graph set; with ``info``, each process takes a slice and sums are shared.
 
     ``graphs`` is a :class:`~mlip_cli.train.data.GraphSet`; ``progress(done)`` is called after each batch with
@@ -115,7 +130,7 @@ def evaluate_set(model, graphs, batch_size: int, device: torch.device, info: Dis
     was_training = model.training
     model.eval()
     for start in range(0, len(mine), batch_size):
-        batch = graphs.batch(mine[start:start + batch_size]).to(device)
+        batch = graphs.batch(mine[start : start + batch_size]).to(device)
         out = model(batch, compute_forces=True, compute_stress=compute_stress and bool(batch.stress_mask.any()))
         metrics.update(batch, out)
         if progress is not None:

@@ -38,8 +38,11 @@ def plot_learning_curve(metrics_csv: str | Path, out_png: str | Path) -> Path | 
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    panels = [("train_loss", "training loss", None), ("valid_energy_per_atom_rmse", "valid energy RMSE", "meV/atom"),
-              ("valid_forces_rmse", "valid force RMSE", "meV/A")]
+    panels = [
+        ("train_loss", "training loss", None),
+        ("valid_energy_per_atom_rmse", "valid energy RMSE", "meV/atom"),
+        ("valid_forces_rmse", "valid force RMSE", "meV/A"),
+    ]
     for ax, (key, title, unit) in zip(axes, panels):
         x, y = _column(rows, key)
         if len(x):
@@ -61,8 +64,11 @@ def plot_learning_curve(metrics_csv: str | Path, out_png: str | Path) -> Path | 
 def plot_parity(pairs: dict[str, np.ndarray], out_png: str | Path, title: str = "") -> Path:
     """Reference vs predicted per-atom energy and force components, with the y = x line and the RMSE."""
     plt = _pyplot()
-    panels = [(k, u, s) for k, u, s in (("energy_per_atom", "eV/atom", 1.0), ("forces", "eV/A", 1.0),
-                                        ("stress", "eV/A^3", 1.0)) if k in pairs]
+    panels = [
+        (k, u, s)
+        for k, u, s in (("energy_per_atom", "eV/atom", 1.0), ("forces", "eV/A", 1.0), ("stress", "eV/A^3", 1.0))
+        if k in pairs
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4.2), squeeze=False)
     for ax, (key, unit, _) in zip(axes[0], panels):
         ref, pred = pairs[key]

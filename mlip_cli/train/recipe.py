@@ -25,8 +25,18 @@ import yaml
 
 from ..errors import UsageError
 
-__all__ = ["Recipe", "DataSection", "LossSection", "OptimSection", "RunSection", "RecipeError", "RecipeSettings",
-           "load_recipe", "parse_duration", "apply_overrides"]
+__all__ = [
+    "Recipe",
+    "DataSection",
+    "LossSection",
+    "OptimSection",
+    "RunSection",
+    "RecipeError",
+    "RecipeSettings",
+    "load_recipe",
+    "parse_duration",
+    "apply_overrides",
+]
 
 
 class _RecipeLoader(yaml.SafeLoader):
@@ -176,8 +186,9 @@ class Recipe:
     name: str = "run"
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], base_dir: str | Path | None = None,
-                  settings: RecipeSettings | None = None) -> Recipe:
+    def from_dict(
+        cls, data: Mapping[str, Any], base_dir: str | Path | None = None, settings: RecipeSettings | None = None
+    ) -> Recipe:
         """Build, resolve relative data paths against ``base_dir``, apply ``settings``, validate.
 
         Unknown sections or keys raise :class:`RecipeError` listing the allowed ones.
@@ -201,8 +212,11 @@ class Recipe:
         return recipe
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "model": dict(self.model),
-                **{k: dataclasses.asdict(getattr(self, k)) for k in _SECTIONS}}
+        return {
+            "name": self.name,
+            "model": dict(self.model),
+            **{k: dataclasses.asdict(getattr(self, k)) for k in _SECTIONS},
+        }
 
     def resolve_paths(self, base: Path) -> None:
         for key in ("train", "valid", "test"):
@@ -217,20 +231,21 @@ class Recipe:
             raise RecipeError(f"recipe: model.family is required (one of {', '.join(registered_families())})")
         family = str(self.model["family"])
         if family not in registered_families():
-            raise RecipeError(f"recipe: model.family {family!r} is not a model family; "
-                              f"available: {', '.join(registered_families())}")
+            raise RecipeError(
+                f"recipe: model.family {family!r} is not a model family; available: {', '.join(registered_families())}"
+            )
         allowed = config_class(family).allowed_keys()
         unknown = [k for k in self.model if k not in allowed]
         if unknown:
-            raise RecipeError(f"recipe: unknown key model.{unknown[0]} for family {family!r}; allowed: "
-                              f"{', '.join(allowed)}")
+            raise RecipeError(
+                f"recipe: unknown key model.{unknown[0]} for family {family!r}; allowed: {', '.join(allowed)}"
+            )
         d, o, r, lo = self.data, self.optim, self.run, self.loss
         if d.train is None and d.generate is None:
             raise RecipeError("recipe: no training data; set data.train (or pass --data PATH) or data.generate")
-        if not d.valid:
-            if not (2 <= len(d.split) <= 3) or any(f <= 0 for f in d.split) or abs(sum(d.split) - 1) > 1e-6:
-                raise RecipeError(f"recipe: data.split must be 2 or 3 positive fractions summing to 1, "
-                                  f"got {d.split}")
+        bad_split = not (2 <= len(d.split) <= 3) or any(f <= 0 for f in d.split) or abs(sum(d.split) - 1) > 1e-6
+        if not d.valid and bad_split:
+            raise RecipeError(f"recipe: data.split must be 2 or 3 positive fractions summing to 1, got {d.split}")
         _positive(d.batch_size, "data.batch_size", int)
         if d.valid_batch_size is not None:
             _positive(d.valid_batch_size, "data.valid_batch_size", int)
@@ -238,8 +253,7 @@ class Recipe:
             raise RecipeError(f"recipe: data.cache_graphs must be auto, yes or no, got {d.cache_graphs!r}")
         _positive(o.lr, "optim.lr", float)
         if o.schedule not in ("cosine", "plateau", "constant"):
-            raise RecipeError(f"recipe: optim.schedule must be one of cosine, plateau, constant; "
-                              f"got {o.schedule!r}")
+            raise RecipeError(f"recipe: optim.schedule must be one of cosine, plateau, constant; got {o.schedule!r}")
         if o.ema_decay is not None and not 0.0 <= o.ema_decay < 1.0:
             raise RecipeError(f"recipe: optim.ema_decay must be in [0, 1) or null, got {o.ema_decay}")
         if o.clip_norm is not None:
@@ -257,8 +271,9 @@ class Recipe:
         _positive(lo.symmetry_tolerance, "loss.symmetry_tolerance", float)
         r.time_budget = parse_duration(r.time_budget)
         if r.max_steps is None and r.max_epochs is None and r.time_budget is None:
-            raise RecipeError("recipe: set at least one of run.max_steps, run.max_epochs, run.time_budget "
-                              "(or pass --time-budget)")
+            raise RecipeError(
+                "recipe: set at least one of run.max_steps, run.max_epochs, run.time_budget (or pass --time-budget)"
+            )
         for name in ("max_steps", "max_epochs", "early_stopping"):
             if getattr(r, name) is not None:
                 _positive(getattr(r, name), f"run.{name}", int)
@@ -299,10 +314,13 @@ class RecipeSettings:
 
 
 def _positive(value: Any, name: str, kind: type) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and int(value) != value) \
-            or value <= 0:
-        raise RecipeError(f"recipe: {name} must be a positive {'integer' if kind is int else 'number'}, "
-                          f"got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (kind is int and int(value) != value)
+        or value <= 0
+    ):
+        raise RecipeError(f"recipe: {name} must be a positive {'integer' if kind is int else 'number'}, got {value!r}")
 
 
 def _section(kind: type, values: Any, name: str):
@@ -339,8 +357,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] | None = None,
-                builtin_dir: Path | None = None, settings: RecipeSettings | None = None) -> Recipe:
+def load_recipe(
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    builtin_dir: Path | None = None,
+    settings: RecipeSettings | None = None,
+) -> Recipe:
     """Read a recipe file (or a shipped recipe by name, e.g. ``tdn-tiny``), apply the ``section.key=value``
     ``overrides`` (values parsed as YAML), then the typed ``settings``, and validate."""
     path = find_recipe(path, builtin_dir)

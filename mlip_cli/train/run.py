@@ -32,8 +32,14 @@ class RunPlan:
     notes: list[str] = field(default_factory=list)
 
 
-def plan_run(recipe: str | Path | None = None, *, resume: str | Path | None = None, out: str | Path | None = None,
-             overrides: list[str] | None = None, settings: RecipeSettings | None = None) -> RunPlan:
+def plan_run(
+    recipe: str | Path | None = None,
+    *,
+    resume: str | Path | None = None,
+    out: str | Path | None = None,
+    overrides: list[str] | None = None,
+    settings: RecipeSettings | None = None,
+) -> RunPlan:
     """The recipe and run directory for a new run (``recipe``, into ``out`` or ``runs/<recipe name>``) or for
     continuing one (``resume``: a run directory, trained with its own ``recipe.yaml``).
 
@@ -50,16 +56,16 @@ def plan_run(recipe: str | Path | None = None, *, resume: str | Path | None = No
             raise UsageError(f"{resume}: not a run directory to resume (needs last.pt and recipe.yaml)")
         if out is not None and Path(out).resolve() != resume.resolve():
             raise UsageError("--resume continues in its own directory; drop --out")
-        notes = [] if recipe is None else [f"note: --resume uses {resume / 'recipe.yaml'}; the recipe argument "
-                                           f"is ignored"]
+        notes = (
+            [] if recipe is None else [f"note: --resume uses {resume / 'recipe.yaml'}; the recipe argument is ignored"]
+        )
         return RunPlan(load_recipe(resume / "recipe.yaml", overrides, settings=settings), resume, True, notes)
     if recipe is None:
         raise UsageError("give a recipe (e.g. `mlip train tdn-tiny`) or --resume RUN_DIR")
     rec = load_recipe(recipe, overrides, settings=settings)
     run_dir = Path(out) if out is not None else Path("runs") / rec.name
     if (run_dir / "last.pt").exists():
-        raise UsageError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} or choose "
-                         f"another --out")
+        raise UsageError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} or choose another --out")
     return RunPlan(rec, run_dir, False)
 
 

@@ -23,8 +23,15 @@ class LRSchedule:
     ``factor`` after ``patience`` validations without improvement, never below ``min_lr_ratio * base_lr``.
     """
 
-    def __init__(self, base_lr: float, kind: str = "cosine", warmup_steps: int = 0, min_lr_ratio: float = 0.01,
-                 factor: float = 0.5, patience: int = 5):
+    def __init__(
+        self,
+        base_lr: float,
+        kind: str = "cosine",
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.01,
+        factor: float = 0.5,
+        patience: int = 5,
+    ):
         self.base_lr, self.kind = float(base_lr), kind
         self.warmup_steps, self.min_lr_ratio = int(warmup_steps), float(min_lr_ratio)
         self.factor, self.patience = float(factor), int(patience)

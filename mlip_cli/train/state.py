@@ -70,8 +70,7 @@ class LossWindow:
     forces_sse: float = 0.0
     forces_count: float = 0.0
 
-    def add(self, loss: float, energy_sse: float, energy_count: float, forces_sse: float,
-            forces_count: float) -> None:
+    def add(self, loss: float, energy_sse: float, energy_count: float, forces_sse: float, forces_count: float) -> None:
         self.loss_sum += loss
         self.steps += 1
         self.energy_sse += energy_sse

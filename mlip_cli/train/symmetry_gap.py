@@ -55,13 +55,23 @@ def _label_moments(batch) -> torch.Tensor:
     em, fm = batch.energy_mask, batch.forces_mask
     e = batch.energy[em].double() / batch.natoms[em].double()
     f = batch.forces[fm].double()
-    return torch.tensor([float(em.sum()), float(e.sum()), float((e * e).sum()), 3.0 * float(fm.sum()),
-                         float((f * f).sum())], dtype=torch.float64)
+    return torch.tensor(
+        [float(em.sum()), float(e.sum()), float((e * e).sum()), 3.0 * float(fm.sum()), float((f * f).sum())],
+        dtype=torch.float64,
+    )
 
 
-def symmetrization_gaps(model, graphs, batch_size: int, device: torch.device, types=SYMMETRY_TYPES,
-                        info: DistInfo | None = None, rotations: int = 4, max_structures: int = 128,
-                        seed: int = 0) -> dict[str, float]:
+def symmetrization_gaps(
+    model,
+    graphs,
+    batch_size: int,
+    device: torch.device,
+    types=SYMMETRY_TYPES,
+    info: DistInfo | None = None,
+    rotations: int = 4,
+    max_structures: int = 128,
+    seed: int = 0,
+) -> dict[str, float]:
     """Per symmetry type, ``(T(f_sym) - T(f)) / T(0)`` over up to ``max_structures`` structures of ``graphs``.
 
     ``T`` is the force MSE, and ``T(0)`` that of predicting zero forces (the labels' mean square), so the gap is
@@ -76,13 +86,15 @@ def symmetrization_gaps(model, graphs, batch_size: int, device: torch.device, ty
     was_training = model.training
     model.eval()
     for start in range(0, len(mine), batch_size):
-        batch = graphs.batch(mine[start:start + batch_size]).to(device)
+        batch = graphs.batch(mine[start : start + batch_size]).to(device)
         out = model(batch, compute_forces=True)
         sse[0] += _sse(batch, {k: out[k].detach() for k in ("energy", "forces")})
         moments += _label_moments(batch)
         for i, kind in enumerate(types, start=1):
-            sse[i] += _sse(batch, symmetrized_prediction(
-                model, batch, averaging_elements(kind, batch.num_graphs, rotations, generator)))
+            sse[i] += _sse(
+                batch,
+                symmetrized_prediction(model, batch, averaging_elements(kind, batch.num_graphs, rotations, generator)),
+            )
     model.train(was_training)
     all_reduce_sum(sse, info)
     all_reduce_sum(moments, info)

@@ -61,10 +61,20 @@ class AutoSymmetryWeights:
     :data:`~mlip_cli.models.symmetry.SYMMETRY_TYPES`.
     """
 
-    def __init__(self, types=SYMMETRY_TYPES, init: float | Mapping[str, float] = 1.0,
-                 target: float | Mapping[str, float] = 1e-3, lr: float = 0.05, beta: float = 0.9,
-                 floor: float = 1e-3, ceiling: float = 1e4, hold_floor: float = 1.0, gap_tolerance: float = 0.05,
-                 gap_beta: float = 0.5, gap_gate: float = 2.0):
+    def __init__(
+        self,
+        types=SYMMETRY_TYPES,
+        init: float | Mapping[str, float] = 1.0,
+        target: float | Mapping[str, float] = 1e-3,
+        lr: float = 0.05,
+        beta: float = 0.9,
+        floor: float = 1e-3,
+        ceiling: float = 1e4,
+        hold_floor: float = 1.0,
+        gap_tolerance: float = 0.05,
+        gap_beta: float = 0.5,
+        gap_gate: float = 2.0,
+    ):
         self.types = tuple(str(t) for t in types)
         if not self.types or len(set(self.types)) != len(self.types):
             raise UsageError(f"symmetry weights: types must be distinct names, got {list(types)}")
@@ -75,11 +85,14 @@ class AutoSymmetryWeights:
         if not all(v > 0 for v in self.targets.values()):
             raise UsageError(f"symmetry weights: targets must be > 0, got {self.targets}")
         if self.lr < 0 or not 0 <= self.beta < 1 or not 0 <= self.gap_beta < 1:
-            raise UsageError(f"symmetry weights: need lr >= 0 and 0 <= beta, gap_beta < 1, got lr={lr}, "
-                             f"beta={beta}, gap_beta={gap_beta}")
+            raise UsageError(
+                f"symmetry weights: need lr >= 0 and 0 <= beta, gap_beta < 1, got lr={lr}, "
+                f"beta={beta}, gap_beta={gap_beta}"
+            )
         if not 0 < self.floor <= self.hold_floor <= self.ceiling:
-            raise UsageError(f"symmetry weights: need 0 < floor <= hold_floor <= ceiling, got {floor}, {hold_floor}, "
-                             f"{ceiling}")
+            raise UsageError(
+                f"symmetry weights: need 0 < floor <= hold_floor <= ceiling, got {floor}, {hold_floor}, {ceiling}"
+            )
         if not all(0 <= w <= self.ceiling for w in self.weights.values()):
             raise UsageError(f"symmetry weights: init must be in [0, ceiling={ceiling}], got {self.weights}")
         self.violations: dict[str, float] = {}  # running means (absent before the first update)
@@ -159,11 +172,24 @@ class AutoSymmetryWeights:
 
     def state_dict(self) -> dict:
         """Plain data (floats, strings, ints): loads with ``torch.load(weights_only=True)``."""
-        return {"types": list(self.types), "weights": dict(self.weights), "targets": dict(self.targets),
-                "violations": dict(self.violations), "last": dict(self.last), "gaps": dict(self.gaps),
-                "last_gaps": dict(self.last_gaps), "gap_gate": self.gap_gate, "steps": self.steps, "lr": self.lr,
-                "beta": self.beta, "floor": self.floor, "hold_floor": self.hold_floor, "ceiling": self.ceiling,
-                "gap_tolerance": self.gap_tolerance, "gap_beta": self.gap_beta}
+        return {
+            "types": list(self.types),
+            "weights": dict(self.weights),
+            "targets": dict(self.targets),
+            "violations": dict(self.violations),
+            "last": dict(self.last),
+            "gaps": dict(self.gaps),
+            "last_gaps": dict(self.last_gaps),
+            "gap_gate": self.gap_gate,
+            "steps": self.steps,
+            "lr": self.lr,
+            "beta": self.beta,
+            "floor": self.floor,
+            "hold_floor": self.hold_floor,
+            "ceiling": self.ceiling,
+            "gap_tolerance": self.gap_tolerance,
+            "gap_beta": self.gap_beta,
+        }
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restore a :meth:`state_dict` (weights, running measurements, step count and settings)."""

@@ -12,9 +12,9 @@ import contextlib
 import csv
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -53,8 +53,14 @@ class TrainResult:
 
     def to_dict(self) -> dict:
         """What ``result.yaml`` holds."""
-        return {"steps": self.steps, "epochs": self.epochs, "stop_reason": self.stop_reason, "valid": self.valid,
-                "test": self.test, "timing": self.timing}
+        return {
+            "steps": self.steps,
+            "epochs": self.epochs,
+            "stop_reason": self.stop_reason,
+            "valid": self.valid,
+            "test": self.test,
+            "timing": self.timing,
+        }
 
 
 @dataclass
@@ -76,8 +82,13 @@ class Validation:
 def build_optimizer(parameters, optim: OptimSection, device: torch.device) -> torch.optim.AdamW:
     """The training optimizer: AdamW from the recipe's ``optim`` section, fused (one kernel for all parameters)
     where torch has a fused kernel for the device."""
-    return torch.optim.AdamW(parameters, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay,
-                             fused=torch.device(device).type in ("cpu", "cuda"))
+    return torch.optim.AdamW(
+        parameters,
+        lr=optim.lr,
+        betas=tuple(optim.betas),
+        weight_decay=optim.weight_decay,
+        fused=torch.device(device).type in ("cpu", "cuda"),
+    )
 
 
 def _device(name: str) -> torch.device:
@@ -97,13 +108,34 @@ class Trainer:
         progress_factory: ``factory(total, unit) -> context manager yielding update(**fields)``; None: no bar.
     """
 
-    metric_columns = ["step", "epoch", "elapsed_s", "lr", "train_loss", "train_energy_rmse", "train_forces_rmse",
-                      "valid_loss", "valid_energy_per_atom_mae", "valid_energy_per_atom_rmse", "valid_forces_mae",
-                      "valid_forces_rmse", "valid_stress_rmse", "structures_per_s", "data_s", "compute_s",
-                      "valid_s"]
+    metric_columns = [
+        "step",
+        "epoch",
+        "elapsed_s",
+        "lr",
+        "train_loss",
+        "train_energy_rmse",
+        "train_forces_rmse",
+        "valid_loss",
+        "valid_energy_per_atom_mae",
+        "valid_energy_per_atom_rmse",
+        "valid_forces_mae",
+        "valid_forces_rmse",
+        "valid_stress_rmse",
+        "structures_per_s",
+        "data_s",
+        "compute_s",
+        "valid_s",
+    ]
 
-    def __init__(self, recipe: Recipe, run_dir: str | Path, resume: bool = False,
-                 log: Callable[[str], None] | None = None, progress_factory=None):
+    def __init__(
+        self,
+        recipe: Recipe,
+        run_dir: str | Path,
+        resume: bool = False,
+        log: Callable[[str], None] | None = None,
+        progress_factory=None,
+    ):
         self.recipe, self.run_dir, self.resume = recipe, Path(run_dir), resume
         self.device = _device(recipe.run.device)
         self.info = setup_distributed(self.device)
@@ -111,8 +143,10 @@ class Trainer:
         self.progress_factory = progress_factory if self.info.is_main else None
         self.dtype = resolve_dtype(recipe.run.dtype)
         if recipe.data.batch_size % self.info.world:
-            raise UsageError(f"data.batch_size {recipe.data.batch_size} must be divisible by the number of "
-                             f"processes ({self.info.world})")
+            raise UsageError(
+                f"data.batch_size {recipe.data.batch_size} must be divisible by the number of "
+                f"processes ({self.info.world})"
+            )
         self.local_batch = recipe.data.batch_size // self.info.world
 
     def log(self, message: str) -> None:
@@ -128,22 +162,25 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(r.run.seed)
         cutoff = float(r.model.get("cutoff", 5.0))
-        self.data: TrainingData = load_training_data(r.data, cutoff, self.dtype, self.run_dir,
-                                                     progress=self._data_progress())
+        self.data: TrainingData = load_training_data(
+            r.data, cutoff, self.dtype, self.run_dir, progress=self._data_progress()
+        )
         self.stats = fit_statistics(self.data.train, r.model.get("elements"))
         self.model = self._build_model()
         broadcast_model(self.model, self.info)
         self.model.train()
         o = r.optim
         self.optimizer = build_optimizer(self.model.parameters(), o, self.device)
-        self.schedule = LRSchedule(o.lr, o.schedule, o.warmup_steps, o.min_lr_ratio, o.plateau_factor,
-                                   o.plateau_patience)
+        self.schedule = LRSchedule(
+            o.lr, o.schedule, o.warmup_steps, o.min_lr_ratio, o.plateau_factor, o.plateau_patience
+        )
         self.ema = EMA(self.model, o.ema_decay) if o.ema_decay else None
         self.hooks = self.model.training_hooks()
         self.symmetry = self._symmetry_weights()
         if self.symmetry is not None:
             self.metric_columns = self.metric_columns + [
-                f"symmetry_{kind}/{t}" for t in self.symmetry.types for kind in ("weight", "violation", "gap", "holds")]
+                f"symmetry_{kind}/{t}" for t in self.symmetry.types for kind in ("weight", "violation", "gap", "holds")
+            ]
         self.batches_per_epoch = math.ceil(len(self.data.train) / r.data.batch_size)
         self.total_steps = r.run.max_steps
         if r.run.max_epochs is not None:
@@ -172,8 +209,12 @@ class Trainer:
         s = self.stats
         config["elements"] = s["elements"]
         # the constants the data sets, where the family has them and the recipe leaves them open
-        fitted = {"avg_num_neighbors": s["avg_num_neighbors"], "e0s": {z: e for z, e in s["e0s"].items()},
-                  "shift": s["shift"], "scale": s["scale"]}
+        fitted = {
+            "avg_num_neighbors": s["avg_num_neighbors"],
+            "e0s": {z: e for z, e in s["e0s"].items()},
+            "shift": s["shift"],
+            "scale": s["scale"],
+        }
         keys = config_class(config["family"]).allowed_keys()
         for key, value in fitted.items():
             if key in keys:
@@ -217,8 +258,10 @@ class Trainer:
         if not ts:
             raise TrainingError(f"{self.run_dir / 'last.pt'}: has no training state to resume from")
         if ts.get("world", 1) != self.info.world:
-            self.log(f"note: resuming a {ts.get('world', 1)}-process run with {self.info.world} processes; "
-                     f"the data order stays, the exact numbers may not")
+            self.log(
+                f"note: resuming a {ts.get('world', 1)}-process run with {self.info.world} processes; "
+                f"the data order stays, the exact numbers may not"
+            )
         try:
             self.state = TrainState.from_dict(ts)
             self.model.load_state_dict(ckpt["model_state"])
@@ -245,8 +288,9 @@ class Trainer:
         if not self.info.is_main or not path.exists():
             return
         with open(path, newline="") as f:
-            rows = [{_current_column(k): v for k, v in row.items()} for row in csv.DictReader(f)
-                    if _row_step(row) <= step]
+            rows = [
+                {_current_column(k): v for k, v in row.items()} for row in csv.DictReader(f) if _row_step(row) <= step
+            ]
         self._write_rows(rows, mode="w")
 
     def _write_rows(self, rows: list[dict], mode: str = "a") -> None:
@@ -302,13 +346,27 @@ class Trainer:
         summary: dict[str, float] = {}
         if self.data.valid is not None:
             vbs = self.recipe.data.valid_batch_size or 2 * self.recipe.data.batch_size
-            metrics = evaluate_set(self._eval_model(), self.data.valid, vbs, self.device, self.info,
-                                   compute_stress=self.recipe.loss.stress > 0)
+            metrics = evaluate_set(
+                self._eval_model(),
+                self.data.valid,
+                vbs,
+                self.device,
+                self.info,
+                compute_stress=self.recipe.loss.stress > 0,
+            )
             summary = metrics.summary()
             if self.symmetry is not None and self.symmetry.lr > 0:
-                self.symmetry.update_gaps(symmetrization_gaps(
-                    self._eval_model(), self.data.valid, vbs, self.device, self.symmetry.types,
-                    self.info, seed=self.state.step))
+                self.symmetry.update_gaps(
+                    symmetrization_gaps(
+                        self._eval_model(),
+                        self.data.valid,
+                        vbs,
+                        self.device,
+                        self.symmetry.types,
+                        self.info,
+                        seed=self.state.step,
+                    )
+                )
         self.state.valid_s += time.perf_counter() - start
         return summary
 
@@ -327,14 +385,21 @@ class Trainer:
         """One metrics row (metrics.csv and TensorBoard) and one log line."""
         s, summary = self.state, result.summary
         blank = ""  # a column without a value in this row
-        row = {"step": s.step, "epoch": s.epoch, "elapsed_s": round(s.elapsed, 3),
-               "lr": self.optimizer.param_groups[0]["lr"], "train_loss": window.loss,
-               "train_energy_rmse": blank if window.energy_rmse is None else window.energy_rmse,
-               "train_forces_rmse": blank if window.forces_rmse is None else window.forces_rmse,
-               "valid_loss": result.metric if summary else blank,
-               **{f"valid_{k}": v for k, v in summary.items()},
-               "structures_per_s": s.structures / s.elapsed if s.elapsed > 0 else blank,
-               "data_s": round(s.data_s, 3), "compute_s": round(s.compute_s, 3), "valid_s": round(s.valid_s, 3)}
+        row = {
+            "step": s.step,
+            "epoch": s.epoch,
+            "elapsed_s": round(s.elapsed, 3),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_loss": window.loss,
+            "train_energy_rmse": blank if window.energy_rmse is None else window.energy_rmse,
+            "train_forces_rmse": blank if window.forces_rmse is None else window.forces_rmse,
+            "valid_loss": result.metric if summary else blank,
+            **{f"valid_{k}": v for k, v in summary.items()},
+            "structures_per_s": s.structures / s.elapsed if s.elapsed > 0 else blank,
+            "data_s": round(s.data_s, 3),
+            "compute_s": round(s.compute_s, 3),
+            "valid_s": round(s.valid_s, 3),
+        }
         if self.symmetry is not None:
             row.update(self.symmetry.log())
         if self.info.is_main:
@@ -342,8 +407,10 @@ class Trainer:
             self._tensorboard(row)
         msg = f"step {s.step:>6}  loss {window.loss:.4g}"
         if summary:
-            msg += (f"  valid E {summary.get('energy_per_atom_rmse', float('nan')):.2f} meV/atom"
-                    f"  F {summary.get('forces_rmse', float('nan')):.1f} meV/A")
+            msg += (
+                f"  valid E {summary.get('energy_per_atom_rmse', float('nan')):.2f} meV/atom"
+                f"  F {summary.get('forces_rmse', float('nan')):.1f} meV/A"
+            )
         self.log(msg + ("  *" if result.improved else ""))
 
     def _checkpoint(self, improved: bool) -> None:
@@ -356,8 +423,9 @@ class Trainer:
     def _step(self, batch, window: LossWindow) -> bool:
         """One optimizer step; returns False when it was skipped because the loss was not finite."""
         s = self.state
-        lr = self.schedule.lr(s.step, progress_fraction(s.step, s.elapsed, self.total_steps,
-                                                        self.recipe.run.time_budget))
+        lr = self.schedule.lr(
+            s.step, progress_fraction(s.step, s.elapsed, self.total_steps, self.recipe.run.time_budget)
+        )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         w = self.recipe.loss
@@ -390,11 +458,17 @@ class Trainer:
             all_reduce_sum(violations, self.info)
             self.symmetry.update(dict(zip(self.symmetry.types, violations.tolist())))
         # per-process loss shares add up to the global loss; squared-error sums add up; counts are global
-        shares = torch.tensor([float(loss.detach()), float(sse.get("energy", 0.0)), float(sse.get("forces", 0.0))],
-                              dtype=torch.float64)
+        shares = torch.tensor(
+            [float(loss.detach()), float(sse.get("energy", 0.0)), float(sse.get("forces", 0.0))], dtype=torch.float64
+        )
         all_reduce_sum(shares, self.info)
-        window.add(loss=float(shares[0]), energy_sse=float(shares[1]), energy_count=float(counts[0]),
-                   forces_sse=float(shares[2]), forces_count=float(counts[1]))
+        window.add(
+            loss=float(shares[0]),
+            energy_sse=float(shares[1]),
+            energy_count=float(counts[0]),
+            forces_sse=float(shares[2]),
+            forces_count=float(counts[1]),
+        )
         return True
 
     def _should_stop(self) -> str | None:
@@ -419,10 +493,12 @@ class Trainer:
         elif self.info.is_main:
             self._metrics_path().unlink(missing_ok=True)  # a fresh run starts a fresh log
         r = self.recipe
-        self.log(f"model {r.model['family']}: {sum(p.numel() for p in self.model.parameters()):,} parameters, "
-                 f"{len(self.data.train)} train / {len(self.data.valid) if self.data.valid else 0} valid "
-                 f"structures, batch {r.data.batch_size}, {self.dtype}, {self.device}"
-                 + (f", {self.info.world} processes" if self.info.active else ""))
+        self.log(
+            f"model {r.model['family']}: {sum(p.numel() for p in self.model.parameters()):,} parameters, "
+            f"{len(self.data.train)} train / {len(self.data.valid) if self.data.valid else 0} valid "
+            f"structures, batch {r.data.batch_size}, {self.dtype}, {self.device}"
+            + (f", {self.info.world} processes" if self.info.active else "")
+        )
         s = self.state  # the restored state on resume: take it after _restore
         window = LossWindow()
         self._step_times: list[float] = []
@@ -430,11 +506,18 @@ class Trainer:
         last_validated = s.step if self.resume else -1
         total = self.total_steps if self.total_steps else r.run.time_budget
         bar = self.progress_factory(total, "steps" if self.total_steps else "s") if self.progress_factory else None
-        with (bar if bar is not None else contextlib.nullcontext()) as update:
+        with bar if bar is not None else contextlib.nullcontext() as update:
             while stop is None:
-                for k, batch, data_time in iterate_batches(self.data.train, self.local_batch, True, r.run.seed,
-                                                           s.epoch, self.info.rank, self.info.world,
-                                                           skip=s.batch_in_epoch):
+                for k, batch, data_time in iterate_batches(
+                    self.data.train,
+                    self.local_batch,
+                    True,
+                    r.run.seed,
+                    s.epoch,
+                    self.info.rank,
+                    self.info.world,
+                    skip=s.batch_in_epoch,
+                ):
                     start = time.perf_counter()
                     batch = batch.to(self.device)
                     if r.run.augment_rotations:
@@ -450,13 +533,16 @@ class Trainer:
                     s.batch_in_epoch = k + 1
                     if not ok:
                         s.nan_streak += 1
-                        self.log(f"warning: step {s.step + 1}: the loss or its gradient is NaN/inf; "
-                                 f"step skipped ({s.nan_streak} in a row)")
+                        self.log(
+                            f"warning: step {s.step + 1}: the loss or its gradient is NaN/inf; "
+                            f"step skipped ({s.nan_streak} in a row)"
+                        )
                         if s.nan_streak >= r.run.max_nan_steps:
                             raise TrainingError(
                                 f"{s.nan_streak} steps in a row had a NaN/inf loss; stopping without writing "
                                 f"a NaN checkpoint. Lower optim.lr, check the data with `mlip data validate`, "
-                                f"or use run.dtype=float64")
+                                f"or use run.dtype=float64"
+                            )
                         continue
                     s.nan_streak = 0
                     s.step += 1
@@ -466,11 +552,16 @@ class Trainer:
                         window = LossWindow()
                         last_validated = s.step
                         if update is not None:
-                            update(completed=s.step if self.total_steps else s.elapsed,
-                                   valid=result.summary.get("forces_rmse"))
+                            update(
+                                completed=s.step if self.total_steps else s.elapsed,
+                                valid=result.summary.get("forces_rmse"),
+                            )
                     elif update is not None and s.step % r.run.log_every == 0:
-                        update(completed=s.step if self.total_steps else s.elapsed, loss=window.loss,
-                               rate=s.structures / max(s.elapsed, 1e-9))
+                        update(
+                            completed=s.step if self.total_steps else s.elapsed,
+                            loss=window.loss,
+                            rate=s.structures / max(s.elapsed, 1e-9),
+                        )
                     stop = self._should_stop()
                     if stop is not None:
                         break
@@ -487,11 +578,16 @@ class Trainer:
     def _finish(self, stop: str) -> TrainResult:
         s = self.state
         result = TrainResult(run_dir=self.run_dir, steps=s.step, epochs=s.epoch, stop_reason=stop, best_metric=s.best)
-        result.timing = {"train_s": s.elapsed, "data_s": s.data_s, "compute_s": s.compute_s, "valid_s": s.valid_s,
-                         "structures_per_s": s.structures / s.elapsed if s.elapsed else 0.0,
-                         "step_ms": 1000 * s.compute_s / max(s.step, 1),
-                         # median over this process's steps after the first 10 (warm-up), data + compute
-                         "median_step_ms": 1000 * float(np.median(self._step_times[10:] or self._step_times or [0]))}
+        result.timing = {
+            "train_s": s.elapsed,
+            "data_s": s.data_s,
+            "compute_s": s.compute_s,
+            "valid_s": s.valid_s,
+            "structures_per_s": s.structures / s.elapsed if s.elapsed else 0.0,
+            "step_ms": 1000 * s.compute_s / max(s.step, 1),
+            # median over this process's steps after the first 10 (warm-up), data + compute
+            "median_step_ms": 1000 * float(np.median(self._step_times[10:] or self._step_times or [0])),
+        }
         best = self.run_dir / "best.pt"
         if best.exists():
             ckpt = load_checkpoint(best, map_location=self.device)
@@ -521,6 +617,7 @@ def _row_step(row: dict) -> float:
 
 def _counting_progress(factory):
     """Adapt the trainer's progress factory to the ``progress(desc, total)`` shape data generation uses."""
+
     @contextlib.contextmanager
     def progress(description: str, total: int):
         with factory(total, description) as update:

@@ -17,11 +17,20 @@ CUTOFF = 3.5
 
 def tiny_model(family: str = "tdn", dtype: torch.dtype = torch.float64, seed: int = 0, **changes):
     """An untrained model, 8 channels, L = 1, 2 interactions (fast), in eval mode."""
-    cfg = dict(family=family, elements=ELEMENTS, cutoff=CUTOFF, channels=8, num_interactions=2, num_radial=6,
-               radial_hidden=16, readout_hidden=8)
+    cfg = dict(
+        family=family,
+        elements=ELEMENTS,
+        cutoff=CUTOFF,
+        channels=8,
+        num_interactions=2,
+        num_radial=6,
+        radial_hidden=16,
+        readout_hidden=8,
+    )
     # The equivariant backbone's sizes, for the families whose config has them.
-    cfg.update({k: v for k, v in dict(lmax=1, avg_num_neighbors=10.0).items()
-                if k in config_class(family).allowed_keys()})
+    cfg.update(
+        {k: v for k, v in dict(lmax=1, avg_num_neighbors=10.0).items() if k in config_class(family).allowed_keys()}
+    )
     cfg.update(changes)
     torch.manual_seed(seed)
     model = build_model(cfg, dtype=dtype)
@@ -31,8 +40,10 @@ def tiny_model(family: str = "tdn", dtype: torch.dtype = torch.float64, seed: in
 
 def write_checkpoint(path, model, dtype: str = "float64"):
     """A checkpoint as the trainer writes it (no EMA, no train state)."""
-    return save_checkpoint(path, {"model_config": model.config.to_dict(), "dtype": dtype,
-                                  "model_state": model.state_dict(), "ema_state": None})
+    return save_checkpoint(
+        path,
+        {"model_config": model.config.to_dict(), "dtype": dtype, "model_state": model.state_dict(), "ema_state": None},
+    )
 
 
 def periodic_bulk() -> Atoms:
@@ -56,8 +67,12 @@ def slab() -> Atoms:
 
 def wire() -> Atoms:
     """A zig-zag Cu/Ni chain periodic along x only."""
-    atoms = Atoms("CuNiCu", positions=[[0.0, 0.0, 0.0], [1.3, 1.2, 0.1], [2.6, 0.1, -0.1]],
-                  cell=[3.9, 12.0, 12.0], pbc=(True, False, False))
+    atoms = Atoms(
+        "CuNiCu",
+        positions=[[0.0, 0.0, 0.0], [1.3, 1.2, 0.1], [2.6, 0.1, -0.1]],
+        cell=[3.9, 12.0, 12.0],
+        pbc=(True, False, False),
+    )
     atoms.rattle(0.05, seed=2)
     return atoms
 

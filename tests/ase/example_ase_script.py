@@ -5,10 +5,10 @@ Usage: python example_ase_script.py CHECKPOINT
 
 import sys
 
+from ase import units
 from ase.build import molecule
 from ase.md.langevin import Langevin
 from ase.optimize import BFGS
-from ase import units
 
 from mlip_cli import MLIPCalculator
 

@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 import torch
 from ase.calculators.calculator import PropertyNotImplementedError
-from ase_testlib import (FAMILIES, STRUCTURES, finite_difference_forces, finite_strain_stress, mol,
-                         periodic_bulk, slab, tiny_model)
+from ase_testlib import (
+    FAMILIES,
+    STRUCTURES,
+    finite_difference_forces,
+    finite_strain_stress,
+    mol,
+    periodic_bulk,
+    slab,
+    tiny_model,
+)
 
 from mlip_cli.calculator import MLIPCalculator, SkinNeighborList
 from mlip_cli.errors import UsageError
@@ -30,16 +38,16 @@ def test_forces_and_stress_are_finite_differences_of_the_energy(family):
         forces = atoms.get_forces()
         assert np.abs(forces).max() > 1e-3, name  # a non-trivial check
         check = sorted({0, len(atoms) // 2, len(atoms) - 1})  # first, middle and last atom
-        np.testing.assert_allclose(forces[check], finite_difference_forces(atoms, calc, check), atol=1e-7,
-                                   rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(
+            forces[check], finite_difference_forces(atoms, calc, check), atol=1e-7, rtol=1e-6, err_msg=name
+        )
         if name == "molecule":
             with pytest.raises(PropertyNotImplementedError):
                 atoms.get_stress()
             continue
         stress = atoms.get_stress()
         assert stress.shape == (6,)
-        np.testing.assert_allclose(stress, finite_strain_stress(atoms, calc), atol=1e-8, rtol=1e-6,
-                                   err_msg=name)
+        np.testing.assert_allclose(stress, finite_strain_stress(atoms, calc), atol=1e-8, rtol=1e-6, err_msg=name)
 
 
 def test_energy_matches_a_direct_model_call_with_a_fresh_graph():
@@ -71,10 +79,13 @@ def test_recomputes_only_when_positions_cell_numbers_or_charge_spin_change():
     atoms.set_initial_magnetic_moments(np.ones(len(atoms)))
     atoms.get_forces()
     assert calc.model_calls == 2
-    for change in (lambda a: a.info.__setitem__("charge", 1), lambda a: a.info.__setitem__("spin", 2),
-                   lambda a: a.positions.__setitem__((0, 0), a.positions[0, 0] + 0.01),
-                   lambda a: a.set_cell(a.cell.array * 1.01, scale_atoms=True),
-                   lambda a: a.numbers.__setitem__(0, 28)):
+    for change in (
+        lambda a: a.info.__setitem__("charge", 1),
+        lambda a: a.info.__setitem__("spin", 2),
+        lambda a: a.positions.__setitem__((0, 0), a.positions[0, 0] + 0.01),
+        lambda a: a.set_cell(a.cell.array * 1.01, scale_atoms=True),
+        lambda a: a.numbers.__setitem__(0, 28),
+    ):
         before = calc.model_calls
         change(atoms)
         atoms.get_potential_energy()
@@ -151,9 +162,11 @@ def test_from_checkpoint_with_dtype_names_and_torch_dtypes(checkpoint):
 
 
 def test_package_exports_the_calculator_lazily():
-    code = ("import sys, mlip_cli, mlip_cli.cli, mlip_cli.commands.relax, mlip_cli.commands.md; "
-            "assert 'torch' not in sys.modules; from mlip_cli import MLIPCalculator; "
-            "assert 'torch' in sys.modules; print(MLIPCalculator.implemented_properties)")
+    code = (
+        "import sys, mlip_cli, mlip_cli.cli, mlip_cli.commands.relax, mlip_cli.commands.md; "
+        "assert 'torch' not in sys.modules; from mlip_cli import MLIPCalculator; "
+        "assert 'torch' in sys.modules; print(MLIPCalculator.implemented_properties)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['energy', 'free_energy', 'forces', 'stress']"

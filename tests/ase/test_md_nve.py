@@ -20,7 +20,7 @@ BOUND_EV_PER_ATOM = 2e-5
 def test_nve_conserves_energy_with_integrator_limited_error(trained_checkpoint):
     calc = MLIPCalculator.from_checkpoint(trained_checkpoint, dtype="float64", skin=0.5)
     start = next(generate("slab-adsorbate", 1, seed=0, frames_per_system=1, size=(2, 2, 3)))
-    relaxed, = relax_structures(calc.model, [start], "FIRE", fmax=0.05, steps=300)
+    (relaxed,) = relax_structures(calc.model, [start], "FIRE", fmax=0.05, steps=300)
     assert relaxed.status == CONVERGED
     structure = relaxed.structure.replace(fixed=None)  # every atom moves in the MD
     deviations = {}

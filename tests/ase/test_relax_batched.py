@@ -53,11 +53,10 @@ def test_batched_optimizer_follows_ase_step_for_step(model, structures, optimize
     assert min(moved) > 1e-3  # they really moved
 
 
-@pytest.mark.parametrize("optimizer, batched", [("FIRE", True), ("LBFGS", True), ("BFGS", False),
-                                                ("FIRE", False)])
+@pytest.mark.parametrize("optimizer, batched", [("FIRE", True), ("LBFGS", True), ("BFGS", False), ("FIRE", False)])
 def test_relaxed_slab_keeps_fixed_atoms_exactly_in_place(trained, structures, optimizer, batched):
     slab = structures[-1]
-    result, = relax_structures(trained, [slab], optimizer, fmax=0.05, steps=300, batched=batched)
+    (result,) = relax_structures(trained, [slab], optimizer, fmax=0.05, steps=300, batched=batched)
     assert result.status == CONVERGED
     out = result.structure
     assert np.array_equal(out.positions[slab.fixed], slab.positions[slab.fixed])
@@ -70,7 +69,7 @@ def test_relaxed_slab_keeps_fixed_atoms_exactly_in_place(trained, structures, op
 
 def test_fix_tags_fixes_oc20_subsurface_atoms(model, structures):
     slab = structures[-1].replace(fixed=None)
-    result, = relax_structures(model, [slab], "FIRE", fmax=0.05, steps=20, fix_tags=(0,))
+    (result,) = relax_structures(model, [slab], "FIRE", fmax=0.05, steps=20, fix_tags=(0,))
     sub = slab.tags == 0
     assert sub.any()
     assert np.array_equal(result.structure.positions[sub], slab.positions[sub])
@@ -104,15 +103,16 @@ def test_cell_relaxation_converges_cell_forces_too(trained):
     force near or below fmax, and the cell really changed. Near: the relaxing filter measured the forces in the
     frame of the starting cell, the fresh one in the final cell's (a few percent apart here)."""
     start = Structure.from_atoms(periodic_bulk())
-    result, = relax_structures(trained, [start], "BFGS", fmax=0.02, steps=300, relax_cell=True)
+    (result,) = relax_structures(trained, [start], "BFGS", fmax=0.02, steps=300, relax_cell=True)
     assert result.status == CONVERGED
     atoms = result.structure.to_atoms()
     atoms.calc = MLIPCalculator(trained)
     gradient = FrechetCellFilter(atoms).get_forces()
     assert np.linalg.norm(gradient, axis=1).max() < 0.02 * 1.1
     # the cell rows are the virial per atom, -V sigma / N: the stress itself is relaxed
-    np.testing.assert_allclose(gradient[-3:], -atoms.get_volume() * _matrix(atoms.get_stress()) / len(atoms),
-                               atol=1e-10)
+    np.testing.assert_allclose(
+        gradient[-3:], -atoms.get_volume() * _matrix(atoms.get_stress()) / len(atoms), atol=1e-10
+    )
     assert not np.allclose(atoms.cell.array, start.cell, atol=1e-3)
     assert result.structure.stress is not None
 

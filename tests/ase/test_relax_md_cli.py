@@ -25,8 +25,20 @@ def slabs(tmp_path_factory):
 
 def test_relax_writes_converged_frames_with_fixed_atoms_in_place(slabs, trained_checkpoint, tmp_path):
     out = tmp_path / "relaxed.extxyz"
-    result = mlip("relax", slabs, "--model", trained_checkpoint, "--out", out, "--fmax", 0.05, "--steps", 3000,
-                  "--trajectory", tmp_path / "traj")
+    result = mlip(
+        "relax",
+        slabs,
+        "--model",
+        trained_checkpoint,
+        "--out",
+        out,
+        "--fmax",
+        0.05,
+        "--steps",
+        3000,
+        "--trajectory",
+        tmp_path / "traj",
+    )
     assert result.exit_code == 0, result.output
     assert "2 converged, 0 not converged, 0 failed" in result.output
     with open_dataset(slabs) as a, open_dataset(out) as b:
@@ -45,7 +57,7 @@ def test_relax_exit_code_and_json_when_out_of_steps(slabs, checkpoint, tmp_path)
     out = tmp_path / "o.extxyz"
     result = mlip("relax", slabs, "-m", checkpoint, "--out", out, "--steps", 2, "--optimizer", "lbfgs", "--json")
     assert result.exit_code == 1
-    report = json.loads(result.stdout[result.stdout.index("{"):])
+    report = json.loads(result.stdout[result.stdout.index("{") :])
     assert report["not_converged"] == 2 and [r["steps"] for r in report["results"]] == [2, 2]
     assert [a.info["relax_converged"] for a in read(out, ":")] == [False, False]
 
@@ -75,8 +87,21 @@ def test_relax_cell_from_a_data_set_directory(trained_checkpoint, tmp_path):
     store = tmp_path / "bulk_store"
     write_dataset(store, [open_dataset_record(periodic_bulk())])
     out = tmp_path / "cell.extxyz"
-    result = mlip("relax", store, "-m", trained_checkpoint, "--relax-cell", "--optimizer", "FIRE", "--fmax", 0.05,
-                  "--steps", 400, "--out", out)
+    result = mlip(
+        "relax",
+        store,
+        "-m",
+        trained_checkpoint,
+        "--relax-cell",
+        "--optimizer",
+        "FIRE",
+        "--fmax",
+        0.05,
+        "--steps",
+        400,
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     assert "ASE FIRE" in result.output
     relaxed = read(out)
@@ -89,10 +114,13 @@ def open_dataset_record(atoms):
     return Structure.from_atoms(atoms)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--optimizer", "GD"], "--optimizer must be one of FIRE, BFGS, LBFGS"),
-    (["--fmax", "0"], "--fmax must be positive"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--optimizer", "GD"], "--optimizer must be one of FIRE, BFGS, LBFGS"),
+        (["--fmax", "0"], "--fmax must be positive"),
+    ],
+)
 def test_relax_usage_errors_are_one_line(slabs, checkpoint, args, message):
     result = mlip("relax", slabs, "-m", checkpoint, *args)
     assert result.exit_code == 2
@@ -112,11 +140,31 @@ def test_md_nvt_and_npt_write_log_trajectory_and_report(checkpoint, tmp_path):
     src = tmp_path / "bulk.extxyz"
     write(src, periodic_bulk() * (2, 1, 1))
     traj, log = tmp_path / "md.extxyz", tmp_path / "md.log"
-    result = mlip("md", src, "-m", checkpoint, "--ensemble", "nvt", "--steps", 20, "--timestep", 0.5,
-                  "--temperature", 300, "--traj", traj, "--traj-interval", 5, "--log", log, "--log-interval", 5,
-                  "--json")
+    result = mlip(
+        "md",
+        src,
+        "-m",
+        checkpoint,
+        "--ensemble",
+        "nvt",
+        "--steps",
+        20,
+        "--timestep",
+        0.5,
+        "--temperature",
+        300,
+        "--traj",
+        traj,
+        "--traj-interval",
+        5,
+        "--log",
+        log,
+        "--log-interval",
+        5,
+        "--json",
+    )
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout[result.stdout.index("{"):])
+    report = json.loads(result.stdout[result.stdout.index("{") :])
     assert report["steps"] == 20 and report["natoms"] == 8 and report["steps_per_second"] > 0
     assert report["ns_per_day"] == pytest.approx(report["steps_per_second"] * 0.5 * 86400 / 1e6)
     assert len(read(traj, ":")) == 5  # steps 0, 5, 10, 15, 20

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,8 +54,21 @@ def test_stats_json_has_e0s_and_neighbours(sample):
 
 
 def test_split_groups_by_sid(sample, tmp_path):
-    result = mlip("data", "split", sample, "--fractions", "0.5,0.5", "--names", "a,b", "--group-by", "sid",
-                  "--out", tmp_path, "--seed", 3)
+    result = mlip(
+        "data",
+        "split",
+        sample,
+        "--fractions",
+        "0.5,0.5",
+        "--names",
+        "a,b",
+        "--group-by",
+        "sid",
+        "--out",
+        tmp_path,
+        "--seed",
+        3,
+    )
     assert result.exit_code == 0, result.output
     from mlip_datasets.io import open_dataset
 
@@ -122,15 +134,19 @@ def test_failed_convert_leaves_nothing_behind(tmp_path):
 
 def _run(*args, **kw):
     env = {k: v for k, v in os.environ.items()}
-    return subprocess.run([sys.executable, "-m", "mlip_cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "mlip_cli", *map(str, args)], capture_output=True, text=True, env=env, **kw
+    )
 
 
 def test_real_subprocess_help_version_and_no_torch_import():
     out = _run("--version")
     assert out.returncode == 0 and out.stdout.startswith("mlip ")
-    probe = subprocess.run([sys.executable, "-c", "import sys, mlip_cli.cli; print('torch' in sys.modules)"],
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, mlip_cli.cli; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+    )
     assert probe.stdout.strip() == "False"
 
 

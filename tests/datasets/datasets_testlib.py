@@ -8,8 +8,22 @@ import numpy as np
 from mlip_datasets.record import Structure
 
 #: every field of a Structure, in declaration order
-FIELDS = ("numbers", "positions", "cell", "pbc", "energy", "forces", "stress", "charge", "spin", "tags", "fixed",
-          "sid", "fid", "info")
+FIELDS = (
+    "numbers",
+    "positions",
+    "cell",
+    "pbc",
+    "energy",
+    "forces",
+    "stress",
+    "charge",
+    "spin",
+    "tags",
+    "fixed",
+    "sid",
+    "fid",
+    "info",
+)
 #: tolerances for the fields OC20 files store as float32 (positions, cell, forces, stress)
 FLOAT32 = dict.fromkeys(("positions", "cell", "forces", "stress"), 1e-6)
 _OPTIONAL = ("energy", "forces", "stress", "charge", "spin", "tags", "fixed", "ids")
@@ -34,22 +48,26 @@ def random_structures(n: int, seed: int = 0, *, complete: bool = False) -> list[
         a = rng.normal(size=(3, 3))
         fixed = rng.random(natoms) < 0.5
         fixed[rng.integers(natoms)] = True
-        out.append(Structure(
-            numbers=rng.integers(1, 119, natoms),
-            positions=rng.normal(size=(natoms, 3)) * 3,
-            cell=np.diag(rng.uniform(5, 9, 3)) + rng.normal(scale=0.3, size=(3, 3)) if periodic else np.zeros((3, 3)),
-            pbc=[True, True, k % 4 == 0] if periodic else False,
-            energy=float(rng.normal() * 100) if present["energy"] else None,
-            forces=rng.normal(size=(natoms, 3)) if present["forces"] else None,
-            stress=a + a.T if present["stress"] else None,
-            charge=float(rng.integers(-2, 3)) if present["charge"] else None,
-            spin=float(rng.integers(1, 4)) if present["spin"] else None,
-            tags=rng.integers(0, 3, natoms) if present["tags"] else None,
-            fixed=fixed if present["fixed"] else None,
-            sid=(f"system-{seed}-{k}" if k % 2 else 1000 * seed + k) if present["ids"] else None,
-            fid=k if present["ids"] else None,
-            info={"source": "random", "k": k, "level": [1, 2], "vec": np.arange(3.0) * k} if k % 3 == 0 else {},
-        ))
+        out.append(
+            Structure(
+                numbers=rng.integers(1, 119, natoms),
+                positions=rng.normal(size=(natoms, 3)) * 3,
+                cell=np.diag(rng.uniform(5, 9, 3)) + rng.normal(scale=0.3, size=(3, 3))
+                if periodic
+                else np.zeros((3, 3)),
+                pbc=[True, True, k % 4 == 0] if periodic else False,
+                energy=float(rng.normal() * 100) if present["energy"] else None,
+                forces=rng.normal(size=(natoms, 3)) if present["forces"] else None,
+                stress=a + a.T if present["stress"] else None,
+                charge=float(rng.integers(-2, 3)) if present["charge"] else None,
+                spin=float(rng.integers(1, 4)) if present["spin"] else None,
+                tags=rng.integers(0, 3, natoms) if present["tags"] else None,
+                fixed=fixed if present["fixed"] else None,
+                sid=(f"system-{seed}-{k}" if k % 2 else 1000 * seed + k) if present["ids"] else None,
+                fid=k if present["ids"] else None,
+                info={"source": "random", "k": k, "level": [1, 2], "vec": np.arange(3.0) * k} if k % 3 == 0 else {},
+            )
+        )
     return out
 
 
@@ -63,8 +81,14 @@ def _same_value(x, y) -> bool:
     return x == y
 
 
-def assert_same_structure(a: Structure, b: Structure, *, tolerance: dict[str, float] | None = None,
-                          info: bool = True, exact_types: bool = False) -> None:
+def assert_same_structure(
+    a: Structure,
+    b: Structure,
+    *,
+    tolerance: dict[str, float] | None = None,
+    info: bool = True,
+    exact_types: bool = False,
+) -> None:
     """``b`` holds what ``a`` holds: every field, ``info`` too unless ``info=False``.
 
     A field missing on one side must be missing on the other; arrays keep their dtype and shape. Floats must be

@@ -27,12 +27,24 @@ def _slab_frames(n=3):
         slab.calc = EMT()
         natoms = len(slab)
         tags = np.where(np.arange(natoms) == natoms - 1, 2, slab.get_tags() == 1).astype(int)
-        out.append(Structure(
-            numbers=slab.numbers, positions=slab.positions, cell=slab.cell[:], pbc=slab.pbc,
-            energy=slab.get_potential_energy(), forces=slab.get_forces(), stress=slab.get_stress(voigt=False),
-            charge=float(k - 1), spin=1 + k % 2, tags=tags, fixed=np.arange(natoms) < 4,
-            sid=f"slab{k}", fid=k, info={"config_type": "slab"},
-        ))
+        out.append(
+            Structure(
+                numbers=slab.numbers,
+                positions=slab.positions,
+                cell=slab.cell[:],
+                pbc=slab.pbc,
+                energy=slab.get_potential_energy(),
+                forces=slab.get_forces(),
+                stress=slab.get_stress(voigt=False),
+                charge=float(k - 1),
+                spin=1 + k % 2,
+                tags=tags,
+                fixed=np.arange(natoms) < 4,
+                sid=f"slab{k}",
+                fid=k,
+                info={"config_type": "slab"},
+            )
+        )
     return out
 
 
@@ -107,8 +119,7 @@ def test_corrupt_extxyz_names_file_and_frame(tmp_path):
 def test_asedb_round_trip_with_ase_db_as_oracle(tmp_path):
     import ase.db
 
-    frames = _slab_frames(2) + [Structure(numbers=[1, 1], positions=[[0, 0, 0], [0, 0, 0.74]], charge=1,
-                                          spin=2, sid=7)]
+    frames = _slab_frames(2) + [Structure(numbers=[1, 1], positions=[[0, 0, 0], [0, 0, 0.74]], charge=1, spin=2, sid=7)]
     path = tmp_path / "frames.db"
     assert ASEDB.write(path, frames) == 3
     db = ase.db.connect(str(path))

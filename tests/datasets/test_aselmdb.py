@@ -116,11 +116,19 @@ def _put_rows(path, rows: dict):
 
 def test_plain_list_rows_from_older_writers(tmp_path):
     # Older ASE encoded arrays as nested lists, constraints as {"__name__": ...}, and had no nextid.
-    row = {"numbers": [8, 1, 1], "positions": [[0, 0, 0.1], [0, 0.76, -0.47], [0, -0.76, -0.47]],
-           "cell": [[10, 0, 0], [0, 10, 0], [0, 0, 10]], "pbc": 3, "energy": -14.2,
-           "forces": [[0, 0, 1], [0, 1, 0], [1, 0, 0]], "stress": [1, 2, 3, 4, 5, 6], "tags": [0, 1, 2],
-           "constraints": [{"__name__": "ase.constraints.FixAtoms", "indices": [0]}],
-           "key_value_pairs": {"fid": 4}, "data": {"charge": 1, "spin": 2, "note": "old"}}
+    row = {
+        "numbers": [8, 1, 1],
+        "positions": [[0, 0, 0.1], [0, 0.76, -0.47], [0, -0.76, -0.47]],
+        "cell": [[10, 0, 0], [0, 10, 0], [0, 0, 10]],
+        "pbc": 3,
+        "energy": -14.2,
+        "forces": [[0, 0, 1], [0, 1, 0], [1, 0, 0]],
+        "stress": [1, 2, 3, 4, 5, 6],
+        "tags": [0, 1, 2],
+        "constraints": [{"__name__": "ase.constraints.FixAtoms", "indices": [0]}],
+        "key_value_pairs": {"fid": 4},
+        "data": {"charge": 1, "spin": 2, "note": "old"},
+    }
     path = tmp_path / "old.aselmdb"
     _put_rows(path, {"1": row})
     s = AseLmdbReader(path)[0]
@@ -183,8 +191,10 @@ def test_round_trip_and_label_keys(tmp_path):
     for a, b in zip(structures, reader):
         assert_same_structure(a, b)
     # a label under another name, e.g. a second level of theory kept in data
-    _put_rows(tmp_path / "keys.aselmdb", {"1": {"numbers": [1], "positions": [[0, 0, 0]], "energy": 1.0,
-                                                "data": {"wb97": 2.5, "q": -1}}, "nextid": 2})
+    _put_rows(
+        tmp_path / "keys.aselmdb",
+        {"1": {"numbers": [1], "positions": [[0, 0, 0]], "energy": 1.0, "data": {"wb97": 2.5, "q": -1}}, "nextid": 2},
+    )
     s = AseLmdbReader(tmp_path / "keys.aselmdb", LabelKeys(energy="wb97", charge="q"))[0]
     assert (s.energy, s.charge) == (2.5, -1) and "wb97" not in s.info
 
@@ -218,13 +228,16 @@ def _gap_file(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("value, message", [
-    (b"not zlib at all", "cannot decode value"),
-    (zlib.compress(b"{not json"), "cannot decode value"),
-    ({"numbers": [1, 1]}, "row has no positions"),
-    ({"numbers": [1, 1], "positions": [[0, 0, 0]]}, "positions has shape (1, 3), expected (2, 3)"),
-    ({"numbers": [1], "positions": [[0, 0, 0]], "forces": [[1, 2]]}, "forces has shape (1, 2)"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (b"not zlib at all", "cannot decode value"),
+        (zlib.compress(b"{not json"), "cannot decode value"),
+        ({"numbers": [1, 1]}, "row has no positions"),
+        ({"numbers": [1, 1], "positions": [[0, 0, 0]]}, "positions has shape (1, 3), expected (2, 3)"),
+        ({"numbers": [1], "positions": [[0, 0, 0]], "forces": [[1, 2]]}, "forces has shape (1, 2)"),
+    ],
+)
 def test_corrupt_rows_name_file_and_record(tmp_path, value, message):
     path = tmp_path / "bad.aselmdb"
     good = {"numbers": [1], "positions": [[0, 0, 0]]}

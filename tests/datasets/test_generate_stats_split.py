@@ -22,8 +22,9 @@ def test_slab_adsorbate_frames_look_like_oc20():
     first_sid = [s for s in frames if s.sid == frames[0].sid]
     assert [s.fid for s in first_sid] == list(range(len(first_sid)))
     # fixed atoms do not move along a relaxation trajectory
-    np.testing.assert_array_equal(first_sid[0].positions[first_sid[0].fixed],
-                                  first_sid[-1].positions[first_sid[-1].fixed])
+    np.testing.assert_array_equal(
+        first_sid[0].positions[first_sid[0].fixed], first_sid[-1].positions[first_sid[-1].fixed]
+    )
 
 
 def test_generator_is_deterministic_and_molecules_carry_charge_spin():
@@ -47,8 +48,7 @@ def test_fit_e0s_recovers_per_element_energies():
 
 
 def test_compute_stats_counts_neighbours_and_forces():
-    s = Structure(numbers=[1, 1], positions=[[0, 0, 0], [0, 0, 0.74]], energy=-1.0,
-                  forces=[[0, 0, 1.0], [0, 0, -1.0]])
+    s = Structure(numbers=[1, 1], positions=[[0, 0, 0], [0, 0, 0.74]], energy=-1.0, forces=[[0, 0, 1.0], [0, 0, -1.0]])
     stats = compute_stats([s], cutoff=1.0)
     assert stats.avg_neighbors == 1.0  # each H sees the other
     assert stats.force_rms == pytest.approx(np.sqrt(2 / 6))

@@ -87,14 +87,28 @@ def _assert_same_batch(ours: Batch, reference: Batch) -> None:
 def test_unlabelled_batch_equals_collate_of_unlabelled_graphs(dtype):
     first, _, molecule_ = _structures()
     # labels on the records must not leak into the batch: only charge/spin, passed explicitly, do
-    labelled = [first.replace(energy=-3.0, forces=np.ones((first.natoms, 3)), stress=np.eye(3)),
-                molecule_.replace(energy=-1.0)]
+    labelled = [
+        first.replace(energy=-3.0, forces=np.ones((first.natoms, 3)), stress=np.eye(3)),
+        molecule_.replace(energy=-1.0),
+    ]
     unlabelled = [first.replace(charge=1.0), molecule_.replace(spin=2.0)]
-    reference = collate_graphs([structure_to_graph(s, CUTOFF, dtype=dtype, index=k)
-                                for k, s in zip((5, 7), unlabelled)])
+    reference = collate_graphs(
+        [structure_to_graph(s, CUTOFF, dtype=dtype, index=k) for k, s in zip((5, 7), unlabelled)]
+    )
     full = collate_graphs([structure_to_graph(s, CUTOFF) for s in labelled])  # float64 tensors, labels set
-    ours = unlabelled_batch(full.numbers, full.positions, full.cell, full.pbc, full.edge_index, full.shifts,
-                            full.batch, charge=[1.0, None], spin=[None, 2.0], index=[5, 7], dtype=dtype)
+    ours = unlabelled_batch(
+        full.numbers,
+        full.positions,
+        full.cell,
+        full.pbc,
+        full.edge_index,
+        full.shifts,
+        full.batch,
+        charge=[1.0, None],
+        spin=[None, 2.0],
+        index=[5, 7],
+        dtype=dtype,
+    )
     _assert_same_batch(ours, reference)
     assert not (ours.energy_mask.any() or ours.forces_mask.any() or ours.stress_mask.any())
     assert ours.charge_mask.tolist() == [True, False] and ours.spin_mask.tolist() == [False, True]
@@ -104,26 +118,37 @@ def test_unlabelled_batch_equals_collate_of_unlabelled_graphs(dtype):
 def test_unlabelled_batch_defaults():
     structures = _structures()
     reference = collate_graphs([structure_to_graph(s, CUTOFF) for s in structures])  # no labels, index -1
-    ours = unlabelled_batch(reference.numbers, reference.positions, reference.cell, reference.pbc,
-                            reference.edge_index, reference.shifts, reference.batch)
+    ours = unlabelled_batch(
+        reference.numbers,
+        reference.positions,
+        reference.cell,
+        reference.pbc,
+        reference.edge_index,
+        reference.shifts,
+        reference.batch,
+    )
     _assert_same_batch(ours, reference)
     assert ours.index.tolist() == [-1, -1, -1] and not (ours.charge_mask.any() or ours.spin_mask.any())
     # one structure: a (3, 3) cell and (3,) pbc become a batch of one
     g = structure_to_graph(structures[0], CUTOFF)
-    one = unlabelled_batch(g.numbers, g.positions, g.cell, g.pbc, g.edge_index, g.shifts,
-                           torch.zeros(g.natoms, dtype=torch.long))
+    one = unlabelled_batch(
+        g.numbers, g.positions, g.cell, g.pbc, g.edge_index, g.shifts, torch.zeros(g.natoms, dtype=torch.long)
+    )
     _assert_same_batch(one, collate_graphs([g]))
 
 
-@pytest.mark.parametrize("cell, pbc, expected", [
-    (np.eye(3) * 5, True, True),
-    (np.eye(3) * 5, [False, False, True], True),  # one periodic axis is enough
-    (np.eye(3) * 5, False, False),  # a box around a molecule
-    (np.zeros((3, 3)), True, False),  # periodic flags without a cell
-    ([[4, 0, 0], [2, 0, 0], [0, 0, 4]], True, False),  # two parallel vectors: no volume
-    (np.eye(3) * (1.1 * MIN_CELL_VOLUME) ** (1 / 3), True, True),  # a volume just above the threshold
-    (np.eye(3) * (0.9 * MIN_CELL_VOLUME) ** (1 / 3), True, False),  # just below
-    ([4, 0, 0, 1, 3, 0, 0.5, 0.5, 4], [True, True, False], True),  # a flat list of nine numbers, triclinic
-])
+@pytest.mark.parametrize(
+    "cell, pbc, expected",
+    [
+        (np.eye(3) * 5, True, True),
+        (np.eye(3) * 5, [False, False, True], True),  # one periodic axis is enough
+        (np.eye(3) * 5, False, False),  # a box around a molecule
+        (np.zeros((3, 3)), True, False),  # periodic flags without a cell
+        ([[4, 0, 0], [2, 0, 0], [0, 0, 4]], True, False),  # two parallel vectors: no volume
+        (np.eye(3) * (1.1 * MIN_CELL_VOLUME) ** (1 / 3), True, True),  # a volume just above the threshold
+        (np.eye(3) * (0.9 * MIN_CELL_VOLUME) ** (1 / 3), True, False),  # just below
+        ([4, 0, 0, 1, 3, 0, 0.5, 0.5, 4], [True, True, False], True),  # a flat list of nine numbers, triclinic
+    ],
+)
 def test_is_periodic(cell, pbc, expected):
     assert is_periodic(cell, pbc) is expected

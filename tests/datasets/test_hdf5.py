@@ -18,10 +18,20 @@ HARTREE, BOHR = 27.211386245988, 0.529177210903
 
 def _structures(n=8, seed=0):
     """Labels that appear late and disappear again, so masks and back-filling are exercised (blocks of 3)."""
-    present = {"energy": {1, 2, 3, 4, 6, 7}, "forces": {2, 3, 4, 5, 6, 7}, "stress": {3}, "charge": {0, 3, 6},
-               "spin": {7}, "tags": {0, 1, 2, 3}, "fixed": {6}, "fid": {1, 3, 5, 7}}
-    return [s.replace(sid=[None, "a", 3, "17"][i % 4], **{name: None for name, at in present.items() if i not in at})
-            for i, s in enumerate(random_structures(n, seed, complete=True))]
+    present = {
+        "energy": {1, 2, 3, 4, 6, 7},
+        "forces": {2, 3, 4, 5, 6, 7},
+        "stress": {3},
+        "charge": {0, 3, 6},
+        "spin": {7},
+        "tags": {0, 1, 2, 3},
+        "fixed": {6},
+        "fid": {1, 3, 5, 7},
+    }
+    return [
+        s.replace(sid=[None, "a", 3, "17"][i % 4], **{name: None for name, at in present.items() if i not in at})
+        for i, s in enumerate(random_structures(n, seed, complete=True))
+    ]
 
 
 def test_own_layout_round_trip_with_missing_labels(tmp_path):
@@ -115,22 +125,32 @@ def test_spice_units_gradients_and_user_units(tmp_path):
     assert s.energy == pytest.approx(-1.17 * HARTREE)
     np.testing.assert_allclose(s.forces, -grad[0] * HARTREE / BOHR)  # gradient = -forces
     assert s.charge == 0
-    reader = Hdf5Reader(path, LabelKeys(energy="wb97x_dz.energy", forces="wb97x_dz.forces"),
-                        units={"energy": "hartree"})
+    reader = Hdf5Reader(
+        path, LabelKeys(energy="wb97x_dz.energy", forces="wb97x_dz.forces"), units={"energy": "hartree"}
+    )
     ani = reader[0]
     assert ani.energy is None  # NaN: this level of theory is missing for the conformer
     np.testing.assert_allclose(ani.forces, grad[0] * HARTREE)  # Hartree/Angstrom, not negated
     np.testing.assert_array_equal(ani.positions, coords[0])
 
 
-@pytest.mark.parametrize("build, message", [
-    (lambda f: f.create_group("m").create_dataset("coordinates", data=np.zeros((2, 3, 3))),
-     "record /m: group has coordinates but no atomic_numbers"),
-    (lambda f: (f.create_group("m").create_dataset("coordinates", data=np.zeros((2, 3, 3))),
-                f["m"].create_dataset("atomic_numbers", data=[1, 1])),
-     "record /m: coordinates has shape (2, 3, 3), expected (M, 2, 3)"),
-    (lambda f: f.create_group("empty"), "no structures found"),
-])
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (
+            lambda f: f.create_group("m").create_dataset("coordinates", data=np.zeros((2, 3, 3))),
+            "record /m: group has coordinates but no atomic_numbers",
+        ),
+        (
+            lambda f: (
+                f.create_group("m").create_dataset("coordinates", data=np.zeros((2, 3, 3))),
+                f["m"].create_dataset("atomic_numbers", data=[1, 1]),
+            ),
+            "record /m: coordinates has shape (2, 3, 3), expected (M, 2, 3)",
+        ),
+        (lambda f: f.create_group("empty"), "no structures found"),
+    ],
+)
 def test_bad_ani_files_name_file_and_group(tmp_path, build, message):
     path = tmp_path / "bad.h5"
     with h5py.File(path, "w") as f:

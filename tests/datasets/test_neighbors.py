@@ -115,8 +115,9 @@ def test_full_list_is_symmetric(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_single_atom_sees_only_its_images(backend):
     src, dst, shifts = neighbor_list([[0.0, 0, 0]], np.eye(3) * 2.0, True, 2.5, backend=backend)
-    assert set(map(tuple, shifts.tolist())) == {s for s in itertools.product((-1, 0, 1), repeat=3)
-                                                 if 0 < sum(x * x for x in s) <= 1}  # distances 2.0 only
+    assert set(map(tuple, shifts.tolist())) == {
+        s for s in itertools.product((-1, 0, 1), repeat=3) if 0 < sum(x * x for x in s) <= 1
+    }  # distances 2.0 only
     src, dst, shifts = neighbor_list([[0.0, 0, 0]], np.zeros((3, 3)), False, 2.5, backend=backend)
     assert len(src) == 0
 

@@ -217,9 +217,10 @@ def test_reads_without_torch_geometric_or_torch(tmp_path):
 def _structures(count: int) -> list[Structure]:
     """Records with every label, sids of one type (PyG batches them), and IS2RE/OC22 facts in ``info``."""
     rng = np.random.default_rng(7)
-    return [s.replace(sid=f"random{i}", info={"y_init": 0.25 * i, "pos_relaxed": rng.normal(size=(s.natoms, 3)),
-                                              "oc22": 1})
-            for i, s in enumerate(random_structures(count, seed=7, complete=True))]
+    return [
+        s.replace(sid=f"random{i}", info={"y_init": 0.25 * i, "pos_relaxed": rng.normal(size=(s.natoms, 3)), "oc22": 1})
+        for i, s in enumerate(random_structures(count, seed=7, complete=True))
+    ]
 
 
 def test_written_records_load_with_pyg(tmp_path):
@@ -275,13 +276,22 @@ def test_write_dataset_and_partial_pbc(tmp_path):
 def test_errors_name_file_and_record(tmp_path):
     good = oc20_lmdb.encode_data({"pos": np.zeros((2, 3), np.float32), "atomic_numbers": np.ones(2, np.float32)})
     no_pos = oc20_lmdb.encode_data({"atomic_numbers": np.ones(2, np.float32)})
-    bad_forces = oc20_lmdb.encode_data({"pos": np.zeros((2, 3), np.float32), "atomic_numbers": np.ones(2, np.float32),
-                                        "force": np.zeros((3, 3), np.float32)})
+    bad_forces = oc20_lmdb.encode_data(
+        {
+            "pos": np.zeros((2, 3), np.float32),
+            "atomic_numbers": np.ones(2, np.float32),
+            "force": np.zeros((3, 3), np.float32),
+        }
+    )
     path = _put(tmp_path / "mixed.lmdb", [good, good[: len(good) // 2], no_pos, bad_forces, b"not a pickle"])
     reader = OC20Reader(path)
     assert reader[0].natoms == 2
-    for index, pattern in [(1, "corrupt record"), (2, "'pos' is missing"), (3, r"force has shape \(3, 3\)"),
-                           (4, "corrupt record")]:
+    for index, pattern in [
+        (1, "corrupt record"),
+        (2, "'pos' is missing"),
+        (3, r"force has shape \(3, 3\)"),
+        (4, "corrupt record"),
+    ]:
         with pytest.raises(DataError, match=pattern) as err:
             reader[index]
         assert str(err.value).startswith(f"{path}: record b'{index}': ") and "\n" not in str(err.value)
@@ -293,8 +303,9 @@ def test_errors_name_file_and_record(tmp_path):
         OC20Reader(text)
     assert str(text) in str(err.value)
     with pytest.raises(DataError, match="cannot write as OC20"):
-        oc20_lmdb.write(tmp_path / "w.lmdb", [Structure(numbers=[1, 1], positions=np.zeros((2, 3)),
-                                                        forces=np.zeros((3, 3)))])
+        oc20_lmdb.write(
+            tmp_path / "w.lmdb", [Structure(numbers=[1, 1], positions=np.zeros((2, 3)), forces=np.zeros((3, 3)))]
+        )
 
 
 def test_sniff_tells_formats_apart(tmp_path):
@@ -314,8 +325,10 @@ def test_sniff_tells_formats_apart(tmp_path):
     assert sniff(directory)
     # while a reader holds the file open (py-lmdb refuses a second open of it), sniff and a second reader share
     # the reader's handle: both work, and sniff gives its reference back
-    one = _put(tmp_path / "one.lmdb", [oc20_lmdb.encode_data({"pos": np.zeros((1, 3), np.float32),
-                                                              "atomic_numbers": np.ones(1, np.float32)})])
+    one = _put(
+        tmp_path / "one.lmdb",
+        [oc20_lmdb.encode_data({"pos": np.zeros((1, 3), np.float32), "atomic_numbers": np.ones(1, np.float32)})],
+    )
     with OC20Reader(one) as reader:
         assert reader[0].natoms == 1 and references(one) == 1
         assert sniff(one) and references(one) == 1
@@ -400,9 +413,23 @@ def test_tensor_pickles_of_every_kind():
     base = torch.arange(24.0).reshape(4, 6)
     tagged = torch.ones(3)
     tagged.note = "python attribute"  # pickles through _rebuild_from_type_v2
-    tensors = [base, base.T, base[1:3, ::2], base.to(torch.bfloat16), base.half(), base.double(), base.long()[2],
-               torch.tensor(True), torch.zeros(0, 3), torch.tensor(7), torch.nn.Parameter(torch.ones(2)), tagged,
-               torch.tensor([1, -2], dtype=torch.int8), torch.tensor([3], dtype=torch.uint8), torch.tensor([1 + 2j])]
+    tensors = [
+        base,
+        base.T,
+        base[1:3, ::2],
+        base.to(torch.bfloat16),
+        base.half(),
+        base.double(),
+        base.long()[2],
+        torch.tensor(True),
+        torch.zeros(0, 3),
+        torch.tensor(7),
+        torch.nn.Parameter(torch.ones(2)),
+        tagged,
+        torch.tensor([1, -2], dtype=torch.int8),
+        torch.tensor([3], dtype=torch.uint8),
+        torch.tensor([1 + 2j]),
+    ]
     for t in tensors:
         expected = t.detach().float().numpy() if t.dtype == torch.bfloat16 else t.detach().numpy()
         for protocol in (0, 2, 5):
@@ -412,9 +439,21 @@ def test_tensor_pickles_of_every_kind():
 
 
 def test_encoder_dtypes_load_in_torch(monkeypatch):
-    arrays = {name: np.arange(6).reshape(2, 3).astype(dtype) for name, dtype in
-              [("f4", np.float32), ("f8", np.float64), ("f2", np.float16), ("i8", np.int64), ("i4", np.int32),
-               ("i2", np.int16), ("i1", np.int8), ("u1", np.uint8), ("b", bool), ("c8", np.complex64)]}
+    arrays = {
+        name: np.arange(6).reshape(2, 3).astype(dtype)
+        for name, dtype in [
+            ("f4", np.float32),
+            ("f8", np.float64),
+            ("f2", np.float16),
+            ("i8", np.int64),
+            ("i4", np.int32),
+            ("i2", np.int16),
+            ("i1", np.int8),
+            ("u1", np.uint8),
+            ("b", bool),
+            ("c8", np.complex64),
+        ]
+    }
     raw = oc20_lmdb.encode_data(arrays, layout="pyg1")
 
     class Data:  # stands in for PyG 1.x, so that plain pickle with real torch rebuilds every tensor

@@ -38,8 +38,10 @@ def test_forces_are_minus_the_energy_gradient(kind, molecule):
     np.testing.assert_allclose(forces, numeric, atol=1e-7, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind, rotation_invariant, inversion_invariant",
-                         [("chiral", True, False), ("uniaxial", False, True), ("field", False, False)])
+@pytest.mark.parametrize(
+    "kind, rotation_invariant, inversion_invariant",
+    [("chiral", True, False), ("uniaxial", False, True), ("field", False, False)],
+)
 def test_each_term_keeps_exactly_the_symmetries_it_claims(kind, rotation_invariant, inversion_invariant, molecule):
     x = molecule.positions
     e = _energy(kind, molecule, x)

@@ -29,11 +29,17 @@ def emt_structures(n: int, seed: int = 0) -> list[Structure]:
             atoms.pbc = False
         atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
         atoms.calc = EMT()
-        s = Structure(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell.array, pbc=atoms.pbc,
-                      energy=atoms.get_potential_energy() if k % 5 else None,
-                      forces=atoms.get_forces() if k % 3 else None,
-                      stress=atoms.get_stress() if atoms.pbc.all() else None,
-                      charge=0.0 if k % 4 == 0 else None, sid=k)
+        s = Structure(
+            numbers=atoms.numbers,
+            positions=atoms.positions,
+            cell=atoms.cell.array,
+            pbc=atoms.pbc,
+            energy=atoms.get_potential_energy() if k % 5 else None,
+            forces=atoms.get_forces() if k % 3 else None,
+            stress=atoms.get_stress() if atoms.pbc.all() else None,
+            charge=0.0 if k % 4 == 0 else None,
+            sid=k,
+        )
         out.append(s)
     return out
 
@@ -67,8 +73,9 @@ def test_collate_offsets_and_masks(store):
     assert b.num_edges == sum(g.num_edges for g in graphs)
     # every edge stays inside its structure and keeps its vector
     assert torch.equal(b.batch[b.edge_index[0]], b.batch[b.edge_index[1]])
-    expected = torch.cat([g.positions[g.edge_index[1]] - g.positions[g.edge_index[0]] + g.shifts @ g.cell
-                          for g in graphs])
+    expected = torch.cat(
+        [g.positions[g.edge_index[1]] - g.positions[g.edge_index[0]] + g.shifts @ g.cell for g in graphs]
+    )
     torch.testing.assert_close(b.edge_vectors(), expected, rtol=0, atol=1e-12)
     assert b.energy_mask.tolist() == [s.energy is not None for s in structures[:6]]
     assert b.forces_mask.tolist() == sum(([s.forces is not None] * s.natoms for s in structures[:6]), [])
@@ -80,7 +87,7 @@ def test_collate_offsets_and_masks(store):
         else:
             assert b.energy[k].item() == s.energy
         if s.forces is not None:
-            assert torch.equal(b.forces[b.ptr[k]:b.ptr[k + 1]], torch.from_numpy(s.forces))
+            assert torch.equal(b.forces[b.ptr[k] : b.ptr[k + 1]], torch.from_numpy(s.forces))
     moved = b.to("cpu", dtype=torch.float32)
     assert moved.positions.dtype == torch.float32 and moved.numbers.dtype == torch.long
 
@@ -132,8 +139,9 @@ def test_sampler_is_deterministic_per_seed_and_epoch():
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_sampler_distributed_ranks(drop_last):
     natoms = np.random.default_rng(3).integers(1, 50, 301)
-    ranks = [SizeBatchSampler(natoms, max_atoms=128, seed=1, num_replicas=3, rank=r, drop_last=drop_last)
-             for r in range(3)]
+    ranks = [
+        SizeBatchSampler(natoms, max_atoms=128, seed=1, num_replicas=3, rank=r, drop_last=drop_last) for r in range(3)
+    ]
     per_rank = [list(s) for s in ranks]
     assert len({len(b) for b in per_rank}) == 1  # same number of steps on every rank
     full = list(SizeBatchSampler(natoms, max_atoms=128, seed=1))

@@ -19,11 +19,20 @@ CUTOFF = 3.5
 
 def tiny_config(family: str, **changes) -> dict:
     """8 channels, L = 2 (families with degrees), 2 interactions: the size the brief asks the tests to use."""
-    cfg = dict(family=family, elements=ELEMENTS, cutoff=CUTOFF, channels=8, num_interactions=2, num_radial=6,
-               radial_hidden=16, readout_hidden=8)
+    cfg = dict(
+        family=family,
+        elements=ELEMENTS,
+        cutoff=CUTOFF,
+        channels=8,
+        num_interactions=2,
+        num_radial=6,
+        radial_hidden=16,
+        readout_hidden=8,
+    )
     # The equivariant backbone's sizes, for the families whose config has them.
-    cfg.update({k: v for k, v in dict(lmax=2, avg_num_neighbors=12.0).items()
-                if k in config_class(family).allowed_keys()})
+    cfg.update(
+        {k: v for k, v in dict(lmax=2, avg_num_neighbors=12.0).items() if k in config_class(family).allowed_keys()}
+    )
     cfg.update(changes)
     return cfg
 

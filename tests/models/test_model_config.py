@@ -31,11 +31,28 @@ from mlip_datasets.graph import collate_graphs
 ALL_FAMILIES = registered_families()
 
 # The keys each family takes (the split of the former flat config, written out as the oracle).
-COMMON_KEYS = {"family", "elements", "cutoff", "channels", "num_interactions", "num_radial", "radial_hidden",
-               "radial_layers", "envelope_p", "readout_hidden", "scale", "shift", "e0s"}
+COMMON_KEYS = {
+    "family",
+    "elements",
+    "cutoff",
+    "channels",
+    "num_interactions",
+    "num_radial",
+    "radial_hidden",
+    "radial_layers",
+    "envelope_p",
+    "readout_hidden",
+    "scale",
+    "shift",
+    "e0s",
+}
 BACKBONE_KEYS = COMMON_KEYS | {"lmax", "avg_num_neighbors", "message_backend"}
-FAMILY_KEYS = {"tdn": BACKBONE_KEYS | {"cp_rank"}, "gaunt": BACKBONE_KEYS | {"gaunt_grid"}, "cg": BACKBONE_KEYS,
-               "transip": COMMON_KEYS | {"num_heads", "ff_hidden", "vector_channels", "frame_averaging"}}
+FAMILY_KEYS = {
+    "tdn": BACKBONE_KEYS | {"cp_rank"},
+    "gaunt": BACKBONE_KEYS | {"gaunt_grid"},
+    "cg": BACKBONE_KEYS,
+    "transip": COMMON_KEYS | {"num_heads", "ff_hidden", "vector_channels", "frame_averaging"},
+}
 
 
 def test_from_dict_rejects_unknown_key_naming_it_and_the_allowed_keys():
@@ -46,18 +63,21 @@ def test_from_dict_rejects_unknown_key_naming_it_and_the_allowed_keys():
     assert isinstance(err.value, UsageError)  # shown by the CLI as one line
 
 
-@pytest.mark.parametrize("changes,words", [
-    ({"channels": 0}, "channels must be positive"),
-    ({"lmax": 1.5}, "lmax must be an integer"),
-    ({"cutoff": "far"}, "cutoff must be a number"),
-    ({"elements": []}, "'elements' is empty"),
-    ({"elements": ["Cu", "Xx"]}, "unknown element symbol 'Xx'"),
-    ({"e0s": {92: -1.0}}, "e0s given for elements [92]"),
-    ({"family": "transformer"}, f"unknown family 'transformer'; available: {', '.join(ALL_FAMILIES)}"),
-    ({"lmax": -1}, "lmax must be >= 0"),
-    ({"avg_num_neighbors": 0}, "avg_num_neighbors must be positive"),
-    ({"cp_rank": 0}, "cp_rank must be a positive integer or null"),
-])
+@pytest.mark.parametrize(
+    "changes,words",
+    [
+        ({"channels": 0}, "channels must be positive"),
+        ({"lmax": 1.5}, "lmax must be an integer"),
+        ({"cutoff": "far"}, "cutoff must be a number"),
+        ({"elements": []}, "'elements' is empty"),
+        ({"elements": ["Cu", "Xx"]}, "unknown element symbol 'Xx'"),
+        ({"e0s": {92: -1.0}}, "e0s given for elements [92]"),
+        ({"family": "transformer"}, f"unknown family 'transformer'; available: {', '.join(ALL_FAMILIES)}"),
+        ({"lmax": -1}, "lmax must be >= 0"),
+        ({"avg_num_neighbors": 0}, "avg_num_neighbors must be positive"),
+        ({"cp_rank": 0}, "cp_rank must be a positive integer or null"),
+    ],
+)
 def test_bad_values_are_reported_by_name(changes, words):
     with pytest.raises(ConfigError, match=None) as err:
         build_model({**tiny_config("tdn"), **changes})
@@ -139,8 +159,17 @@ def test_each_family_has_its_own_config_class_and_keys():
     assert TDNConfig(elements=[8]).to_dict()["family"] == "tdn"
 
 
-@pytest.mark.parametrize("family,key", [("tdn", "num_heads"), ("tdn", "gaunt_grid"), ("gaunt", "cp_rank"),
-                                        ("cg", "cp_rank"), ("transip", "lmax"), ("transip", "avg_num_neighbors")])
+@pytest.mark.parametrize(
+    "family,key",
+    [
+        ("tdn", "num_heads"),
+        ("tdn", "gaunt_grid"),
+        ("gaunt", "cp_rank"),
+        ("cg", "cp_rank"),
+        ("transip", "lmax"),
+        ("transip", "avg_num_neighbors"),
+    ],
+)
 def test_a_key_of_another_family_is_rejected_with_the_familys_allowed_keys(family, key):
     with pytest.raises(ConfigError) as err:
         build_model({**tiny_config(family), key: 1})
@@ -172,26 +201,114 @@ def test_replace_validates_and_keeps_the_family_class():
 # Configs as the single flat ModelConfig.to_dict() wrote them before the split (every family's fields), and
 # (state_dict entries, elements) of the model the pre-split code built from each.
 FLAT = {
-    "tdn": ({"family": "tdn", "elements": [1, 8, 29], "cutoff": 3.5, "channels": 8, "lmax": 2, "num_interactions": 3,
-             "num_radial": 6, "radial_hidden": 16, "radial_layers": 2, "envelope_p": 6, "readout_hidden": 8,
-             "cp_rank": 12, "gaunt_grid": "auto", "avg_num_neighbors": 12.0, "scale": 2.0, "shift": 0.1,
-             "e0s": {1: -13.6, 8: -2.0}, "message_backend": "auto", "num_heads": 4, "ff_hidden": None,
-             "vector_channels": 8, "frame_averaging": False}, (49, 4486)),
-    "gaunt": ({"family": "gaunt", "elements": [1, 8, 29], "cutoff": 3.5, "channels": 8, "lmax": 2,
-               "num_interactions": 3, "num_radial": 6, "radial_hidden": 16, "radial_layers": 2, "envelope_p": 6,
-               "readout_hidden": 8, "cp_rank": None, "gaunt_grid": "gl", "avg_num_neighbors": 12.0, "scale": 2.0,
-               "shift": 0.1, "e0s": {1: -13.6, 8: -2.0}, "message_backend": "auto", "num_heads": 4,
-               "ff_hidden": None, "vector_channels": 8, "frame_averaging": False}, (49, 4918)),
-    "cg": ({"family": "cg", "elements": [1, 8, 29], "cutoff": 3.5, "channels": 8, "lmax": 2, "num_interactions": 3,
-            "num_radial": 6, "radial_hidden": 16, "radial_layers": 2, "envelope_p": 6, "readout_hidden": 8,
-            "cp_rank": None, "gaunt_grid": "auto", "avg_num_neighbors": 12.0, "scale": 2.0, "shift": 0.1,
-            "e0s": {1: -13.6, 8: -2.0}, "message_backend": "auto", "num_heads": 4, "ff_hidden": None,
-            "vector_channels": 8, "frame_averaging": False}, (43, 4711)),
-    "transip": ({"family": "transip", "elements": [1, 8, 29], "cutoff": 3.5, "channels": 8, "lmax": 2,
-                 "num_interactions": 3, "num_radial": 6, "radial_hidden": 16, "radial_layers": 2, "envelope_p": 6,
-                 "readout_hidden": 8, "cp_rank": None, "gaunt_grid": "auto", "avg_num_neighbors": 12.0,
-                 "scale": 2.0, "shift": 0.1, "e0s": {1: -13.6, 8: -2.0}, "message_backend": "auto", "num_heads": 2,
-                 "ff_hidden": 16, "vector_channels": 2, "frame_averaging": True}, (67, 4238)),
+    "tdn": (
+        {
+            "family": "tdn",
+            "elements": [1, 8, 29],
+            "cutoff": 3.5,
+            "channels": 8,
+            "lmax": 2,
+            "num_interactions": 3,
+            "num_radial": 6,
+            "radial_hidden": 16,
+            "radial_layers": 2,
+            "envelope_p": 6,
+            "readout_hidden": 8,
+            "cp_rank": 12,
+            "gaunt_grid": "auto",
+            "avg_num_neighbors": 12.0,
+            "scale": 2.0,
+            "shift": 0.1,
+            "e0s": {1: -13.6, 8: -2.0},
+            "message_backend": "auto",
+            "num_heads": 4,
+            "ff_hidden": None,
+            "vector_channels": 8,
+            "frame_averaging": False,
+        },
+        (49, 4486),
+    ),
+    "gaunt": (
+        {
+            "family": "gaunt",
+            "elements": [1, 8, 29],
+            "cutoff": 3.5,
+            "channels": 8,
+            "lmax": 2,
+            "num_interactions": 3,
+            "num_radial": 6,
+            "radial_hidden": 16,
+            "radial_layers": 2,
+            "envelope_p": 6,
+            "readout_hidden": 8,
+            "cp_rank": None,
+            "gaunt_grid": "gl",
+            "avg_num_neighbors": 12.0,
+            "scale": 2.0,
+            "shift": 0.1,
+            "e0s": {1: -13.6, 8: -2.0},
+            "message_backend": "auto",
+            "num_heads": 4,
+            "ff_hidden": None,
+            "vector_channels": 8,
+            "frame_averaging": False,
+        },
+        (49, 4918),
+    ),
+    "cg": (
+        {
+            "family": "cg",
+            "elements": [1, 8, 29],
+            "cutoff": 3.5,
+            "channels": 8,
+            "lmax": 2,
+            "num_interactions": 3,
+            "num_radial": 6,
+            "radial_hidden": 16,
+            "radial_layers": 2,
+            "envelope_p": 6,
+            "readout_hidden": 8,
+            "cp_rank": None,
+            "gaunt_grid": "auto",
+            "avg_num_neighbors": 12.0,
+            "scale": 2.0,
+            "shift": 0.1,
+            "e0s": {1: -13.6, 8: -2.0},
+            "message_backend": "auto",
+            "num_heads": 4,
+            "ff_hidden": None,
+            "vector_channels": 8,
+            "frame_averaging": False,
+        },
+        (43, 4711),
+    ),
+    "transip": (
+        {
+            "family": "transip",
+            "elements": [1, 8, 29],
+            "cutoff": 3.5,
+            "channels": 8,
+            "lmax": 2,
+            "num_interactions": 3,
+            "num_radial": 6,
+            "radial_hidden": 16,
+            "radial_layers": 2,
+            "envelope_p": 6,
+            "readout_hidden": 8,
+            "cp_rank": None,
+            "gaunt_grid": "auto",
+            "avg_num_neighbors": 12.0,
+            "scale": 2.0,
+            "shift": 0.1,
+            "e0s": {1: -13.6, 8: -2.0},
+            "message_backend": "auto",
+            "num_heads": 2,
+            "ff_hidden": 16,
+            "vector_channels": 2,
+            "frame_averaging": True,
+        },
+        (67, 4238),
+    ),
 }
 
 
@@ -250,7 +367,8 @@ def test_a_new_family_registers_from_its_own_module_alone(monkeypatch):
     with pytest.raises(ValueError, match="already registered to family 'pair'"):
         register_model("pair2", config=PairConfig, exactly_equivariant=True)
     with pytest.raises(ValueError, match="'pair' is already registered"):
-        register_model("pair", config=type("OtherConfig", (ModelConfig,), {}),
-                       exactly_equivariant=True)(type("Other", (Potential,), {}))
+        register_model("pair", config=type("OtherConfig", (ModelConfig,), {}), exactly_equivariant=True)(
+            type("Other", (Potential,), {})
+        )
     with pytest.raises(TypeError, match="exactly_equivariant must be True or False"):
         register_model("pair3", config=PairConfig, exactly_equivariant=None)

@@ -32,8 +32,13 @@ def _transform(g, R: torch.Tensor, t: torch.Tensor, perm: torch.Tensor):
     inv = torch.empty_like(perm)
     inv[perm] = torch.arange(len(perm))
     return dataclasses.replace(
-        g, positions=(g.positions @ R.T + t)[perm], numbers=g.numbers[perm], cell=g.cell @ R.T,
-        edge_index=inv[g.edge_index], forces=None)
+        g,
+        positions=(g.positions @ R.T + t)[perm],
+        numbers=g.numbers[perm],
+        cell=g.cell @ R.T,
+        edge_index=inv[g.edge_index],
+        forces=None,
+    )
 
 
 def _with_positions(batch, positions):

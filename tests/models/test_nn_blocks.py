@@ -16,6 +16,7 @@ from mlip_cli.nn import (
 )
 from mlip_cli.nn.radial import reverse_pairs
 from mlip_kernels.cg import cg_tensor_product, tp_paths
+from mlip_kernels.cp import default_rank
 from mlip_kernels.scatter import MessageGraph, scatter_sum
 from mlip_kernels.sh import spherical_harmonics
 from mlip_kernels.tp import make_tp
@@ -44,8 +45,7 @@ def test_cg_conv_equals_per_path_reference():
     Y = spherical_harmonics(vec, L)
     even = torch.tensor([float((a + b + c) % 2 == 0) for a, b, c in tp_paths(L, L, L)], dtype=torch.float64)
     assert 0 < even.sum() < len(even)  # L = 2 has odd paths (e.g. 1 x 1 -> 1) to leave out
-    ref = scatter_sum(cg_tensor_product(x[g.src], Y[:, None, :], L, L, L, path_weights=even) * w[:, :, None],
-                      g.dst, N)
+    ref = scatter_sum(cg_tensor_product(x[g.src], Y[:, None, :], L, L, L, path_weights=even) * w[:, :, None], g.dst, N)
     torch.testing.assert_close(_conv("cg")(x, Y, w, g), ref, rtol=1e-12, atol=1e-12)
 
 
@@ -54,7 +54,7 @@ def test_tdn_conv_equals_cg_conv():
     x, vec, w, g = _edges(1)
     Y = spherical_harmonics(vec, L)
     tdn = _conv("tdn")
-    assert tdn.rel_error < 1e-12 and tdn.rank == 19  # exact rank of the even-path tensor at L = 2
+    assert tdn.rel_error < 1e-12 and tdn.rank == default_rank(2, "even")  # the shipped exact even-path rank
     out = tdn(x, Y, w, g)
     assert torch.all(out[N - 1] == 0)
     torch.testing.assert_close(out, _conv("cg")(x, Y, w, g), rtol=1e-10, atol=1e-10)
@@ -72,8 +72,9 @@ def test_gaunt_conv_equals_per_edge_gaunt_product():
 def test_interaction_block_is_equivariant(tp):
     """Features after a block rotate with the Wigner matrices (the energy alone can hide l > 0 errors)."""
     torch.manual_seed(0)
-    block = InteractionBlock(C, L, num_elements=3, tp=tp, num_radial=4, radial_hidden=8,
-                             avg_num_neighbors=4.0).to(torch.float64)
+    block = InteractionBlock(C, L, num_elements=3, tp=tp, num_radial=4, radial_hidden=8, avg_num_neighbors=4.0).to(
+        torch.float64
+    )
     x, vec, _, g = _edges(3)
     species = torch.randint(0, 3, (N,))
     R = random_rotation(generator=torch.Generator().manual_seed(4))

@@ -49,8 +49,9 @@ def test_the_inversion_is_averaged_over_exactly():
 
 def test_transform_batch_moves_positions_cell_forces_and_stress(graphs):
     batch = collate_graphs([graphs["bulk"], graphs["molecule"]])
-    batch = dataclasses.replace(batch, forces=torch.randn_like(batch.positions),
-                                stress=torch.randn(2, 3, 3, dtype=batch.positions.dtype))
+    batch = dataclasses.replace(
+        batch, forces=torch.randn_like(batch.positions), stress=torch.randn(2, 3, 3, dtype=batch.positions.dtype)
+    )
     R = draw(ROTATION, 2, torch.Generator().manual_seed(3))
     moved = transform_batch(batch, R)
     atom_R = R[batch.batch]

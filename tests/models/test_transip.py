@@ -40,8 +40,13 @@ def _permuted(batch, perm: torch.Tensor):
     """New atom k = old atom perm[k] (perm keeps every atom in its structure)."""
     inv = torch.empty_like(perm)
     inv[perm] = torch.arange(len(perm))
-    return dataclasses.replace(batch, positions=batch.positions[perm], numbers=batch.numbers[perm],
-                               edge_index=inv[batch.edge_index], forces=batch.forces[perm])
+    return dataclasses.replace(
+        batch,
+        positions=batch.positions[perm],
+        numbers=batch.numbers[perm],
+        edge_index=inv[batch.edge_index],
+        forces=batch.forces[perm],
+    )
 
 
 # ----------------------------------------------------------------------------------------------- physics
@@ -118,7 +123,7 @@ def test_batch_equals_single_structures_with_frames(graphs):
         alone = model(collate_graphs([graphs[k]]), compute_stress=True)
         n = graphs[k].natoms
         torch.testing.assert_close(together["energy"][b], alone["energy"][0], rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(together["forces"][start:start + n], alone["forces"], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(together["forces"][start : start + n], alone["forces"], rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(together["stress"][b], alone["stress"][0], rtol=1e-10, atol=1e-12)
         start += n
 
@@ -175,8 +180,11 @@ def test_frame_averaged_energy_is_exactly_invariant(graphs):
     gen = torch.Generator().manual_seed(5)
     B = batch.num_graphs
     perm = torch.cat([int(batch.ptr[b]) + torch.randperm(int(batch.natoms[b]), generator=gen) for b in range(B)])
-    for g in (random_rotation(B, generator=gen), random_reflections(B, generator=gen),
-              -random_rotation(B, generator=gen)):
+    for g in (
+        random_rotation(B, generator=gen),
+        random_reflections(B, generator=gen),
+        -random_rotation(B, generator=gen),
+    ):
         moved = transform_batch(batch, g)
         shift = torch.randn(3, generator=gen, dtype=torch.float64)
         moved = dataclasses.replace(moved, positions=moved.positions + shift)
@@ -191,9 +199,14 @@ def test_frame_averaging_survives_degenerate_frames():
     """A perfect fcc crystal (isotropic covariance) and a lone atom: finite energies, forces, stress."""
     model = _model(frame_averaging=True)
     cu = bulk("Cu", "fcc", a=3.6, cubic=True)
-    graphs = [structure_to_graph(Structure(numbers=cu.numbers, positions=cu.positions, cell=cu.cell.array, pbc=True),
-                                 CUTOFF, dtype=torch.float64),
-              structure_to_graph(Structure(numbers=[8], positions=[[0.0, 0.0, 0.0]]), CUTOFF, dtype=torch.float64)]
+    graphs = [
+        structure_to_graph(
+            Structure(numbers=cu.numbers, positions=cu.positions, cell=cu.cell.array, pbc=True),
+            CUTOFF,
+            dtype=torch.float64,
+        ),
+        structure_to_graph(Structure(numbers=[8], positions=[[0.0, 0.0, 0.0]]), CUTOFF, dtype=torch.float64),
+    ]
     out = model(collate_graphs(graphs), compute_stress=True)
     assert all(torch.isfinite(out[k]).all() for k in ("energy", "forces", "stress"))
     assert out["forces"].abs().max() < 1e-8  # every atom of a perfect lattice is a centre of inversion
@@ -279,8 +292,9 @@ def test_random_rotate_batch_matches_emt_on_the_rotated_structure():
     atoms.rattle(0.1, seed=1)
     atoms.calc = EMT()
     s = Structure.from_atoms(atoms)
-    s = dataclasses.replace(s, energy=atoms.get_potential_energy(), forces=atoms.get_forces(),
-                            stress=atoms.get_stress(voigt=False))
+    s = dataclasses.replace(
+        s, energy=atoms.get_potential_energy(), forces=atoms.get_forces(), stress=atoms.get_stress(voigt=False)
+    )
     batch = collate_graphs([structure_to_graph(s, 4.0, dtype=torch.float64)])
     torch.manual_seed(7)
     moved = random_rotate_batch(batch, inversions=True)
@@ -313,13 +327,16 @@ def test_safe_eigh_gradients_match_autograd_and_stay_finite_when_degenerate():
 
 
 # ------------------------------------------------------------------------------------ weights and config
-@pytest.mark.parametrize("changes,words", [
-    ({"num_heads": 3}, "num_heads (3) must divide channels (8)"),
-    ({"num_heads": 0}, "num_heads must be positive"),
-    ({"vector_channels": -1}, "vector_channels must be >= 0"),
-    ({"ff_hidden": 0}, "ff_hidden must be a positive integer"),
-    ({"frame_averaging": "yes"}, "frame_averaging must be true or false"),
-])
+@pytest.mark.parametrize(
+    "changes,words",
+    [
+        ({"num_heads": 3}, "num_heads (3) must divide channels (8)"),
+        ({"num_heads": 0}, "num_heads must be positive"),
+        ({"vector_channels": -1}, "vector_channels must be >= 0"),
+        ({"ff_hidden": 0}, "ff_hidden must be a positive integer"),
+        ({"frame_averaging": "yes"}, "frame_averaging must be true or false"),
+    ],
+)
 def test_config_rejects_bad_values(changes, words):
     with pytest.raises(ConfigError) as err:
         build_model(_config(**changes))
@@ -335,7 +352,16 @@ def test_sizes_and_embeddings(graphs):
     scalars_only = _model(vector_channels=0)
     assert str(scalars_only.irreps) == "8x0e"
     assert torch.isfinite(scalars_only(_batch(graphs))["forces"]).all()
-    large = build_model(tiny_config("transip", channels=256, vector_channels=64, num_heads=8, num_interactions=7,
-                                    radial_hidden=64, readout_hidden=128))
+    large = build_model(
+        tiny_config(
+            "transip",
+            channels=256,
+            vector_channels=64,
+            num_heads=8,
+            num_interactions=7,
+            radial_hidden=64,
+            readout_hidden=128,
+        )
+    )
     n = sum(p.numel() for p in large.parameters())
     assert 8e6 < n < 12e6, n

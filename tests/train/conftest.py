@@ -26,9 +26,19 @@ def rattled_metal_slabs(n: int, seed: int) -> list[Structure]:
         slab.numbers[rng.random(len(slab)) < 0.3] = 79
         slab.rattle(stdev=0.03 + 0.1 * rng.random(), seed=int(rng.integers(2**31)))
         slab.calc = EMT()
-        out.append(Structure(numbers=slab.numbers, positions=slab.positions, cell=slab.cell.array, pbc=slab.pbc,
-                             energy=slab.get_potential_energy(), forces=slab.get_forces(),
-                             fixed=slab.get_tags() == 3, sid=i, fid=0))
+        out.append(
+            Structure(
+                numbers=slab.numbers,
+                positions=slab.positions,
+                cell=slab.cell.array,
+                pbc=slab.pbc,
+                energy=slab.get_potential_energy(),
+                forces=slab.get_forces(),
+                fixed=slab.get_tags() == 3,
+                sid=i,
+                fid=0,
+            )
+        )
     return out
 
 

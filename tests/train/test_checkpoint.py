@@ -71,8 +71,15 @@ def test_code_in_a_checkpoint_is_never_run(tmp_path):
 
 def test_float32_checkpoint_loads_as_float64_with_exact_constants(tmp_path):
     model = build_model({"family": "tdn", "elements": [1, 8], "channels": 4, "lmax": 2, "num_interactions": 3})
-    save_checkpoint(tmp_path / "m.pt", {"model_config": model.config.to_dict(), "dtype": "float32",
-                                        "model_state": model.state_dict(), "ema_state": None})
+    save_checkpoint(
+        tmp_path / "m.pt",
+        {
+            "model_config": model.config.to_dict(),
+            "dtype": "float32",
+            "model_state": model.state_dict(),
+            "ema_state": None,
+        },
+    )
     loaded = load_model(tmp_path / "m.pt", dtype="float64")
     fresh = build_model(model.config.to_dict(), dtype=torch.float64)
     for name, buffer in fresh.named_buffers():  # tensor-product constants rebuilt in float64, not rounded copies
@@ -83,10 +90,28 @@ def test_float32_checkpoint_loads_as_float64_with_exact_constants(tmp_path):
 
 # ModelConfig.to_dict() before the per-family split (schema 1): every family's fields, with their defaults.
 PRE_SPLIT_CONFIG = {
-    "family": "tdn", "elements": [], "cutoff": 5.0, "channels": 32, "lmax": 2, "num_interactions": 2, "num_radial": 8,
-    "radial_hidden": 64, "radial_layers": 2, "envelope_p": 6, "readout_hidden": 16, "cp_rank": None,
-    "gaunt_grid": "auto", "avg_num_neighbors": 1.0, "scale": 1.0, "shift": 0.0, "e0s": {}, "message_backend": "auto",
-    "num_heads": 4, "ff_hidden": None, "vector_channels": 8, "frame_averaging": False,
+    "family": "tdn",
+    "elements": [],
+    "cutoff": 5.0,
+    "channels": 32,
+    "lmax": 2,
+    "num_interactions": 2,
+    "num_radial": 8,
+    "radial_hidden": 64,
+    "radial_layers": 2,
+    "envelope_p": 6,
+    "readout_hidden": 16,
+    "cp_rank": None,
+    "gaunt_grid": "auto",
+    "avg_num_neighbors": 1.0,
+    "scale": 1.0,
+    "shift": 0.0,
+    "e0s": {},
+    "message_backend": "auto",
+    "num_heads": 4,
+    "ff_hidden": None,
+    "vector_channels": 8,
+    "frame_averaging": False,
 }
 
 
@@ -96,8 +121,11 @@ def as_schema_1(ckpt: dict) -> dict:
     inversion's symmetry state under ``reflection``."""
     old = {k: v for k, v in ckpt.items() if k != "path"}
     old["schema"] = 1
-    old["model_config"] = {**PRE_SPLIT_CONFIG, **ckpt["model_config"],
-                           "avg_num_neighbors": ckpt["statistics"]["avg_num_neighbors"]}
+    old["model_config"] = {
+        **PRE_SPLIT_CONFIG,
+        **ckpt["model_config"],
+        "avg_num_neighbors": ckpt["statistics"]["avg_num_neighbors"],
+    }
     sym = dict(ckpt["train_state"]["symmetry"])
     rename = {"inversion": "reflection"}
     for key, value in sym.items():
@@ -112,8 +140,13 @@ def as_schema_1(ckpt: dict) -> dict:
 def test_a_schema_1_checkpoint_resumes_exactly_and_loads_everywhere(tmp_path, small_data):
     def recipe(max_steps: int) -> Recipe:
         # constant rate: the schedule does not depend on the step limit, so 4 steps + 4 resumed = 8 in one go
-        r = tiny_recipe(small_data, family="transip", optim={"schedule": "constant"}, loss={"symmetry": "auto"},
-                        run={"max_steps": max_steps, "valid_every": 4, "augment_rotations": True})
+        r = tiny_recipe(
+            small_data,
+            family="transip",
+            optim={"schedule": "constant"},
+            loss={"symmetry": "auto"},
+            run={"max_steps": max_steps, "valid_every": 4, "augment_rotations": True},
+        )
         r["model"].update({"vector_channels": 2, "num_heads": 2})
         return Recipe.from_dict(r)
 
@@ -168,7 +201,7 @@ def test_a_schema_1_checkpoint_resumes_exactly_and_loads_everywhere(tmp_path, sm
     for path in (old_copy, new_copy):
         result = runner.invoke(app, ["eval", str(path), str(small_data), "--limit", "4", "--json", "--rotations", "1"])
         assert result.exit_code == 0, result.output
-        reports.append(json.loads(result.stdout[result.stdout.index("{"):]))
+        reports.append(json.loads(result.stdout[result.stdout.index("{") :]))
     assert reports[0]["metrics"] == reports[1]["metrics"] and reports[0]["metrics"]["forces_rmse"] > 0
     assert reports[0]["equivariance"] == reports[1]["equivariance"]
     assert set(reports[0]["equivariance"]) == {"rotations", "structures", "rotation", "inversion"}

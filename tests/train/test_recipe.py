@@ -7,14 +7,14 @@ import sys
 
 import pytest
 import yaml
-
-from mlip_cli.train.recipe import Recipe, RecipeError, apply_overrides, builtin_recipes_dir, load_recipe, \
-    parse_duration
 from train_testlib import tiny_recipe
 
+from mlip_cli.train.recipe import Recipe, RecipeError, apply_overrides, builtin_recipes_dir, load_recipe, parse_duration
 
-@pytest.mark.parametrize("text, seconds", [("20m", 1200), ("1h30m", 5400), ("90s", 90), ("1.5h", 5400),
-                                           (600, 600), ("45", 45)])
+
+@pytest.mark.parametrize(
+    "text, seconds", [("20m", 1200), ("1h30m", 5400), ("90s", 90), ("1.5h", 5400), (600, 600), ("45", 45)]
+)
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -36,15 +36,18 @@ def test_unknown_key_names_key_and_allowed_values(tmp_path):
         Recipe.from_dict({**tiny_recipe(tmp_path / "x.extxyz"), "optimiser": {}})
 
 
-@pytest.mark.parametrize("section, key, value, message", [
-    ("optim", "schedule", "linear", "cosine, plateau, constant"),
-    ("run", "dtype", "float16", "float32 or float64"),
-    ("data", "batch_size", 0, "positive integer"),
-    ("data", "split", [0.5, 0.2], "summing to 1"),
-    ("optim", "ema_decay", 1.5, r"\[0, 1\)"),
-    ("loss", "symmetry_target", 0, "loss.symmetry_target must be a positive number"),
-    ("loss", "symmetry_tolerance", "high", "loss.symmetry_tolerance must be a positive number"),
-])
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("optim", "schedule", "linear", "cosine, plateau, constant"),
+        ("run", "dtype", "float16", "float32 or float64"),
+        ("data", "batch_size", 0, "positive integer"),
+        ("data", "split", [0.5, 0.2], "summing to 1"),
+        ("optim", "ema_decay", 1.5, r"\[0, 1\)"),
+        ("loss", "symmetry_target", 0, "loss.symmetry_target must be a positive number"),
+        ("loss", "symmetry_tolerance", "high", "loss.symmetry_tolerance must be a positive number"),
+    ],
+)
 def test_bad_values_are_named(tmp_path, section, key, value, message):
     with pytest.raises(RecipeError, match=message):
         Recipe.from_dict(tiny_recipe(tmp_path / "x.extxyz", **{section: {key: value}}))
@@ -86,8 +89,11 @@ def test_shipped_tiny_recipes_load(name):
 def test_cli_bad_key_is_one_line_and_exit_2(tmp_path, small_data):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe(small_data, run={"max_stepz": 3})))
-    proc = subprocess.run([sys.executable, "-m", "mlip_cli", "train", str(path), "--out", str(tmp_path / "run")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlip_cli", "train", str(path), "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "run.max_stepz" in proc.stderr and "allowed: max_steps" in proc.stderr

@@ -12,9 +12,9 @@ import time
 
 import pytest
 import torch
+from train_testlib import tiny_recipe, write_recipe
 
 from mlip_cli.checkpoint import load_checkpoint
-from train_testlib import tiny_recipe, write_recipe
 
 # Columns that depend on the wall clock, not on the numbers.
 TIMING = {"elapsed_s", "structures_per_s", "data_s", "compute_s", "valid_s"}
@@ -35,8 +35,11 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, small_data):
     assert full.returncode == 0, full.stderr
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "mlip_cli", "train", str(recipe), "--out", str(run), "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlip_cli", "train", str(recipe), "--out", str(run), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not (run / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -72,14 +75,34 @@ def test_existing_run_is_not_overwritten(tmp_path, small_data):
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, small_data):
     # 24 training structures, global batch 4: every step is 4 structures in both runs (2 + 2 with torchrun)
-    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(
-        small_data, run={"max_steps": 8, "valid_every": 4, "dtype": "float64"}, optim={"ema_decay": None}))
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        tiny_recipe(small_data, run={"max_steps": 8, "valid_every": 4, "dtype": "float64"}, optim={"ema_decay": None}),
+    )
     single = mlip("train", str(recipe), "--out", str(tmp_path / "one"), "--quiet")
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "mlip_cli", "train", str(recipe), "--out", str(tmp_path / "two"), "--quiet"],
-                         capture_output=True, text=True, env=env, timeout=300)
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "mlip_cli",
+            "train",
+            str(recipe),
+            "--out",
+            str(tmp_path / "two"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one, two = numbers(tmp_path / "one"), numbers(tmp_path / "two")
     assert [r["step"] for r in one] == [r["step"] for r in two] == ["4", "8"]

@@ -23,8 +23,9 @@ def test_cosine_over_steps_ends_at_the_floor():
     # by hand: 2 * (0.1 + 0.9 * (1 + cos(pi p)) / 2)
     hand = {0: 2.0, 25: 2 * (0.1 + 0.45 * (1 + math.sqrt(0.5))), 50: 1.1, 100: 0.2}
     for step, expected in hand.items():
-        assert s.lr(step, progress_fraction(step, elapsed=999.0, total_steps=100, time_budget=None)) == \
-            pytest.approx(expected, rel=1e-12)
+        assert s.lr(step, progress_fraction(step, elapsed=999.0, total_steps=100, time_budget=None)) == pytest.approx(
+            expected, rel=1e-12
+        )
     assert s.lr(150, progress_fraction(150, 0.0, 100, None)) == pytest.approx(0.2, rel=1e-12)  # clamped
     # warmup multiplies the cosine: step 0 of 4 warmup steps at progress 0.5
     assert LRSchedule(2.0, "cosine", warmup_steps=4, min_lr_ratio=0.1).lr(0, 0.5) == pytest.approx(1.1 / 4)

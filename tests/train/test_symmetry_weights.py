@@ -61,9 +61,19 @@ def test_auto_symmetry_weights_release_a_symmetry_the_data_breaks():
     assert again.state_dict() == w.state_dict()
 
 
-@pytest.mark.parametrize("kwargs", [dict(target=0.0), dict(lr=-1.0), dict(beta=1.0), dict(floor=0.0),
-                                    dict(hold_floor=1e-4), dict(types=("rotation", "rotation")),
-                                    dict(init={"rotation": 1.0}), dict(init=-1.0)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(target=0.0),
+        dict(lr=-1.0),
+        dict(beta=1.0),
+        dict(floor=0.0),
+        dict(hold_floor=1e-4),
+        dict(types=("rotation", "rotation")),
+        dict(init={"rotation": 1.0}),
+        dict(init=-1.0),
+    ],
+)
 def test_auto_symmetry_weights_reject_bad_settings(kwargs):
     with pytest.raises(Exception, match="symmetry weights"):
         AutoSymmetryWeights(**kwargs)

@@ -90,15 +90,18 @@ def test_nan_steps_are_skipped_then_abort_without_checkpoint(tmp_path, small_dat
 
 
 def test_time_budget_and_early_stopping(tmp_path, small_data):
-    budget = Recipe.from_dict(tiny_recipe(small_data, run={"max_steps": None, "time_budget": "1s",
-                                                           "valid_every": 5}))
+    budget = Recipe.from_dict(tiny_recipe(small_data, run={"max_steps": None, "time_budget": "1s", "valid_every": 5}))
     result = run_training(budget, tmp_path / "budget")
     assert result.stop_reason == "time_budget" and result.timing["train_s"] >= 1.0
 
     # a learning rate too small to change float32 weights: no validation improves after the first
-    frozen = Recipe.from_dict(tiny_recipe(small_data, optim={"lr": 1e-30, "warmup_steps": 0,
-                                                             "schedule": "constant", "ema_decay": None},
-                                          run={"max_steps": 100, "valid_every": 2, "early_stopping": 2}))
+    frozen = Recipe.from_dict(
+        tiny_recipe(
+            small_data,
+            optim={"lr": 1e-30, "warmup_steps": 0, "schedule": "constant", "ema_decay": None},
+            run={"max_steps": 100, "valid_every": 2, "early_stopping": 2},
+        )
+    )
     result = run_training(frozen, tmp_path / "frozen")
     assert result.stop_reason == "early_stopping" and result.steps == 6
 
@@ -112,8 +115,21 @@ def test_float64_option(tmp_path, small_data):
 
 def test_eval_cli_matches_direct_computation(tmp_path, small_data):
     run_training(Recipe.from_dict(tiny_recipe(small_data)), tmp_path / "run")
-    proc = subprocess.run([sys.executable, "-m", "mlip_cli", "eval", str(tmp_path / "run"), str(small_data),
-                           "--json", "--dtype", "float64"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlip_cli",
+            "eval",
+            str(tmp_path / "run"),
+            str(small_data),
+            "--json",
+            "--dtype",
+            "float64",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["structures"] == 32 and (tmp_path / "run" / "slabs_parity.png").is_file()
@@ -143,15 +159,19 @@ def test_eval_cli_matches_direct_computation(tmp_path, small_data):
 def test_eval_rejects_a_file_that_is_not_a_checkpoint(tmp_path, small_data):
     bogus = tmp_path / "model.pt"
     torch.save({"weights": torch.zeros(3)}, bogus)
-    proc = subprocess.run([sys.executable, "-m", "mlip_cli", "eval", str(bogus), str(small_data)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlip_cli", "eval", str(bogus), str(small_data)], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "not an mlip checkpoint" in proc.stderr
 
 
 def test_transip_trains_with_tuned_symmetry_weights(tmp_path, small_data):
-    recipe = tiny_recipe(small_data, family="transip", run={"max_steps": 8, "valid_every": 4,
-                                                            "augment_rotations": True},
-                         loss={"symmetry": "auto"})
+    recipe = tiny_recipe(
+        small_data,
+        family="transip",
+        run={"max_steps": 8, "valid_every": 4, "augment_rotations": True},
+        loss={"symmetry": "auto"},
+    )
     recipe["model"].update({"vector_channels": 2, "num_heads": 2})
     run_training(Recipe.from_dict(recipe), tmp_path / "run")
     rows = read_metrics(tmp_path / "run")
@@ -162,12 +182,17 @@ def test_transip_trains_with_tuned_symmetry_weights(tmp_path, small_data):
     assert float(rows[-1]["symmetry_weight/rotation"]) > 1.0
     state = load_checkpoint(tmp_path / "run" / "last.pt")["train_state"]["symmetry"]
     assert state["steps"] == 8 and state["weights"]["rotation"] == pytest.approx(
-        float(rows[-1]["symmetry_weight/rotation"]))
+        float(rows[-1]["symmetry_weight/rotation"])
+    )
 
 
 def test_recipe_sets_the_automatic_symmetry_target_and_tolerance(tmp_path, small_data):
-    recipe = tiny_recipe(small_data, family="transip", run={"max_steps": 2, "valid_every": 2},
-                         loss={"symmetry": "auto", "symmetry_target": 2e-4, "symmetry_tolerance": 0.2})
+    recipe = tiny_recipe(
+        small_data,
+        family="transip",
+        run={"max_steps": 2, "valid_every": 2},
+        loss={"symmetry": "auto", "symmetry_target": 2e-4, "symmetry_tolerance": 0.2},
+    )
     recipe["model"].update({"vector_channels": 2, "num_heads": 2})
     run_training(Recipe.from_dict(recipe), tmp_path / "run")
     state = load_checkpoint(tmp_path / "run" / "last.pt")["train_state"]["symmetry"]
@@ -175,8 +200,7 @@ def test_recipe_sets_the_automatic_symmetry_target_and_tolerance(tmp_path, small
 
 
 def test_fixed_symmetry_weight_stays(tmp_path, small_data):
-    recipe = tiny_recipe(small_data, family="transip", run={"max_steps": 4, "valid_every": 4},
-                         loss={"symmetry": 0.5})
+    recipe = tiny_recipe(small_data, family="transip", run={"max_steps": 4, "valid_every": 4}, loss={"symmetry": 0.5})
     recipe["model"].update({"vector_channels": 2, "num_heads": 2})
     run_training(Recipe.from_dict(recipe), tmp_path / "run")
     assert float(read_metrics(tmp_path / "run")[-1]["symmetry_weight/rotation"]) == 0.5
@@ -195,7 +219,7 @@ def test_eval_frame_averaging_makes_transip_invariant(tmp_path, small_data):
     def equivariance(flag: str) -> dict:
         result = runner.invoke(app, ["eval", str(tmp_path / "run"), str(small_data), "--limit", "8", "--json", flag])
         assert result.exit_code == 0, result.output
-        return json.loads(result.stdout[result.stdout.index("{"):])["equivariance"]
+        return json.loads(result.stdout[result.stdout.index("{") :])["equivariance"]
 
     plain = equivariance("--no-frame-averaging")
     assert plain["rotation"]["energy_mev_per_atom"] > 1e-3 and plain["inversion"]["energy_mev_per_atom"] > 1e-3
@@ -227,13 +251,28 @@ def test_cli_data_options_take_paths_as_they_are(tmp_path, small_data, monkeypat
     structures = list(open_dataset(small_data))
     write_dataset(odd / "valid #1: b.extxyz", structures[:6])  # two different files: each score is its own
     write_dataset(odd / "test #1: c.extxyz", structures[-5:])
-    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path / "absent.extxyz",
-                                                           run={"max_steps": 2, "valid_every": 2}))
+    recipe = write_recipe(
+        tmp_path / "r.yaml", tiny_recipe(tmp_path / "absent.extxyz", run={"max_steps": 2, "valid_every": 2})
+    )
     monkeypatch.chdir(tmp_path)  # --data is relative: against the working directory
-    result = CliRunner().invoke(app, ["train", str(recipe), "--data", "data #2: odd/train #1: a.extxyz",
-                                      "--valid-data", str(odd / "valid #1: b.extxyz"),
-                                      "--test-data", str(odd / "test #1: c.extxyz"), "--time-budget", "10m",
-                                      "--out", str(tmp_path / "run"), "--quiet"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(recipe),
+            "--data",
+            "data #2: odd/train #1: a.extxyz",
+            "--valid-data",
+            str(odd / "valid #1: b.extxyz"),
+            "--test-data",
+            str(odd / "test #1: c.extxyz"),
+            "--time-budget",
+            "10m",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     saved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
     assert saved["data"]["train"] == str(odd / "train #1: a.extxyz")

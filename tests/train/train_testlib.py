@@ -11,8 +11,16 @@ def tiny_recipe(data_path: Path, family: str = "tdn", **sections) -> dict:
     """A recipe dict that trains in a second or two; ``sections`` update the defaults per section."""
     recipe = {
         "name": f"test-{family}",
-        "model": {"family": family, "cutoff": 4.0, "channels": 4, "lmax": 1, "num_interactions": 2,
-                  "num_radial": 4, "radial_hidden": 8, "readout_hidden": 4},
+        "model": {
+            "family": family,
+            "cutoff": 4.0,
+            "channels": 4,
+            "lmax": 1,
+            "num_interactions": 2,
+            "num_radial": 4,
+            "radial_hidden": 8,
+            "readout_hidden": 4,
+        },
         "data": {"train": str(data_path), "split": [0.75, 0.25], "batch_size": 4},
         "loss": {"energy": 1.0, "forces": 10.0},
         "optim": {"lr": 0.01, "warmup_steps": 2},

@@ -318,5 +318,13 @@ def check_structure_shapes(s: Structure, path: str | Path, record) -> None:
             raise DataError(path, f"{name} has shape {np.shape(value)}, expected {want}", record=record)
 
 
-__all__ = ["RowError", "decode", "encode", "fixed_from_constraints", "row_data", "row_to_structure",
-           "structure_to_row", "check_structure_shapes"]
+__all__ = [
+    "RowError",
+    "decode",
+    "encode",
+    "fixed_from_constraints",
+    "row_data",
+    "row_to_structure",
+    "structure_to_row",
+    "check_structure_shapes",
+]

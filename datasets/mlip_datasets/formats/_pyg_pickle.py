@@ -83,8 +83,16 @@ def _tensor(array: np.ndarray) -> _Reduce:
     a = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
     name = _STORAGE_NAMES[a.dtype].encode()
     key = b"X\x01\x00\x00\x000"  # storage key "0" as BINUNICODE
-    pid = (b"\x80\x02(X\x07\x00\x00\x00storage" + b"ctorch\n" + name + b"\n" + key + b"X\x03\x00\x00\x00cpu"
-           + pickle.dumps(a.size, protocol=2)[2:-1] + b"NtQ.")  # ("storage", torch.XStorage, "0", "cpu", n, None)
+    pid = (
+        b"\x80\x02(X\x07\x00\x00\x00storage"
+        + b"ctorch\n"
+        + name
+        + b"\n"
+        + key
+        + b"X\x03\x00\x00\x00cpu"
+        + pickle.dumps(a.size, protocol=2)[2:-1]
+        + b"NtQ."
+    )  # ("storage", torch.XStorage, "0", "cpu", n, None)
     raw = _TORCH_HEAD + pid + b"\x80\x02]" + key + b"a." + struct.pack("<q", a.size) + a.tobytes()
     strides = tuple(int(np.prod(a.shape[i + 1 :])) for i in range(a.ndim))
     return _Reduce(_REBUILD, (_Reduce(_LOAD_BYTES, (raw,)), 0, a.shape, strides, False, _Reduce(_ORDERED_DICT, ())))
@@ -102,8 +110,11 @@ def encode_data(fields: dict, layout: str = "pyg2") -> bytes:
     else:
         storage = _Global("torch_geometric.data.storage", "GlobalStorage")
         store = _NewObj(storage, {"_mapping": mapping, "_parent": data})
-        data.state = {"_edge_attr_cls": _Global("torch_geometric.data.data", "DataEdgeAttr"),
-                      "_tensor_attr_cls": _Global("torch_geometric.data.data", "DataTensorAttr"), "_store": store}
+        data.state = {
+            "_edge_attr_cls": _Global("torch_geometric.data.data", "DataEdgeAttr"),
+            "_tensor_attr_cls": _Global("torch_geometric.data.data", "DataTensorAttr"),
+            "_store": store,
+        }
     out = io.BytesIO()
     _Pickler(out, protocol=4).dump(data)
     return out.getvalue()

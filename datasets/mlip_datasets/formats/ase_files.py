@@ -39,8 +39,9 @@ class AseFileReader(Reader):
     Fine for files that fit in memory; convert larger sets to the native store or aselmdb for training.
     """
 
-    def __init__(self, path: str | Path, keys: LabelKeys = DEFAULT_KEYS, ase_format: str | None = None,
-                 format_name: str = "ase"):
+    def __init__(
+        self, path: str | Path, keys: LabelKeys = DEFAULT_KEYS, ase_format: str | None = None, format_name: str = "ase"
+    ):
         super().__init__(path, keys)
         self.ase_format = ase_format
         self.format_name = format_name
@@ -53,8 +54,7 @@ class AseFileReader(Reader):
             frames: list = []
             try:
                 # iread, not read(":"): on a parse error we know which frame broke
-                for atoms in iread(str(self.path), index=":", format=self.ase_format,
-                                   do_not_split_by_at_sign=True):
+                for atoms in iread(str(self.path), index=":", format=self.ase_format, do_not_split_by_at_sign=True):
                     frames.append(atoms)
             except Exception as err:  # ase raises many types (XYZError, ValueError, KeyError, ...)
                 what = f"{type(err).__name__}: {err}".strip().rstrip(":")

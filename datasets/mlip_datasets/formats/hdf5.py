@@ -62,8 +62,14 @@ _OPTIONAL = {
 _TEXT = ("sid", "fid", "info")
 
 _LENGTH = {"angstrom": 1.0, "a": 1.0, "ang": 1.0, "bohr": 0.529177210903, "a0": 0.529177210903, "nm": 10.0}
-_ENERGY = {"ev": 1.0, "hartree": 27.211386245988, "ha": 27.211386245988, "kcal/mol": 0.0433641043,
-           "kj/mol": 0.0103642688, "mev": 1e-3}
+_ENERGY = {
+    "ev": 1.0,
+    "hartree": 27.211386245988,
+    "ha": 27.211386245988,
+    "kcal/mol": 0.0433641043,
+    "kj/mol": 0.0103642688,
+    "mev": 1e-3,
+}
 _COORDS = ("coordinates", "conformations", "positions")
 _NUMBERS = ("atomic_numbers", "numbers", "species")
 _ENERGIES = ("energies", "energy", "dft_total_energy")
@@ -162,11 +168,13 @@ class Hdf5Reader(Reader):
                 shape = group[coords].shape
                 znames = next((z for z in _NUMBERS if z in group), None)
                 if znames is None:
-                    raise DataError(self.path, "group has coordinates but no atomic_numbers/species",
-                                    record=group.name)
+                    raise DataError(self.path, "group has coordinates but no atomic_numbers/species", record=group.name)
                 if len(shape) != 3 or shape[2] != 3 or shape[1] != group[znames].shape[0]:
-                    raise DataError(self.path, f"{coords} has shape {shape}, expected (M, "
-                                    f"{group[znames].shape[0]}, 3)", record=group.name)
+                    raise DataError(
+                        self.path,
+                        f"{coords} has shape {shape}, expected (M, {group[znames].shape[0]}, 3)",
+                        record=group.name,
+                    )
                 self._groups.append((group.name, coords, znames))
                 counts.append(shape[0])
                 natoms.append(shape[1])
@@ -179,8 +187,11 @@ class Hdf5Reader(Reader):
 
         visit(f, 0)
         if not self._groups:
-            raise DataError(self.path, "no structures found: neither the mlip-hdf5 layout nor groups with "
-                                       "coordinates/atomic_numbers (ANI/SPICE style)")
+            raise DataError(
+                self.path,
+                "no structures found: neither the mlip-hdf5 layout nor groups with "
+                "coordinates/atomic_numbers (ANI/SPICE style)",
+            )
         self._offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
         self._group_natoms = np.asarray(natoms, dtype=np.int64)
 
@@ -237,18 +248,29 @@ class Hdf5Reader(Reader):
                 text = f[name][i]
                 values[name] = json.loads(text.decode() if isinstance(text, bytes) else text)
         return Structure(
-            numbers=f["numbers"][a:b], positions=f["positions"][a:b], cell=f["cell"][i], pbc=f["pbc"][i],
-            energy=values.get("energy"), forces=values.get("forces"), stress=values.get("stress"),
-            charge=values.get("charge"), spin=values.get("spin"), tags=values.get("tags"),
-            fixed=values.get("fixed"), sid=values.get("sid"), fid=values.get("fid"), info=values.get("info") or {},
+            numbers=f["numbers"][a:b],
+            positions=f["positions"][a:b],
+            cell=f["cell"][i],
+            pbc=f["pbc"][i],
+            energy=values.get("energy"),
+            forces=values.get("forces"),
+            stress=values.get("stress"),
+            charge=values.get("charge"),
+            spin=values.get("spin"),
+            tags=values.get("tags"),
+            fixed=values.get("fixed"),
+            sid=values.get("sid"),
+            fid=values.get("fid"),
+            info=values.get("info") or {},
         )
 
     def _unit(self, kind: str, dataset) -> float:
         if kind in self.units:
             return _factor(self.units[kind], kind)
         if kind == "forces" and _attr_unit(dataset) is None and ("energy" in self.units or "length" in self.units):
-            return _factor(self.units.get("energy", "ev"), "energy") / _factor(self.units.get("length", "angstrom"),
-                                                                              "length")
+            return _factor(self.units.get("energy", "ev"), "energy") / _factor(
+                self.units.get("length", "angstrom"), "length"
+            )
         return _factor(_attr_unit(dataset), kind)
 
     def _label(self, group, key: str, defaults: tuple[str, ...]):
@@ -283,8 +305,15 @@ class Hdf5Reader(Reader):
                 extra[name] = (value.reshape(-1)[j] if value.size > 1 else value.reshape(())).item()
             elif key in group.attrs:
                 extra[name] = np.asarray(group.attrs[key]).item()
-        return Structure(numbers=z, positions=np.asarray(coords[j]) * self._unit("length", coords),
-                         energy=energy, forces=forces, sid=path, fid=j, **extra)
+        return Structure(
+            numbers=z,
+            positions=np.asarray(coords[j]) * self._unit("length", coords),
+            energy=energy,
+            forces=forces,
+            sid=path,
+            fid=j,
+            **extra,
+        )
 
 
 # -- writer -------------------------------------------------------------------------------------------------
@@ -306,7 +335,7 @@ class _Columns:
     def _append(self, name: str, values: np.ndarray, start: int) -> None:
         ds = self.f[name]
         ds.resize(start + len(values), axis=0)
-        ds[start:start + len(values)] = values
+        ds[start : start + len(values)] = values
 
     def add(self, block: list[Structure]) -> None:
         import h5py
@@ -324,12 +353,23 @@ class _Columns:
                 if not has.any():
                     continue
                 # earlier structures lacked this label: the fill value and has_=False stand in for them
-                self.f.create_dataset(name, shape=(a0 if per_atom else s0, *shape), maxshape=(None, *shape),
-                                      dtype=dtype, chunks=True, fillvalue=fill)
-                self.f.create_dataset(f"has_{name}", shape=(s0,), maxshape=(None,), dtype=bool, chunks=True,
-                                      fillvalue=False)
-            rows = [np.full((s.natoms if per_atom else 1, *shape), fill, dtype=dtype) if getattr(s, name) is None
-                    else np.asarray(getattr(s, name), dtype=dtype).reshape(-1, *shape) for s in block]
+                self.f.create_dataset(
+                    name,
+                    shape=(a0 if per_atom else s0, *shape),
+                    maxshape=(None, *shape),
+                    dtype=dtype,
+                    chunks=True,
+                    fillvalue=fill,
+                )
+                self.f.create_dataset(
+                    f"has_{name}", shape=(s0,), maxshape=(None,), dtype=bool, chunks=True, fillvalue=False
+                )
+            rows = [
+                np.full((s.natoms if per_atom else 1, *shape), fill, dtype=dtype)
+                if getattr(s, name) is None
+                else np.asarray(getattr(s, name), dtype=dtype).reshape(-1, *shape)
+                for s in block
+            ]
             self._append(name, np.concatenate(rows), a0 if per_atom else s0)
             self._append(f"has_{name}", has, s0)
         text = h5py.string_dtype("utf-8")

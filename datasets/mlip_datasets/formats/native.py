@@ -63,6 +63,7 @@ def _shard_name(k: int) -> str:
 
 # ---------------------------------------------------------------------------------------------------- encoding
 
+
 def _json_default(obj):
     if isinstance(obj, np.ndarray):
         return {"__ndarray__": [list(obj.shape), obj.dtype.str, obj.ravel().tolist()]}
@@ -85,8 +86,14 @@ def encode(s: Structure) -> bytes:
         raise ValueError(f"atomic numbers must lie in 0..255, got {s.numbers.min()}..{s.numbers.max()}")
     flags = 0
     blocks = [np.ascontiguousarray(s.positions, "<f8").reshape(n, 3), np.ascontiguousarray(s.cell, "<f8")]
-    for name, shape, dtype in (("energy", (), "<f8"), ("forces", (n, 3), "<f8"), ("stress", (3, 3), "<f8"),
-                               ("charge", (), "<f8"), ("spin", (), "<f8"), ("tags", (n,), "<i8")):
+    for name, shape, dtype in (
+        ("energy", (), "<f8"),
+        ("forces", (n, 3), "<f8"),
+        ("stress", (3, 3), "<f8"),
+        ("charge", (), "<f8"),
+        ("spin", (), "<f8"),
+        ("tags", (n,), "<i8"),
+    ):
         value = getattr(s, name)
         if value is None:
             continue
@@ -121,8 +128,16 @@ def decode(value) -> Structure:
     n, flags = (int(x) for x in np.frombuffer(buf, "<i8", 2))
     if n < 0 or flags & ~0xFF:
         raise ValueError(f"bad record header (natoms {n}, flags {flags:#x})")
-    big = 8 * (3 * n + 9 + 3 * n * bool(flags & 2) + 9 * bool(flags & 4) + n * bool(flags & 32)
-               + bool(flags & 1) + bool(flags & 8) + bool(flags & 16))
+    big = 8 * (
+        3 * n
+        + 9
+        + 3 * n * bool(flags & 2)
+        + 9 * bool(flags & 4)
+        + n * bool(flags & 32)
+        + bool(flags & 1)
+        + bool(flags & 8)
+        + bool(flags & 16)
+    )
     end = 16 + big + n + 3 + n * bool(flags & 64)
     if len(buf) < end or (len(buf) > end and not flags & 128):
         raise ValueError(f"value is {len(buf)} bytes, the header (natoms {n}, flags {flags:#x}) implies {end}")
@@ -132,7 +147,7 @@ def decode(value) -> Structure:
     def take(size: int) -> np.ndarray:
         nonlocal pos
         pos += size
-        return f8[pos - size: pos]
+        return f8[pos - size : pos]
 
     fields = {"positions": take(3 * n).reshape(n, 3), "cell": take(9).reshape(3, 3)}
     if flags & 1:
@@ -148,9 +163,9 @@ def decode(value) -> Structure:
         fields["tags"] = take(n).view("<i8")
     u1 = np.frombuffer(buf, np.uint8, end - 16 - big, 16 + big)
     fields["numbers"] = u1[:n].astype(np.int64)
-    fields["pbc"] = u1[n: n + 3].astype(bool)
+    fields["pbc"] = u1[n : n + 3].astype(bool)
     if flags & 64:
-        fields["fixed"] = u1[n + 3: 2 * n + 3].astype(bool)
+        fields["fixed"] = u1[n + 3 : 2 * n + 3].astype(bool)
     if flags & 128:
         tail = bytes(buf[end:])
         try:  # the hook costs a Python call per JSON object: only pay it when arrays were stored
@@ -164,8 +179,9 @@ def decode(value) -> Structure:
 
 
 _PLAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Structure) if f.default is not dataclasses.MISSING}
-_FACTORY_DEFAULTS = {f.name: f.default_factory for f in dataclasses.fields(Structure)
-                     if f.default_factory is not dataclasses.MISSING}
+_FACTORY_DEFAULTS = {
+    f.name: f.default_factory for f in dataclasses.fields(Structure) if f.default_factory is not dataclasses.MISSING
+}
 
 
 def _structure(values: dict) -> Structure:
@@ -185,6 +201,7 @@ def _structure(values: dict) -> Structure:
 
 # ---------------------------------------------------------------------------------------------------- writing
 
+
 def write(path: str | Path, structures: Iterable[Structure], *, shards: int = 1, stats: bool = True) -> int:
     """Write a native store; returns the number of records.
 
@@ -197,7 +214,7 @@ def write(path: str | Path, structures: Iterable[Structure], *, shards: int = 1,
         raise DataError(path, f"shards must be >= 1, got {shards}")
     single = shards == 1 and path.suffix.lower() == ".lmdb"
     # LMDB would open an existing file and mix old records with new ones: only ever write fresh files
-    if (path.is_file() if single else path.exists() and (path.is_file() or any(path.glob("*.lmdb")))):
+    if path.is_file() if single else path.exists() and (path.is_file() or any(path.glob("*.lmdb"))):
         raise DataError(path, "output already exists; write to a new path")
     if single:
         files = [path]
@@ -230,10 +247,17 @@ def write(path: str | Path, structures: Iterable[Structure], *, shards: int = 1,
             for _ in stored():
                 pass
         for k, writer in enumerate(writers):
-            header = {"format": "mlip-native", "schema": SCHEMA, "shard": k, "shards": shards,
-                      "count": len(natoms[k]), "total": count, "byteorder": "little",
-                      "layout": "record i is in shard i % shards under key (i // shards) as 8-byte big-endian",
-                      "flags": FLAGS}
+            header = {
+                "format": "mlip-native",
+                "schema": SCHEMA,
+                "shard": k,
+                "shards": shards,
+                "count": len(natoms[k]),
+                "total": count,
+                "byteorder": "little",
+                "layout": "record i is in shard i % shards under key (i // shards) as 8-byte big-endian",
+                "flags": FLAGS,
+            }
             writer.put(HEADER_KEY, json.dumps(header).encode())
             writer.put(NATOMS_KEY, np.asarray(natoms[k], dtype="<i8").tobytes())
             if stats and k == 0:
@@ -242,6 +266,7 @@ def write(path: str | Path, structures: Iterable[Structure], *, shards: int = 1,
 
 
 # ---------------------------------------------------------------------------------------------------- reading
+
 
 def sniff(path: str | Path) -> bool:
     """True iff ``path`` (or the first shard of a directory) is an LMDB holding the native header key."""
@@ -282,7 +307,7 @@ class NativeReader(Reader):
         self.shards = len(self.files)
         self._natoms = np.empty(self._total, dtype=np.int64)
         for k, counts in enumerate(natoms):
-            self._natoms[k:: self.shards] = counts
+            self._natoms[k :: self.shards] = counts
         self._natoms.flags.writeable = False
         self._envs = ShardEnvs(self.files)  # opened on first read, reopened after a fork, dropped by pickle
 
@@ -292,8 +317,11 @@ class NativeReader(Reader):
         for f, h, n in zip(self.files, headers, natoms):
             expect = len(range(h.get("shard", -1), total, shards))
             if h.get("shards") != shards or h.get("total") != total or not h.get("count") == len(n) == expect:
-                raise DataError(f, f"shard {h.get('shard')} of {h.get('shards')} with {h.get('count')} records does "
-                                   f"not fit a store of {shards} shards and {total} records (missing or extra shards?)")
+                raise DataError(
+                    f,
+                    f"shard {h.get('shard')} of {h.get('shards')} with {h.get('count')} records does "
+                    f"not fit a store of {shards} shards and {total} records (missing or extra shards?)",
+                )
         if sorted(h["shard"] for h in headers) != list(range(shards)):
             raise DataError(self.path, "shard indices are not 0..S-1: a shard is missing or duplicated")
         order = np.argsort([h["shard"] for h in headers])
@@ -316,8 +344,13 @@ class NativeReader(Reader):
         return self._stats
 
     def metadata(self) -> dict:
-        return {"format": "native", "schema": SCHEMA, "shards": self.shards, "records": self._total,
-                "has_stats": self._stats is not None}
+        return {
+            "format": "native",
+            "schema": SCHEMA,
+            "shards": self.shards,
+            "records": self._total,
+            "has_stats": self._stats is not None,
+        }
 
     def record_name(self, index: int) -> str:
         return f"{self.files[index % self.shards].name} key {index // self.shards}"
@@ -338,8 +371,11 @@ class NativeReader(Reader):
         if s is None:
             raise DataError(self.files[k], "record is missing", record=index)
         if s.natoms != self._natoms[index]:
-            raise DataError(self.files[k], f"record has {s.natoms} atoms, the __natoms__ index says "
-                                           f"{self._natoms[index]}", record=index)
+            raise DataError(
+                self.files[k],
+                f"record has {s.natoms} atoms, the __natoms__ index says {self._natoms[index]}",
+                record=index,
+            )
         return s
 
     def close(self) -> None:

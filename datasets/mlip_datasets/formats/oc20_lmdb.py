@@ -176,8 +176,13 @@ class OC20Reader(Reader):
             return {**meta, "energy_kind": "unknown", "energy_kind_reason": f"first record unreadable ({err})"}
         kind, reason = _energy_kind(data.fields, self.keys)
         layout = {"pyg1": "PyG 1.x (attributes in __dict__)", "pyg2": "PyG 2.x (_store)"}[data.layout]
-        return {**meta, "energy_kind": kind, "energy_kind_reason": reason, "pickle_layout": layout,
-                "fields": sorted(data.fields)}
+        return {
+            **meta,
+            "energy_kind": kind,
+            "energy_kind_reason": reason,
+            "pickle_layout": layout,
+            "fields": sorted(data.fields),
+        }
 
     def close(self) -> None:
         self._envs.close()  # environments shared with other readers of the same files stay open for them
@@ -244,8 +249,13 @@ def _to_structure(fields: dict, keys: LabelKeys) -> Structure:
     used = set(_USED)
     labels: dict[str, Any] = {}
     info: dict[str, Any] = {}
-    for label, default, fallbacks in (("energy", "energy", ("y", "y_relaxed")), ("forces", "forces", ("force",)),
-                                      ("stress", "stress", ()), ("charge", "charge", ()), ("spin", "spin", ())):
+    for label, default, fallbacks in (
+        ("energy", "energy", ("y", "y_relaxed")),
+        ("forces", "forces", ("force",)),
+        ("stress", "stress", ()),
+        ("charge", "charge", ()),
+        ("spin", "spin", ()),
+    ):
         name, value = _pick(fields, getattr(keys, label), default, fallbacks)
         used.add(name)
         if value is None:
@@ -272,8 +282,18 @@ def _to_structure(fields: dict, keys: LabelKeys) -> Structure:
             info[name] = value
     tags = None if fields.get("tags") is None else _array("tags", fields["tags"], (n,), np.int64)
     fixed = None if fields.get("fixed") is None else _array("fixed", fields["fixed"], (n,), bool)
-    return Structure(numbers=numbers_raw.astype(np.int64), positions=positions, cell=cell, pbc=pbc, tags=tags,
-                     fixed=fixed, sid=_first(fields.get("sid")), fid=_first(fields.get("fid")), info=info, **labels)
+    return Structure(
+        numbers=numbers_raw.astype(np.int64),
+        positions=positions,
+        cell=cell,
+        pbc=pbc,
+        tags=tags,
+        fixed=fixed,
+        sid=_first(fields.get("sid")),
+        fid=_first(fields.get("fid")),
+        info=info,
+        **labels,
+    )
 
 
 # ---- writing -------------------------------------------------------------------------------------------
@@ -283,8 +303,10 @@ def _record_fields(s: Structure, legacy_names: bool) -> dict:
     """A Structure as OC20 record attributes, with the dtypes of the released files (float32, long tags)."""
     n = s.natoms
     f: dict[str, Any] = {
-        "pos": s.positions.astype(np.float32), "cell": s.cell.reshape(1, 3, 3).astype(np.float32),
-        "atomic_numbers": s.numbers.astype(np.float32), "natoms": n,
+        "pos": s.positions.astype(np.float32),
+        "cell": s.cell.reshape(1, 3, 3).astype(np.float32),
+        "atomic_numbers": s.numbers.astype(np.float32),
+        "natoms": n,
         "tags": np.zeros(n, np.int64) if s.tags is None else s.tags.astype(np.int64),
         "fixed": np.zeros(n, np.float32) if s.fixed is None else s.fixed.astype(np.float32),
         "pbc": s.pbc.reshape(1, 3).copy(),
