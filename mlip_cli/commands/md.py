@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError
-from .options import Device, Dtype, ModelPath, Skin, Threads, set_threads
+from .options import Device, Dtype, ModelPath, Skin, Threads, require_choice, require_positive, set_threads
 
 
 def md(
@@ -17,7 +17,9 @@ def md(
     ensemble: Annotated[
         str, typer.Option(help="nve (velocity Verlet), nvt (Langevin) or npt (isotropic MTK).")
     ] = "nve",
-    temperature: Annotated[float, typer.Option(help="Initial-velocity and thermostat temperature, K.")] = 300.0,
+    temperature: Annotated[
+        float, typer.Option(min=0.0, help="Initial-velocity and thermostat temperature, K.")
+    ] = 300.0,
     timestep: Annotated[float, typer.Option(help="Time step, fs.")] = 1.0,
     steps: Annotated[int, typer.Option(min=0, help="Number of steps.")] = 1000,
     index: Annotated[int, typer.Option(help="Which frame of the input to run (default: the first).")] = 0,
@@ -51,12 +53,8 @@ def md(
     from ..ui import console, err_console, print_json, progress, table
 
     ensemble = ensemble.lower()
-    if ensemble not in ENSEMBLES:
-        raise UsageError(f"--ensemble must be one of {', '.join(ENSEMBLES)}, got {ensemble!r}")
-    if not timestep > 0:
-        raise UsageError(f"--timestep must be positive, got {timestep}")
-    if temperature < 0:
-        raise UsageError(f"--temperature must be >= 0, got {temperature}")
+    require_choice("--ensemble", ensemble, ENSEMBLES)
+    require_positive("--timestep", timestep)
     set_threads(threads)
     frames = read_structures(structure)
     if not -len(frames) <= index < len(frames):

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError
-from .options import Device, Dtype, ModelPath, Skin, Threads, set_threads
+from .options import Device, Dtype, ModelPath, Skin, Threads, require_choice, require_positive, set_threads
 
 OPTIMIZERS = ("FIRE", "BFGS", "LBFGS")
 _MAX_TABLE_ROWS = 50
@@ -42,7 +42,7 @@ def relax(
             help="Converged when every free atom (and, with --relax-cell, every cell force) is below this, eV/A."
         ),
     ] = 0.05,
-    steps: Annotated[int, typer.Option(help="At most this many optimizer steps per structure.")] = 500,
+    steps: Annotated[int, typer.Option(min=0, help="At most this many optimizer steps per structure.")] = 500,
     relax_cell: Annotated[
         bool,
         typer.Option(
@@ -90,12 +90,8 @@ def relax(
     from ..ui import console, err_console, print_json, progress, table
 
     optimizer = optimizer.upper()
-    if optimizer not in OPTIMIZERS:
-        raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
-    if not fmax > 0:
-        raise UsageError(f"--fmax must be positive, got {fmax}")
-    if steps < 0:
-        raise UsageError(f"--steps must be >= 0, got {steps}")
+    require_choice("--optimizer", optimizer, OPTIMIZERS)
+    require_positive("--fmax", fmax)
     tags = _parse_tags(fix_tags)
     out = out or structures.with_name(structures.name.split(".")[0] + "_relaxed.extxyz")
     if out.exists() and not overwrite:

@@ -6,32 +6,17 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.build import bulk, molecule
+from tiny_models import CUTOFF, ELEMENTS, tiny_config  # noqa: F401  (re-exported to the ASE tests)
 
 from mlip_cli.checkpoint import save_checkpoint
-from mlip_cli.models import build_model, config_class, registered_families
+from mlip_cli.models import build_model, registered_families
 
 FAMILIES = registered_families()  # every registered family: cg, gaunt, tdn, transip (and any added later)
-ELEMENTS = [1, 6, 7, 8, 28, 29, 46, 47, 78, 79]
-CUTOFF = 3.5
 
 
 def tiny_model(family: str = "tdn", dtype: torch.dtype = torch.float64, seed: int = 0, **changes):
     """An untrained model, 8 channels, L = 1, 2 interactions (fast), in eval mode."""
-    cfg = dict(
-        family=family,
-        elements=ELEMENTS,
-        cutoff=CUTOFF,
-        channels=8,
-        num_interactions=2,
-        num_radial=6,
-        radial_hidden=16,
-        readout_hidden=8,
-    )
-    # The equivariant backbone's sizes, for the families whose config has them.
-    cfg.update(
-        {k: v for k, v in dict(lmax=1, avg_num_neighbors=10.0).items() if k in config_class(family).allowed_keys()}
-    )
-    cfg.update(changes)
+    cfg = tiny_config(family, lmax=1, avg_num_neighbors=10.0, **changes)
     torch.manual_seed(seed)
     model = build_model(cfg, dtype=dtype)
     model.set_statistics(e0s={1: -1.0, 8: -2.0, 29: -3.0})

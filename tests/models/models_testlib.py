@@ -5,36 +5,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 from ase.build import bulk, molecule
+from tiny_models import CUTOFF, ELEMENTS, tiny_config  # noqa: F401  (re-exported to the model tests)
 
-from mlip_cli.models import config_class, registered_families
+from mlip_cli.models import registered_families
 from mlip_datasets.generate import slab_adsorbate
 from mlip_datasets.graph import structure_to_graph
 from mlip_datasets.record import Structure
 
 #: the exact-symmetry suite: every registered family that declares itself equivariant by construction.
 FAMILIES = registered_families(exactly_equivariant=True)
-ELEMENTS = [1, 6, 7, 8, 28, 29, 46, 47, 78, 79]
-CUTOFF = 3.5
-
-
-def tiny_config(family: str, **changes) -> dict:
-    """8 channels, L = 2 (families with degrees), 2 interactions: the size the brief asks the tests to use."""
-    cfg = dict(
-        family=family,
-        elements=ELEMENTS,
-        cutoff=CUTOFF,
-        channels=8,
-        num_interactions=2,
-        num_radial=6,
-        radial_hidden=16,
-        readout_hidden=8,
-    )
-    # The equivariant backbone's sizes, for the families whose config has them.
-    cfg.update(
-        {k: v for k, v in dict(lmax=2, avg_num_neighbors=12.0).items() if k in config_class(family).allowed_keys()}
-    )
-    cfg.update(changes)
-    return cfg
 
 
 def make_structures() -> dict[str, Structure]:
