@@ -70,6 +70,7 @@ def breaking_term(
     """
     import torch
 
+    from .graph import edge_vectors
     from .neighbors import neighbor_list
 
     if kind not in TERMS:
@@ -80,7 +81,13 @@ def breaking_term(
         return 0.0, np.zeros((len(positions), 3))
     pos = torch.tensor(positions, dtype=torch.float64, requires_grad=True)
     s, d = torch.from_numpy(src), torch.from_numpy(dst)
-    vectors = pos[d] - pos[s] + torch.from_numpy(shifts.astype(np.float64) @ cell)
+    vectors = edge_vectors(
+        pos,
+        torch.from_numpy(cell),
+        torch.from_numpy(shifts.astype(np.float64)),
+        torch.stack([s, d]),
+        torch.zeros(len(positions), dtype=torch.long),
+    )
     energy = strength * _energy(kind, np.asarray(numbers), vectors, s, d, len(positions))
     (grad,) = torch.autograd.grad(energy, pos)
     return float(energy.detach()), (-grad).numpy()
