@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from .result import CONVERGED, DEFAULT_MAX_FORCE, FAILED, NOT_CONVERGED, RelaxResult, fixed_mask
+from .result import CONVERGED, DEFAULT_MAX_FORCE, FAILED, NOT_CONVERGED, RelaxResult, RelaxSettings, fixed_mask
 
 __all__ = [
     "relax_structures",
     "uses_batched",
     "RelaxResult",
+    "RelaxSettings",
     "CONVERGED",
     "NOT_CONVERGED",
     "FAILED",
@@ -72,37 +73,14 @@ def relax_structures(
     from ..calculator import DEFAULT_SKIN
 
     skin = DEFAULT_SKIN if skin is None else skin
+    settings = RelaxSettings(
+        optimizer, fmax, steps, relax_cell, tuple(fix_tags), max_force, trajectory, dict(optimizer_options or {})
+    )
     if uses_batched(optimizer, relax_cell, batched):
         from .batched import relax_batched
 
-        return relax_batched(
-            model,
-            structures,
-            optimizer,
-            fmax,
-            steps,
-            fix_tags=fix_tags,
-            max_force=max_force,
-            skin=skin,
-            batch_atoms=batch_atoms,
-            trajectory=trajectory,
-            optimizer_options=optimizer_options,
-            progress=progress,
-        )
+        return relax_batched(model, structures, settings, skin=skin, batch_atoms=batch_atoms, progress=progress)
     from ..calculator import MLIPCalculator
     from .ase_path import relax_ase
 
-    calc = MLIPCalculator(model, skin=skin)
-    return relax_ase(
-        calc,
-        structures,
-        optimizer,
-        fmax,
-        steps,
-        relax_cell=relax_cell,
-        fix_tags=fix_tags,
-        max_force=max_force,
-        trajectory=trajectory,
-        optimizer_options=optimizer_options,
-        progress=progress,
-    )
+    return relax_ase(MLIPCalculator(model, skin=skin), structures, settings, progress=progress)

@@ -16,10 +16,10 @@ from mlip_datasets.record import Structure, is_periodic, stress_to_matrix
 from ..calculator import MLIPCalculator
 from .result import (
     CONVERGED,
-    DEFAULT_MAX_FORCE,
     FAILED,
     NOT_CONVERGED,
     RelaxResult,
+    RelaxSettings,
     failure_reason,
     finished_structure,
     fixed_mask,
@@ -56,39 +56,26 @@ def _atoms(s: Structure, fixed: np.ndarray):
     return atoms
 
 
-def relax_one(
-    calc: MLIPCalculator,
-    s: Structure,
-    index: int,
-    optimizer: str = "BFGS",
-    fmax: float = 0.05,
-    steps: int = 500,
-    *,
-    relax_cell: bool = False,
-    fix_tags: tuple[int, ...] = (),
-    max_force: float = DEFAULT_MAX_FORCE,
-    trajectory: bool = False,
-    optimizer_options: dict | None = None,
-) -> RelaxResult:
+def relax_one(calc: MLIPCalculator, s: Structure, index: int, settings: RelaxSettings) -> RelaxResult:
     """Relax one structure with an ASE optimizer (see :func:`relax_ase`)."""
     from ase.filters import FrechetCellFilter
 
-    atoms = _atoms(s, fixed_mask(s, fix_tags))
+    atoms = _atoms(s, fixed_mask(s, settings.fix_tags))
     atoms.calc = calc
-    cell_dofs = relax_cell and is_periodic(atoms.cell.array, atoms.pbc)
+    cell_dofs = settings.relax_cell and is_periodic(atoms.cell.array, atoms.pbc)
     target = FrechetCellFilter(atoms) if cell_dofs else atoms
-    opt = ase_optimizer(optimizer)(target, logfile=None, **(optimizer_options or {}))
+    opt = ase_optimizer(settings.optimizer)(target, logfile=None, **settings.optimizer_options)
     frames: list[Structure] = []
     converged, fmax_now = False, float("nan")
-    for converged in opt.irun(fmax=fmax, steps=steps):  # noqa: B007 (the last value is the verdict)
+    for converged in opt.irun(fmax=settings.fmax, steps=settings.steps):  # noqa: B007 (the last value is the verdict)
         energy = float(calc.results["energy"])
         forces = calc.results["forces"]
         gradient = target.get_forces()  # constrained; with the filter, the cell rows are included
         fmax_now = float(np.linalg.norm(gradient, axis=1).max()) if len(gradient) else 0.0
-        reason = failure_reason(energy, forces, fmax_now if np.isfinite(fmax_now) else np.inf, max_force)
+        reason = failure_reason(energy, forces, fmax_now if np.isfinite(fmax_now) else np.inf, settings.max_force)
         if reason:
             return RelaxResult(index, FAILED, opt.nsteps, None, None, None, f"{reason} at step {opt.nsteps}")
-        if trajectory:
+        if settings.trajectory:
             frames.append(frame(s, atoms.positions, atoms.cell.array, energy, forces, opt.nsteps))
     status = CONVERGED if converged else NOT_CONVERGED
     stress = None
@@ -112,53 +99,28 @@ def relax_one(
         float(calc.results["energy"]),
         fmax_now,
         final,
-        trajectory=frames if trajectory else None,
+        trajectory=frames if settings.trajectory else None,
     )
 
 
 def relax_ase(
     calc: MLIPCalculator,
     structures: Sequence[Structure],
-    optimizer: str = "BFGS",
-    fmax: float = 0.05,
-    steps: int = 500,
-    *,
-    relax_cell: bool = False,
-    fix_tags: tuple[int, ...] = (),
-    max_force: float = DEFAULT_MAX_FORCE,
-    trajectory: bool = False,
-    optimizer_options: dict | None = None,
+    settings: RelaxSettings,
     progress: Callable[[int], None] | None = None,
 ) -> list[RelaxResult]:
-    """Relax each structure with ASE's ``optimizer`` (``FIRE``, ``BFGS``, ``LBFGS``) and ``calc``.
+    """Relax each structure with ASE's optimizer (``FIRE``, ``BFGS``, ``LBFGS``) and ``calc``.
 
     Args:
         calc: the calculator (one, reused: its neighbour list is rebuilt for each new structure).
-        structures: inputs; ``fixed`` flags (and ``fix_tags``) become ``FixAtoms``.
-        fmax, steps: ASE's ``run(fmax, steps)``.
-        relax_cell: wrap periodic structures in ``FrechetCellFilter`` (non-periodic ones relax at fixed cell).
-        max_force: a force (or cell force) above this marks the structure as failed.
-        trajectory: keep every evaluated frame in the results.
-        optimizer_options: keyword arguments of the ASE optimizer (``maxstep``, ...).
+        structures: inputs; ``fixed`` flags (and ``settings.fix_tags``) become ``FixAtoms``.
+        settings: what to do; ``relax_cell`` wraps periodic structures in ``FrechetCellFilter`` (non-periodic ones
+            relax at fixed cell) and a cell force above ``max_force`` fails the structure too.
         progress: called with the number of finished structures.
     """
     results = []
     for k, s in enumerate(structures):
-        results.append(
-            relax_one(
-                calc,
-                s,
-                k,
-                optimizer,
-                fmax,
-                steps,
-                relax_cell=relax_cell,
-                fix_tags=fix_tags,
-                max_force=max_force,
-                trajectory=trajectory,
-                optimizer_options=optimizer_options,
-            )
-        )
+        results.append(relax_one(calc, s, k, settings))
         if progress is not None:
             progress(k + 1)
     return results

@@ -21,10 +21,10 @@ from ..calculator import DEFAULT_SKIN, SkinNeighborList
 from .optimizers import OPTIMIZERS, segment_max, segment_sum
 from .result import (
     CONVERGED,
-    DEFAULT_MAX_FORCE,
     FAILED,
     NOT_CONVERGED,
     RelaxResult,
+    RelaxSettings,
     failure_reason,
     finished_structure,
     fixed_mask,
@@ -144,16 +144,10 @@ class _Chunk:
 def relax_batched(
     model: torch.nn.Module,
     structures: Sequence[Structure],
-    optimizer: str = "FIRE",
-    fmax: float = 0.05,
-    steps: int = 500,
+    settings: RelaxSettings,
     *,
-    fix_tags: tuple[int, ...] = (),
-    max_force: float = DEFAULT_MAX_FORCE,
     skin: float = DEFAULT_SKIN,
     batch_atoms: int = 4096,
-    trajectory: bool = False,
-    optimizer_options: dict | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[RelaxResult]:
     """Relax ``structures`` at fixed cell, many per model call.
@@ -162,42 +156,27 @@ def relax_batched(
         model: an mlip :class:`~mlip_cli.models.Potential` (eval mode); its dtype is used for the model call,
             the optimizer state is float64 like ASE's.
         structures: the inputs (their ``fixed`` flags are honoured).
-        optimizer: ``"FIRE"`` or ``"LBFGS"`` (ASE's algorithms and defaults, :mod:`.optimizers`).
-        fmax: converged when every free atom has ``|F| < fmax`` (eV/A).
-        steps: at most this many optimizer steps per structure.
-        fix_tags: also fix atoms with these tags.
-        max_force: a free atom's force above this marks the structure as failed (exploded).
+        settings: what to do; ``optimizer`` is ``"FIRE"`` or ``"LBFGS"`` (ASE's algorithms and defaults,
+            :mod:`.optimizers`), converged when every free atom has ``|F| < fmax``; ``relax_cell`` is not batched.
         skin: neighbour-list skin (A).
         batch_atoms: at most this many atoms per model call.
-        trajectory: keep every evaluated frame in the results.
-        optimizer_options: keyword arguments of the optimizer (``maxstep``, ``dt``, ``memory``...).
         progress: called with the number of finished structures.
 
     Returns:
         One :class:`RelaxResult` per input, in input order.
     """
-    optimizer = optimizer.upper()
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"batched relaxation supports {', '.join(OPTIMIZERS)}, not {optimizer!r}")
+    if settings.optimizer.upper() not in OPTIMIZERS or settings.relax_cell:
+        raise ValueError(
+            f"batched relaxation supports {', '.join(OPTIMIZERS)} at fixed cell, not {settings.optimizer!r}"
+            + (" with relax_cell" if settings.relax_cell else "")
+        )
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     results: list[RelaxResult | None] = [None] * len(structures)
     done = 0
     for group in chunks_by_atoms([s.natoms for s in structures], batch_atoms):
-        for r in _relax_chunk(
-            model,
-            [structures[i] for i in group],
-            group,
-            optimizer,
-            fmax,
-            steps,
-            fix_tags,
-            max_force,
-            skin,
-            trajectory,
-            optimizer_options or {},
-            device,
-        ):
+        chunk = [structures[i] for i in group]
+        for r in _relax_chunk(model, chunk, group, settings, skin, device):
             results[r.index] = r
             done += 1
             if progress is not None:
@@ -205,22 +184,11 @@ def relax_batched(
     return results  # type: ignore[return-value]
 
 
-def _relax_chunk(
-    model,
-    structures: list[Structure],
-    ids: list[int],
-    optimizer: str,
-    fmax: float,
-    steps: int,
-    fix_tags,
-    max_force: float,
-    skin: float,
-    trajectory: bool,
-    options: dict,
-    device,
-):
-    chunk = _Chunk(structures, ids, fix_tags, float(model.cutoff), skin, device)
-    opt = OPTIMIZERS[optimizer](chunk.graph, len(ids), dtype=torch.float64, **options)
+def _relax_chunk(model, structures: list[Structure], ids: list[int], settings: RelaxSettings, skin: float, device):
+    chunk = _Chunk(structures, ids, settings.fix_tags, float(model.cutoff), skin, device)
+    optimizer = OPTIMIZERS[settings.optimizer.upper()]
+    opt = optimizer(chunk.graph, len(ids), dtype=torch.float64, **settings.optimizer_options)
+    fmax, steps, max_force, trajectory = settings.fmax, settings.steps, settings.max_force, settings.trajectory
     frames: dict[int, list[Structure]] = {i: [] for i in ids} if trajectory else {}
     for step in range(steps + 1):
         out = model(chunk.batch(model.dtype), compute_forces=True)

@@ -9,6 +9,7 @@ import numpy as np
 from mlip_datasets.record import Structure
 
 __all__ = [
+    "RelaxSettings",
     "RelaxResult",
     "CONVERGED",
     "NOT_CONVERGED",
@@ -24,6 +25,31 @@ CONVERGED, NOT_CONVERGED, FAILED = "converged", "not converged", "failed"
 
 #: A force above this (eV/A) on a free atom means the structure exploded: no real geometry gets there.
 DEFAULT_MAX_FORCE = 1000.0
+
+
+@dataclass(frozen=True)
+class RelaxSettings:
+    """What both relaxation paths are asked to do (the per-structure options of ``relax_structures``).
+
+    Attributes:
+        optimizer: ``"FIRE"``, ``"BFGS"`` or ``"LBFGS"`` (ASE's algorithms and defaults).
+        fmax: converged when every free atom (and, with ``relax_cell``, every cell force) is below this, eV/A.
+        steps: at most this many optimizer steps per structure.
+        relax_cell: relax the cell of periodic structures too (ASE ``FrechetCellFilter``, per structure).
+        fix_tags: also fix atoms with these tags (e.g. ``(0,)`` for OC20 sub-surface atoms).
+        max_force: a force above this (eV/A) marks a structure as failed (exploded); it is reported, not written.
+        trajectory: keep every evaluated frame in the results.
+        optimizer_options: keyword arguments of the optimizer (``maxstep``, ``dt``, ``memory``, ...).
+    """
+
+    optimizer: str = "FIRE"
+    fmax: float = 0.05
+    steps: int = 500
+    relax_cell: bool = False
+    fix_tags: tuple[int, ...] = ()
+    max_force: float = DEFAULT_MAX_FORCE
+    trajectory: bool = False
+    optimizer_options: dict = field(default_factory=dict)
 
 
 @dataclass
