@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from ase.build import bulk, molecule
@@ -35,6 +37,23 @@ def make_structures() -> dict[str, Structure]:
 def make_graphs(structures: dict[str, Structure]) -> dict:
     """float64 neighbour graphs at the test cutoff, by structure name."""
     return {k: structure_to_graph(s, CUTOFF, dtype=torch.float64) for k, s in structures.items()}
+
+
+def assert_forces_match_finite_difference(model, batch, samples: int, h: float = 1e-5) -> None:
+    """``model(batch)`` forces equal the central difference of the energy at ``samples`` random (atom, axis) pairs
+    (float64 models); the forces must be non-trivial for the check to mean something."""
+    forces = model(batch)["forces"]
+    assert forces.abs().max() > 1e-4
+    rng = np.random.default_rng(0)
+    for atom, comp in zip(rng.integers(0, batch.num_atoms, samples), rng.integers(0, 3, samples)):
+        energies = []
+        for sign in (1, -1):
+            pos = batch.positions.clone()
+            pos[atom, comp] += sign * h
+            moved = dataclasses.replace(batch, positions=pos)
+            energies.append(model(moved, compute_forces=False)["energy"].sum())
+        fd = -(energies[0] - energies[1]) / (2 * h)
+        assert abs(fd - forces[atom, comp]) < 1e-7 * (1 + forces.abs().max()), (atom, comp)
 
 
 def assert_grad_matches_finite_difference(loss, param: torch.Tensor, grad: torch.Tensor, h: float = 1e-6) -> None:
