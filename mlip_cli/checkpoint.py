@@ -141,13 +141,23 @@ def migrate_checkpoint(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+#: The exact even-path CP ranks schema-1 ``tdn`` models were built with when their ``cp_rank`` was null.
+_SCHEMA_1_TDN_RANKS = {1: 6, 2: 19, 3: 52, 4: 120, 5: 260, 6: 540}
+
+
 def _schema_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
-    """One config per model family; the symmetry type ``reflection`` (the inversion) renamed ``inversion``."""
+    """One config per model family, ``tdn`` with its rank written out; the symmetry type ``reflection`` (the
+    inversion) renamed ``inversion``."""
     from .models.config import migrate_flat_config
     from .models.symmetry import RENAMED_TYPES
 
     if data.get("model_config") is not None:
-        data["model_config"] = migrate_flat_config(data["model_config"])
+        config = migrate_flat_config(data["model_config"])
+        if config.get("family", "tdn") == "tdn" and config.get("cp_rank") is None:
+            # the stored factors have the rank of that day's default, which later refits lowered
+            rank = _SCHEMA_1_TDN_RANKS.get(config.get("lmax", 2))
+            config = {**config, "cp_rank": rank}
+        data["model_config"] = config
     train_state = data.get("train_state")
     if train_state and train_state.get("symmetry"):
         data["train_state"] = {**train_state, "symmetry": _renamed_types(train_state["symmetry"], RENAMED_TYPES)}

@@ -46,7 +46,7 @@ def _block(l1: int, l2: int, l3: int) -> np.ndarray:
     return clebsch_gordan(l1, l2, l3).numpy()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shared_cg_np(L1: int, L2: int, Lout: int, parity: str) -> np.ndarray:
     M = np.zeros(((L1 + 1) ** 2, (L2 + 1) ** 2, (Lout + 1) ** 2))
     for l1, l2, l3 in tp_paths(L1, L2, Lout, parity):
@@ -69,8 +69,9 @@ def shared_cg_tensor(L1: int, L2: int, Lout: int, parity: str = "all") -> np.nda
     return _shared_cg_np(L1, L2, Lout, parity).copy()
 
 
-def cg_factors(L1: int, L2: int, Lout: int,
-               parity: str = "all") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def cg_factors(
+    L1: int, L2: int, Lout: int, parity: str = "all"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Exact low-rank factors of the CG product with one rank component per ``(path, m1, m2)``.
 
     ``A`` and ``B`` are one-hot selections of ``x[m1]`` and ``y[m2]``; row ``C[r]`` is the CG block row

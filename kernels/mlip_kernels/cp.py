@@ -2,56 +2,26 @@
 
 ``M[i, j, k] ~ sum_r A[i, r] B[j, r] C[r, k]`` where ``M = shared_cg_tensor(L, L, L, parity)`` (CG blocks
 ``sqrt(2l3+1) * wigner_3j``; ``parity="all"``: every path, ``"even"``: only ``l1+l2+l3`` even, the
-O(3)-equivariant product the ``"tdn"`` models use). Factors for the default ranks are shipped as package
-data ``data/cp_L{L}_R{R}.npz`` (all paths) and ``data/cp_even_L{L}_R{R}.npz`` (float64, written by
-``python -m mlip_kernels.fit_cp``); any other ``(L, rank, parity)`` is fitted on demand by the same
-deterministic procedure and kept in memory.
+O(3)-equivariant product the ``"tdn"`` models use).
 
-The even-path tensor has a much lower exact rank (6, 19, 52, 120, 260, 540 at L = 1..6 against 8, 30, 90,
-220, 450, 850; table in CP_RANKS.md), so dropping the odd paths both fixes parity and makes the product cheaper.
+Ranks (:func:`cp_factors`; measurements and the commands that regenerate them in CP_RANKS.md):
 
-Fit (:func:`fit_cp`): seeded restarts of alternating least squares with a Tikhonov term that decays
-geometrically (steers ALS away from degenerate "swamp" solutions early, vanishes later), column
-balancing and flushing of denormal-bound entries; then Levenberg-Marquardt with a matrix-free
-preconditioned CG inner solve on the best restart. ALS alone stalls at 1e-3..1e-2 near the exact rank;
-LM reaches 1e-13 in seconds (L <= 4). Deterministic for a given machine/BLAS (seeds fixed).
+* the default rank per ``L`` (:data:`DEFAULT_RANKS`, :data:`EVEN_DEFAULT_RANKS`) is the smallest rank at which
+  the fitter found an exact decomposition (relative error <= :data:`EXACT_TOL`, bounded components), so the
+  product is equivariant to rounding. Its factors ship as package data ``data/cp_L{L}_R{R}.npz`` (all paths)
+  and ``data/cp_even_L{L}_R{R}.npz`` (float64, written by ``python -m mlip_kernels.fit_cp``). These ranks
+  are upper bounds on the CP rank of M: just below them every start stalls at 1e-5..1e-2.
+* any rank above the default is exact too: the shipped factors with components split (:func:`raise_rank`).
+* a rank below the default is fitted on demand (deterministic, kept in memory) and is approximate, an
+  accuracy-for-speed trade-off (the TDN paper's rank 7 L^2 is one for all paths at every L, and for even
+  paths from L = 4): the fit error is returned and stated in a :class:`CPApproximationWarning`.
 
-Measured (float64): relative Frobenius error of M and equivariance error
-``||tp(Dx, Dy) - D tp(x, y)|| / ||tp(x, y)||`` (256 random rotations and inputs); the full scan with fit
-times is CP_RANKS.md. Even paths::
-
-    L  rank   rel. error  equiv. error
-    1     5   9.8e-04     1.3e-03
-    1     6   6.1e-16     5.8e-16  default (exact)
-    2    18   1.1e-02     1.1e-02
-    2    19   2.5e-16     7.7e-16  default (exact)
-    3    50   1.1e-03     1.6e-03
-    3    52   7.9e-14     1.1e-13  default (exact)
-    4   120   9.8e-14     1.4e-13  default (exact; 110 stalls at 1.5e-3)
-    5   260   1.6e-14     2.2e-14  default (exact)
-    6   540   8.0e-14     1.1e-13  default (exact; 500 stalls at 8e-9)
-
-All paths::
-
-    L  rank   rel. error  equiv. error
-    1     7   1.5e-02     1.5e-02  7 L^2
-    1     8   9.0e-16     1.4e-15  default (exact)
-    2    28   1.5e-02     2.0e-02  7 L^2
-    2    30   5.2e-14     7.1e-14  default (exact)
-    3    63   5.3e-02     7.0e-02  7 L^2
-    3    90   8.5e-14     1.2e-13  default (exact)
-    4   112   5.3e-02     7.1e-02  7 L^2
-    4   220   2.0e-14     2.8e-14  default (exact)
-    5   175   5.4e-02     7.1e-02  7 L^2
-    5   450   1.8e-14     2.5e-14  default (exact)
-    6   252   5.3e-02     6.8e-02  7 L^2
-    6   850   1.0e-14     1.5e-14  default (exact)
-
-All paths, exact ranks found (error ~1e-13): 8, 30, 90, 220 (215 also converges, slowly), 450, 850 at L = 1..6;
-a little below them the fits stall at 1e-5..1e-2, so these are upper bounds on the CP rank of M, lower
-than the 8, 35, 100, 250 reported elsewhere for L = 1..4. Rank 7 L^2 (the TDN default) leaves 2-7%
-equivariance error. The defaults are the exact ranks: equivariant to rounding in float64 (float32: 2-5e-7
-relative error against the float64 CG product for L = 1..6, the cg kind itself 0.5-1.3e-7).
+Fit (:func:`fit_cp`): independent seeded starts, each a short run of alternating least squares with a
+decaying Tikhonov term (steers ALS away from degenerate "swamp" solutions early, vanishes later), column
+balancing and flushing of denormal-bound entries, then Levenberg-Marquardt with a matrix-free
+preconditioned CG inner solve until exact or stalled. ALS alone stalls at 1e-3..1e-2 near the exact rank,
+and near the smallest exact rank most starts end in local minima, so starts are cheap and many: the first
+exact one wins. Deterministic for a given machine/BLAS (seeds fixed).
 """
 
 from __future__ import annotations
@@ -66,18 +36,39 @@ import torch
 
 from .cg import shared_cg_tensor
 
-__all__ = ["DEFAULT_RANKS", "EVEN_DEFAULT_RANKS", "default_rank", "fit_cp", "cp_factors", "cp_relative_error",
-           "equivariance_error"]
+__all__ = [
+    "DEFAULT_RANKS",
+    "EVEN_DEFAULT_RANKS",
+    "EXACT_TOL",
+    "MAX_COLUMN_NORM",
+    "CPApproximationWarning",
+    "CPFitWarning",
+    "column_norms",
+    "cp_factors",
+    "cp_relative_error",
+    "default_rank",
+    "equivariance_error",
+    "fit_cp",
+    "is_exact",
+    "raise_rank",
+]
 
 #: Default rank per L (L_in1 = L_in2 = L_out = L) of the all-path tensor: the smallest rank at which the
-#: fitter reaches an exact decomposition (relative error ~1e-13, so equivariant to rounding), see
-#: CP_RANKS.md. Shipped as package data.
-DEFAULT_RANKS: dict[int, int] = {1: 8, 2: 30, 3: 90, 4: 220, 5: 450, 6: 850}
+#: fitter found an exact decomposition (:func:`is_exact`: equivariant to rounding), see CP_RANKS.md.
+#: Shipped as package data.
+DEFAULT_RANKS: dict[int, int] = {1: 8, 2: 30, 3: 90, 4: 215, 5: 450, 6: 850}
 
 #: The same for the even-path tensor (``parity="even"``, what the ``"tdn"`` models use).
-EVEN_DEFAULT_RANKS: dict[int, int] = {1: 6, 2: 19, 3: 52, 4: 120, 5: 260, 6: 540}
+EVEN_DEFAULT_RANKS: dict[int, int] = {1: 6, 2: 18, 3: 52, 4: 119, 5: 245, 6: 540}
 
 PARITIES = ("all", "even")
+
+#: Relative Frobenius error at or below which a decomposition counts as exact (float64 rounding of the
+#: factors gives 1e-16..1e-14; fits that are not exact stall at 1e-9 and above).
+EXACT_TOL = 1e-13
+
+#: Largest balanced component size (:func:`column_norms`) of a decomposition counted as exact.
+MAX_COLUMN_NORM = 10.0
 
 
 def _defaults(parity: str) -> dict[int, int]:
@@ -124,11 +115,7 @@ def _als(M: np.ndarray, A, B, C, iters: int, lam0: float, tol: float, it0: int =
         T2 = (M_i_jk.T @ A).reshape(d2, d3, R)
         C[:] = np.einsum("jkr,jr->kr", T2, B) @ np.linalg.inv((A.T @ A) * (B.T @ B) + lam * eye)
         # balance column norms (the CP scaling ambiguity) and flush denormal-bound entries
-        na, nb, nc = (np.linalg.norm(X, axis=0) + 1e-300 for X in (A, B, C))
-        s = np.cbrt(na * nb * nc)
-        A *= s / na
-        B *= s / nb
-        C *= s / nc
+        A[:], B[:], C[:] = _balance(A, B, C)
         for X in (A, B, C):
             X[np.abs(X) < 1e-100] = 0.0
         if (it + 1) % 100 == 0 or it == it0 + iters - 1:
@@ -151,23 +138,63 @@ def _mttkrp(T, A, B, C):
     return np.einsum("ijr,jr->ir", TC, B), np.einsum("ijr,ir->jr", TC, A), np.einsum("jkr,jr->kr", TA, B)
 
 
-def _lm(M, A, B, C, iters: int, tol: float, lam: float = 1e-2, cg_iters: int = 200, cg_tol: float = 1e-6):
+def _balance(A, B, C):
+    """Rescale each component so its three factor columns have equal norms (the CP scaling ambiguity)."""
+    na, nb, nc = (np.linalg.norm(X, axis=0) + 1e-300 for X in (A, B, C))
+    s = np.cbrt(na * nb * nc)
+    return A * (s / na), B * (s / nb), C * (s / nc)
+
+
+def column_norms(A: np.ndarray, B: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """Balanced size ``cbrt(|a_r| |b_r| |c_r|)`` of each component. Shapes: A ``(d1,R)``, B ``(d2,R)``, C ``(R,d3)``.
+
+    Exact fits have sizes about 1 (the shipped factors: at most 1.8); a fit that approaches the tensor only
+    as a limit of diverging, cancelling components (a border-rank decomposition) has sizes of 50 and more,
+    and loses accuracy to cancellation in finite precision.
+    """
+    return np.cbrt(np.linalg.norm(A, axis=0) * np.linalg.norm(B, axis=0) * np.linalg.norm(C, axis=1))
+
+
+def is_exact(A: np.ndarray, B: np.ndarray, C: np.ndarray, rel_error: float) -> bool:
+    """Whether a decomposition counts as exact: error <= :data:`EXACT_TOL` with bounded components."""
+    return rel_error <= EXACT_TOL and float(column_norms(A, B, C).max(initial=0.0)) <= MAX_COLUMN_NORM
+
+
+def _lm(
+    M,
+    A,
+    B,
+    C,
+    iters: int,
+    tol: float,
+    lam: float = 1e-2,
+    cg_iters: int = 200,
+    cg_tol: float = 1e-6,
+    stall_steps: int = 75,
+    stall_above: float = 1e-9,
+):
     """Levenberg-Marquardt (damped Gauss-Newton) with a matrix-free preconditioned CG inner solve.
 
     ``J^T J`` of a CP model needs only the ``R x R`` Gram matrices, so one inner step is ``O(d R^2)``;
     near an exact decomposition this converges quadratically where ALS crawls (it reaches 1e-13 at
-    ranks where ALS stalls at 1e-3).
+    ranks where ALS stalls at 1e-3). Gives up early once stalled: the error, still above ``stall_above``,
+    has not halved over the last ``stall_steps`` steps (a local minimum or a swamp; another start is cheaper).
     """
     nM = np.linalg.norm(M)
     F = _full(A, B, C) - M
     f = 0.5 * np.sum(F * F)
     eye = np.eye(A.shape[1])
+    history = []
 
     def dot(u, v):
         return sum(float(np.sum(a * b)) for a, b in zip(u, v))
 
-    for _ in range(iters):
-        if math.sqrt(2 * f) / nM < tol:
+    for step in range(iters):
+        err = math.sqrt(2 * f) / nM
+        history.append(err)
+        if err < tol:
+            break
+        if step >= stall_steps and err > stall_above and err > 0.5 * history[step - stall_steps]:
             break
         GA, GB, GC = A.T @ A, B.T @ B, C.T @ C
         g = _mttkrp(F, A, B, C)
@@ -210,76 +237,142 @@ def _lm(M, A, B, C, iters: int, tol: float, lam: float = 1e-2, cg_iters: int = 2
     return A, B, C, math.sqrt(2 * f) / nM
 
 
+_POLISH_STEPS = 5
+
+
 def fit_cp(
     M: np.ndarray,
     rank: int,
     *,
     seed: int = 0,
-    restarts: int = 3,
-    warmup_iters: int = 300,
-    iters: int = 500,
+    restarts: int = 4,
+    warmup_iters: int = 100,
+    iters: int = 600,
     lam0: float = 1e-3,
-    tol: float = 1e-13,
+    tol: float = EXACT_TOL,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Deterministic CP fit of a 3-tensor: seeded ALS restarts, then Levenberg-Marquardt on the best.
+    """Deterministic CP fit of a 3-tensor: independent seeded starts, each ALS then Levenberg-Marquardt.
 
-    Each restart ``s`` starts from ``default_rng(seed + s)`` Gaussian factors and runs ``warmup_iters``
-    regularised ALS sweeps; the best one is refined by up to ``iters`` LM steps (stops below ``tol``).
+    Start ``s`` draws Gaussian factors from ``default_rng(seed + s)``, runs ``warmup_iters`` regularised
+    ALS sweeps and then up to ``iters`` LM steps, abandoned early once stalled. The first start that is
+    exact (:func:`is_exact` with ``tol``) ends the search; otherwise the most accurate of ``restarts``
+    starts is returned. Near the smallest exact rank most starts stall in local minima (e.g. 3 of 10 at
+    the even-path L = 2 rank 18), so restarts are what finds low exact ranks.
 
     Shapes:
         M ``(d1, d2, d3)`` -> ``A (d1, R)``, ``B (d2, R)``, ``C (R, d3)`` and the relative error.
     """
+    if rank < 1:
+        raise ValueError(f"CP rank must be >= 1, got {rank}")
     M = np.asarray(M, dtype=np.float64)
     best = None
-    for s in range(restarts):
+    for s in range(max(1, restarts)):
         rng = np.random.default_rng(seed + s)
-        A, B, C = (rng.standard_normal((n, rank)) for n in M.shape)
+        A, B, C = (rng.standard_normal((n, rank)) for n in M.shape)  # C as (d3, R) while fitting
         err = _als(M, A, B, C, warmup_iters, lam0, tol)
-        if best is None or err < best[0]:
-            best = (err, A, B, C)
-        if err < tol:
-            break
-    err, A, B, C = best
-    if err >= tol and iters > 0:
-        A, B, C, err = _lm(M, A, B, C, iters, tol)
-    # balance the scaling ambiguity so that no factor carries the magnitude alone
-    na, nb, nc = (np.linalg.norm(X, axis=0) + 1e-300 for X in (A, B, C))
-    s = np.cbrt(na * nb * nc)
-    return A * (s / na), B * (s / nb), (C * (s / nc)).T.copy(), float(err)
+        if err >= tol and iters > 0:
+            A, B, C, err = _lm(M, A, B, C, iters, tol)
+        if err < tol:  # converging quadratically: a few nearly undamped steps take it to rounding level
+            A, B, C, err = _lm(M, A, B, C, _POLISH_STEPS, 0.0, lam=1e-9)
+        A, B, C = _balance(A, B, C)
+        err = cp_relative_error(M, A, B, C.T)  # of the factors returned, after balancing
+        fit = (A, B, C.T.copy(), err)
+        exact = err <= tol and float(column_norms(*fit[:3]).max()) <= MAX_COLUMN_NORM
+        if exact:
+            return fit
+        if best is None or err < best[3]:
+            best = fit
+    return best
+
+
+def raise_rank(A: np.ndarray, B: np.ndarray, C: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The same tensor at a higher rank: components are split into equal parts (``C`` rows divided).
+
+    Any rank at or above an exact rank has an exact decomposition, and this is one: exact to rounding, with
+    components no larger than the input's. Components ``0, 1, ...`` are split in turn (round robin).
+
+    Shapes:
+        A ``(d1, R)``, B ``(d2, R)``, C ``(R, d3)`` -> ``(d1, rank)``, ``(d2, rank)``, ``(rank, d3)``.
+    """
+    R = A.shape[1]
+    if rank < R:
+        raise ValueError(f"raise_rank: rank {rank} is below the factors' rank {R}")
+    extra = np.arange(rank - R) % R
+    parts = np.bincount(extra, minlength=R) + 1  # equal parts per original component
+    sel = np.concatenate([np.arange(R), extra])
+    return A[:, sel].copy(), B[:, sel].copy(), C[sel] / parts[sel, None]
 
 
 def _data_name(L: int, rank: int, parity: str = "all") -> str:
     return f"cp_L{L}_R{rank}.npz" if parity == "all" else f"cp_{parity}_L{L}_R{rank}.npz"
 
 
-@functools.lru_cache(maxsize=None)
-def _load_or_fit(L: int, rank: int, parity: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+class CPFitWarning(UserWarning):
+    """CP factors that are not shipped are being fitted now (seconds to minutes)."""
+
+
+class CPApproximationWarning(UserWarning):
+    """The CP factors are not an exact decomposition: the product is only approximately equivariant."""
+
+
+def _load(L: int, rank: int, parity: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     ref = resources.files("mlip_kernels").joinpath("data", _data_name(L, rank, parity))
-    if ref.is_file():
-        with resources.as_file(ref) as path, np.load(path) as z:
-            out = (z["A"], z["B"], z["C"], float(z["rel_error"]))
+    with resources.as_file(ref) as path, np.load(path) as z:
+        return z["A"], z["B"], z["C"], float(z["rel_error"])
+
+
+@functools.cache
+def _load_or_fit(L: int, rank: int, parity: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    exact_rank = _defaults(parity).get(L)
+    if exact_rank is not None and rank >= exact_rank:
+        A, B, C, err = _load(L, exact_rank, parity)
+        if rank > exact_rank:  # the shipped exact factors with components split: exact, no fit needed
+            A, B, C = raise_rank(A, B, C, rank)
+            err = cp_relative_error(shared_cg_tensor(L, L, L, parity), A, B, C)
     else:
-        if L >= 3:  # L <= 2 fits in about a second; larger ones take tens of seconds to minutes
+        if L >= 3:  # L <= 2 fits in seconds; larger ones take tens of seconds to many minutes
             warnings.warn(
                 f"CP factors for L={L}, rank={rank} ({parity} paths) are not shipped; fitting them now (may take "
-                "minutes). Ship them with `python -m mlip_kernels.fit_cp`.",
-                stacklevel=3,
+                "minutes)",
+                CPFitWarning,
+                stacklevel=4,
             )
-        out = fit_cp(shared_cg_tensor(L, L, L, parity), rank)
-    for a in out[:3]:
+        M = shared_cg_tensor(L, L, L, parity)
+        A, B, C, err = fit_cp(M, rank)
+        if not is_exact(A, B, C, err):
+            bound = f"below the exact rank {exact_rank}" if exact_rank is not None else "not an exact decomposition"
+            exact = f"rank >= {exact_rank}" if exact_rank is not None else "an exact rank"
+            warnings.warn(
+                f"CP rank {rank} for L={L} ({parity} paths) is {bound}: the product is approximate, relative "
+                f"error {err:.1e} (equivariance error of the same order); use {exact} (or the exact 'gaunt' or "
+                "'cg' product) for an exact one",
+                CPApproximationWarning,
+                stacklevel=4,
+            )
+    for a in (A, B, C):
         a.setflags(write=False)
-    return out
+    return A, B, C, err
 
 
-def cp_factors(L: int, rank: int | None = None,
-               parity: str = "all") -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """CP factors of ``shared_cg_tensor(L, L, L, parity)``: shipped if available, else fitted (deterministic).
+def cp_factors(
+    L: int, rank: int | None = None, parity: str = "all"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """CP factors of ``shared_cg_tensor(L, L, L, parity)`` (float64 copies) and the relative error of M.
+
+    * ``rank`` None: the shipped exact decomposition at :func:`default_rank`.
+    * ``rank`` above it: the shipped factors with components split (:func:`raise_rank`), still exact.
+    * ``rank`` below it (or ``L`` without shipped factors): fitted now by :func:`fit_cp` (deterministic,
+      cached per process; :class:`CPFitWarning` for ``L >= 3``). Below the exact rank the fit is
+      approximate: :class:`CPApproximationWarning` states its relative error, which is also returned (it is
+      the TDN paper's accuracy-for-speed trade-off; the equivariance error is of the same order).
 
     Shapes:
-        returns ``A (d, R)``, ``B (d, R)``, ``C (R, d)`` (float64 copies) and the relative error of M.
+        returns ``A (d, R)``, ``B (d, R)``, ``C (R, d)`` and the relative error.
     """
     _defaults(parity)
     rank = default_rank(L, parity) if rank is None else int(rank)
+    if rank < 1:
+        raise ValueError(f"CP rank must be a positive integer, got {rank}")
     A, B, C, err = _load_or_fit(int(L), rank, parity)
     return A.copy(), B.copy(), C.copy(), err
 

@@ -22,7 +22,11 @@ Backends (all give the same numbers up to float rounding; saved models never dep
   on a multi-threaded CPU unless ``fused_message=True``.
 * ``"triton"``: fused kernels (:mod:`mlip_kernels.triton`): per receiver, a block of channels x ranks
   accumulated in registers over its CSR-sorted incoming edges (deterministic, no atomics).
-* ``"auto"``: ``"triton"`` when Triton is importable and the tensors are on a CUDA device, else ``"torch"``.
+* ``"auto"``: ``"triton"`` for CUDA tensors when Triton is importable and its kernels have passed a check
+  against the ``"torch"`` kernels, else ``"torch"``. The check (:func:`resolve_backend`) runs once per
+  device, dtype and ``(C, R)`` on first use: a small forward and backward through both kernel sets. Kernels
+  that fail to compile or run, or that disagree, make ``"auto"`` fall back to ``"torch"`` for those shapes
+  with one warning; the verdict is kept for the process.
 
 Derivatives: the backward of the message is the message on the reversed graph (for ``P``) plus two edge
 reductions (for ``u`` and ``w``); the backwards of those are again messages and edge reductions. So the
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import warnings
 
 import torch
 
@@ -376,17 +381,104 @@ def _naive_message(P, u, w, g: MessageGraph) -> torch.Tensor:
     return P.new_zeros((g.n_dst,) + tuple(P.shape[1:])).index_add(0, g.dst, m)
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Map ``"auto"`` to a concrete backend for tensors on ``device``; check the others exist."""
+def _triton_candidate(device: torch.device) -> bool:
+    """Whether ``"auto"`` considers the Triton kernels for tensors on ``device`` (CUDA, Triton importable)."""
+    from . import triton as _tri
+
+    return device.type == "cuda" and _tri.HAS_TRITON
+
+
+#: ``"auto"``'s verdicts on the Triton kernels per (device, dtype, C, R): True once they matched the torch kernels.
+_TRITON_VERDICTS: dict[tuple[str, torch.dtype, int, int], bool] = {}
+_VERDICT_LOCK = threading.Lock()
+# Relative agreement the check demands: float32 sums in another order differ by ~1e-7 relative.
+_CHECK_RTOL = {torch.float64: 1e-10, torch.float32: 1e-4}
+_CHECK_RTOL_LOW_PRECISION = 3e-2
+
+
+def _check_triton(device: torch.device, dtype: torch.dtype, C: int, R: int) -> str | None:
+    """Why the Triton kernels cannot be trusted for these shapes, or None when they match the torch kernels.
+
+    One small problem (7 senders, 6 receivers of which one has no edges, 24 edges, the caller's ``C`` and
+    ``R``) through the message and its backward (which runs the reversed message and both edge reductions)
+    with each kernel set. Triton's outputs are NaN-poisoned first, so an output a kernel fails to write shows.
+    """
+    gen = torch.Generator().manual_seed(0)
+    n_src, n_dst, E = 7, 6, 24
+    src = torch.randint(0, n_src, (E,), generator=gen)
+    dst = torch.randint(0, n_dst - 1, (E,), generator=gen)
+    shapes = ((n_src, C, R), (E, R), (E, C), (n_dst, C, R))
+    data = [torch.randn(*shape, generator=gen, dtype=torch.float64) for shape in shapes]
+    results = []
+    try:
+        # fresh autograd-tracked tensors even when called under no_grad or inference_mode
+        with torch.inference_mode(False), torch.enable_grad():
+            graph = MessageGraph(src.to(device), dst.to(device), n_src, n_dst)
+            for ops in (_triton_kernels(poison=True), TorchOps()):
+                P, u, w, G = (t.to(device=device, dtype=dtype, copy=True) for t in data)
+                for t in (P, u, w):
+                    t.requires_grad_()
+                out = _Message.apply(P, u, w, graph, ops)
+                grads = torch.autograd.grad((out * G).sum(), (P, u, w))
+                results.append([t.detach().to("cpu", torch.float64) for t in (out, *grads)])
+    except Exception as exc:  # fails to compile, launch or run: any of these means "do not use it"
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return f"{type(exc).__name__}: {first}"[:240]
+    rtol = _CHECK_RTOL.get(dtype, _CHECK_RTOL_LOW_PRECISION)
+    for name, got, ref in zip(("output", "grad P", "grad u", "grad w"), *results):
+        if not torch.isfinite(got).all():
+            return f"{name} has non-finite values"
+        err = float((got - ref).norm() / ref.norm().clamp_min(1e-300))
+        if err > rtol:
+            return f"{name} differs by {err:.1e} (relative; allowed {rtol:.0e})"
+    return None
+
+
+def _auto_backend(P: torch.Tensor) -> str:
+    """``"auto"`` for rank-space features ``P [N, C, R]``: Triton where checked good, else torch."""
+    if not _triton_candidate(P.device):
+        return "torch"
+    key = (str(P.device), P.dtype, int(P.shape[1]), int(P.shape[2]))
+    with _VERDICT_LOCK:  # one check per key even with several threads
+        verdict = _TRITON_VERDICTS.get(key)
+        if verdict is None:
+            why = _check_triton(P.device, *key[1:])
+            verdict = _TRITON_VERDICTS[key] = why is None
+            if why is not None:
+                warnings.warn(
+                    f"message backend 'auto': the Triton kernels failed their check against the torch kernels on "
+                    f"{key[0]} ({P.dtype}, C={key[2]}, R={key[3]}): {why}; using the torch kernels for these shapes",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+    return "triton" if verdict else "torch"
+
+
+def resolve_backend(backend: str, P: torch.Tensor) -> str:
+    """The concrete backend for rank-space features like ``P`` (device, dtype, ``C``, ``R``); checks it can run.
+
+    ``"auto"`` becomes ``"triton"`` only for CUDA tensors whose (device, dtype, C, R) passed the check
+    against the torch kernels (run here on first use, then cached), else ``"torch"``.
+
+    Shapes:
+        P ``[N, C, R]`` (only its device, dtype and shape are used; ``N`` may be 0).
+    """
     from . import triton as _tri
 
     if backend == "auto":
-        return "triton" if (device.type == "cuda" and _tri.HAS_TRITON) else "torch"
+        return _auto_backend(P)
     if backend not in BACKENDS:
         raise ValueError(f"unknown message backend {backend!r}; expected one of {BACKENDS}")
-    if backend == "triton" and not _tri.available(device):
-        raise RuntimeError(f"message backend 'triton' cannot run on {device}: {_tri.why_unavailable(device)}")
+    if backend == "triton" and not _tri.available(P.device):
+        raise RuntimeError(f"message backend 'triton' cannot run on {P.device}: {_tri.why_unavailable(P.device)}")
     return backend
+
+
+def _triton_kernels(**options):
+    """The Triton kernel set (one function, so tests can stand in a fake or broken one)."""
+    from .triton import TritonOps
+
+    return TritonOps(**options)
 
 
 def message_ops(backend: str, **options):
@@ -401,9 +493,7 @@ def message_ops(backend: str, **options):
     if backend == "compile":
         return CompiledOps(**options)
     if backend == "triton":
-        from .triton import TritonOps
-
-        return TritonOps(**options)
+        return _triton_kernels(**options)
     raise ValueError(f"no kernel set for backend {backend!r}")
 
 
@@ -452,7 +542,7 @@ def rank_message(
         raise ValueError(f"P, u, w must share a dtype, got {P.dtype}, {u.dtype}, {w.dtype}")
     if not (P.device == u.device == w.device == graph.src.device):
         raise ValueError("P, u, w, src and dst must be on one device")
-    backend = resolve_backend(backend, P.device)
+    backend = resolve_backend(backend, P)
     if backend == "naive":
         return _naive_message(P, u, w, graph)
     return _Message.apply(P, u, w, graph, message_ops(backend, **options))

@@ -98,7 +98,7 @@ class MessageGraph:
         return self.src.shape[0]
 
     @property
-    def T(self) -> "MessageGraph":
+    def T(self) -> MessageGraph:
         """The reversed graph ``dst -> src`` (shares cached CSR orderings)."""
         g = MessageGraph.__new__(MessageGraph)
         g.src, g.dst, g.n_src, g.n_dst = self.dst, self.src, self.n_dst, self.n_src

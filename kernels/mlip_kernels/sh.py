@@ -42,7 +42,7 @@ def degree_index(lmax: int) -> torch.Tensor:
     return torch.cat([torch.full((2 * l + 1,), l, dtype=torch.long) for l in range(lmax + 1)])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _coefficients(lmax: int) -> tuple:
     """float64 recurrence coefficients (computed once per lmax; plain floats, immutable tuples)."""
     # diag[m]: Ptilde_m^m = (2m-1)!! / sqrt((2m)!)   (constant part, the sin^m is in Re/Im (X+iY)^m)

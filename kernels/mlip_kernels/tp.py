@@ -173,8 +173,7 @@ def make_tp(
         if rank is not None:
             raise ValueError("kind 'cg' is exact; its rank is fixed by the paths (pass rank=None)")
         A, B, C, pidx = cg_factors(L_in1, L_in2, L_out, parity)
-        return LowRankTP(A, B, C, kind=kind, paths=tp_paths(L_in1, L_in2, L_out, parity), path_index=pidx,
-                         **common)
+        return LowRankTP(A, B, C, kind=kind, paths=tp_paths(L_in1, L_in2, L_out, parity), path_index=pidx, **common)
     if kind == "gaunt":
         if rank is not None:
             raise ValueError("kind 'gaunt' is exact; its rank is the grid size (choose grid=, not rank=)")
@@ -192,4 +191,3 @@ def make_tp(
 def gaunt_rank(L_in1: int, L_in2: int, L_out: int, grid: str = "auto") -> int:
     """Number of quadrature points (the rank) of the Gaunt product."""
     return len(sphere_grid(L_in1 + L_in2 + L_out, grid)[1])
-

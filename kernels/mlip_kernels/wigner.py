@@ -72,7 +72,7 @@ def _cg_coeff(j1: int, m1: int, j2: int, m2: int, j3: int, m3: int) -> float:
     return val if num > 0 else -val
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cg_complex_np(l1: int, l2: int, l3: int) -> np.ndarray:
     out = np.zeros((2 * l1 + 1, 2 * l2 + 1, 2 * l3 + 1))
     if _triangle(l1, l2, l3):
@@ -102,7 +102,7 @@ def _real_to_complex(l: int, phase: bool) -> np.ndarray:
     return ((-1j) ** l) * q if phase else q
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _w3j_np(l1: int, l2: int, l3: int) -> np.ndarray:
     if not _triangle(l1, l2, l3):
         raise ValueError(f"wigner_3j: ({l1}, {l2}, {l3}) violates the triangle rule |l1-l2| <= l3 <= l1+l2")
@@ -138,7 +138,7 @@ def clebsch_gordan(l1: int, l2: int, l3: int, dtype: torch.dtype = torch.float64
     return math.sqrt(2 * l3 + 1) * wigner_3j(l1, l2, l3, dtype=dtype, device=device)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gaunt_np(l1: int, l2: int, l3: int) -> np.ndarray:
     shape = (2 * l1 + 1, 2 * l2 + 1, 2 * l3 + 1)
     if not _triangle(l1, l2, l3) or (l1 + l2 + l3) % 2:
@@ -174,16 +174,16 @@ def gaunt_coefficients(l1: int, l2: int, l3: int, dtype: torch.dtype = torch.flo
     return torch.tensor(_gaunt_np(l1, l2, l3), dtype=dtype, device=device)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _projection_grid(lmax: int) -> tuple[np.ndarray, np.ndarray]:
     """Gauss-Legendre x uniform grid exact for spherical polynomials of degree ``2*lmax``."""
     n_theta, n_phi = lmax + 1, 2 * lmax + 1
     z, w = np.polynomial.legendre.leggauss(n_theta)
     phi = 2 * np.pi * np.arange(n_phi) / n_phi
     s = np.sqrt(1 - z * z)
-    pts = np.stack(
-        [np.outer(s, np.cos(phi)), np.outer(s, np.sin(phi)), np.outer(z, np.ones(n_phi))], axis=-1
-    ).reshape(-1, 3)
+    pts = np.stack([np.outer(s, np.cos(phi)), np.outer(s, np.sin(phi)), np.outer(z, np.ones(n_phi))], axis=-1).reshape(
+        -1, 3
+    )
     wts = np.outer(w, np.full(n_phi, 2 * np.pi / n_phi)).reshape(-1)
     return pts, wts
 
@@ -230,9 +230,15 @@ def random_rotation(
     a, b, c, d = q.unbind(-1)
     R = torch.stack(
         [
-            a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c),
-            2 * (b * c + a * d), a * a - b * b + c * c - d * d, 2 * (c * d - a * b),
-            2 * (b * d - a * c), 2 * (c * d + a * b), a * a - b * b - c * c + d * d,
+            a * a + b * b - c * c - d * d,
+            2 * (b * c - a * d),
+            2 * (b * d + a * c),
+            2 * (b * c + a * d),
+            a * a - b * b + c * c - d * d,
+            2 * (c * d - a * b),
+            2 * (b * d - a * c),
+            2 * (c * d + a * b),
+            a * a - b * b - c * c + d * d,
         ],
         dim=-1,
     ).reshape(*shape, 3, 3)

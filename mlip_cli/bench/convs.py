@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Graph", "E3nnConv", "DenseCGConv", "PerEdgeConv", "RankSpaceConv", "split_cp_components"]
+__all__ = ["Graph", "E3nnConv", "DenseCGConv", "PerEdgeConv", "RankSpaceConv"]
 
 
 @dataclass
@@ -134,34 +134,18 @@ class RankSpaceConv(_Conv):
     """:func:`mlip_kernels.message.rank_space_conv` with a low-rank product's factors (end to end:
     project ``x A`` per node and ``Y B`` per edge, gather-multiply-scatter in rank space, ``@ C``)."""
 
-    def __init__(self, tp, reference: str, backend: str):
+    def __init__(self, tp, reference: str, backend: str, channels: int):
+        from mlip_kernels.message import resolve_backend
+
         self.tp, self.rank, self.paths, self.reference = tp, tp.rank, tp.paths, reference
-        self.backend = backend
-        self.impl = f"rank_space_conv, {tp.kind} factors, message backend {backend!r}"
+        # resolve "auto" here (its Triton check, if any, runs now and not inside the timed calls)
+        like = torch.empty(0, channels, tp.rank, dtype=tp.A.dtype, device=tp.A.device)
+        self.backend = resolve_backend(backend, like)
+        asked = "" if backend == self.backend else f" (asked {backend!r})"
+        self.impl = f"rank_space_conv, {tp.kind} factors, message backend {self.backend!r}{asked}"
 
     def __call__(self, g: Graph, x, Y, w):
         from mlip_kernels.message import rank_space_conv
 
         tp = self.tp
         return rank_space_conv(x, tp.A, Y, tp.B, w, g.src, g.dst, tp.C, g.n, self.backend, graph=g.mg)
-
-
-def split_cp_components(A, B, C, extra: int):
-    """The same CP tensor at rank ``R + extra``: component ``r`` becomes two with half its ``C`` row each.
-
-    Used for the higher-rank CP row: the shipped default factors are already exact (error ~1e-13), so a
-    fitted larger rank would not be more accurate, and fitting it takes minutes at L = 4; the time of a
-    rank-R' product does not depend on the factor values.
-
-    Shapes:
-        A ``(d1, R)``, B ``(d2, R)``, C ``(R, d3)`` -> ``(d1, R+extra)``, ``(d2, R+extra)``, ``(R+extra, d3)``.
-    """
-    import numpy as np
-
-    A, B, C = np.array(A), np.array(B), np.array(C)
-    rank = A.shape[1]
-    for j in range(extra):
-        r = j % rank
-        C[r] *= 0.5
-        A, B, C = np.c_[A, A[:, r]], np.c_[B, B[:, r]], np.r_[C, C[r : r + 1]]
-    return A, B, C

@@ -11,8 +11,15 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["PEAK_MEM_METHOD", "PeakTensorBytes", "peak_memory_mb", "path_weights", "reference_conv",
-           "equivariance_error", "relative_error"]
+__all__ = [
+    "PEAK_MEM_METHOD",
+    "PeakTensorBytes",
+    "peak_memory_mb",
+    "path_weights",
+    "reference_conv",
+    "equivariance_error",
+    "relative_error",
+]
 
 PEAK_MEM_METHOD = {
     "cpu": "peak total bytes of tensor storages created by aten ops during one forward+backward call and "
@@ -99,7 +106,7 @@ def reference_conv(x, Y, w, src, dst, n_nodes: int, L: int, which: str = "all") 
     from mlip_kernels.cg import cg_tensor_product
 
     pw = path_weights(L, which)
-    pw = None if pw is None else pw.to(x.dtype)
+    pw = None if pw is None else pw.to(dtype=x.dtype, device=x.device)
     m = cg_tensor_product(x[src], Y[:, None, :], L, L, L, path_weights=pw) * w[:, :, None]
     return x.new_zeros(n_nodes, *x.shape[1:]).index_add(0, dst, m)
 

@@ -14,10 +14,9 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
-__all__ = ["best_of", "machine_info", "e3nn_version", "e3nn_uvu_tp", "e3nn_paths", "to_e3nn_layout",
-           "from_e3nn_layout"]
+__all__ = ["best_of", "machine_info", "e3nn_version", "e3nn_uvu_tp", "e3nn_paths", "to_e3nn_layout", "from_e3nn_layout"]
 
 
 def best_of(
@@ -77,7 +76,11 @@ def machine_info(device: str = "cpu") -> dict:
         "device": device,
     }
     if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        props = torch.cuda.get_device_properties(torch.device(device))
+        info["gpu"] = props.name
+        info["gpu_memory_gb"] = round(props.total_memory / 1e9, 1)
+        info["cuda_capability"] = f"{props.major}.{props.minor}"
+        info["cuda_version"] = torch.version.cuda
     return info
 
 
@@ -117,8 +120,7 @@ def e3nn_uvu_tp(L: int, channels: int, *, match_cg: bool = False):
 def e3nn_paths(tp) -> list[tuple[int, int, int]]:
     """``(l1, l2, l3)`` of each instruction of an e3nn tensor product."""
     return [
-        (tp.irreps_in1[i.i_in1].ir.l, tp.irreps_in2[i.i_in2].ir.l, tp.irreps_out[i.i_out].ir.l)
-        for i in tp.instructions
+        (tp.irreps_in1[i.i_in1].ir.l, tp.irreps_in2[i.i_in2].ir.l, tp.irreps_out[i.i_out].ir.l) for i in tp.instructions
     ]
 
 

@@ -20,13 +20,22 @@ def plot_tp(result: dict, path: Path) -> None:
     fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(12, 4.8))
     for m in methods:
         pts = sorted((r["L"], r["fwd_bwd_ms"], r.get("speedup_vs_e3nn")) for r in rows if r["method"] == m)
-        style = dict(marker="o", lw=2.5 if m.startswith("rank-") else 1.5,
-                     ls="--" if m == "e3nn" else "-", color="k" if m == "e3nn" else None)
-        line, = ax_t.plot([p[0] for p in pts], [p[1] for p in pts], label=m, **style)
+        style = dict(
+            marker="o",
+            lw=2.5 if m.startswith("rank-") else 1.5,
+            ls="--" if m == "e3nn" else "-",
+            color="k" if m == "e3nn" else None,
+        )
+        (line,) = ax_t.plot([p[0] for p in pts], [p[1] for p in pts], label=m, **style)
         sp = [(p[0], p[2]) for p in pts if p[2]]
         if m != "e3nn" and sp:
-            ax_s.plot([p[0] for p in sp], [p[1] for p in sp], label=m, color=line.get_color(),
-                      **{k: v for k, v in style.items() if k != "color"})
+            ax_s.plot(
+                [p[0] for p in sp],
+                [p[1] for p in sp],
+                label=m,
+                color=line.get_color(),
+                **{k: v for k, v in style.items() if k != "color"},
+            )
     ax_t.set(yscale="log", xlabel="L", ylabel="forward+backward (ms)", title="time per convolution")
     ax_s.set(yscale="log", xlabel="L", ylabel="e3nn time / method time", title="speed-up over e3nn (same run)")
     if any(r["method"] == "e3nn" for r in rows):

@@ -11,17 +11,15 @@ import math
 import os
 import platform
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 
-from . import convs, measure, peers
+from . import TP_METHODS, convs, measure, peers
 
-__all__ = ["METHODS", "TPBenchConfig", "run_tp_bench", "caption"]
+__all__ = ["TPBenchConfig", "run_tp_bench", "caption"]
 
-#: Row names in the order they are measured (e3nn first: the others are compared with it).
-METHODS = ("e3nn", "cg", "gaunt", "cp", "cp-high", "rank-gaunt", "rank-cp")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 REFERENCE_NAMES = {
     "all": "cg, all paths",
@@ -43,7 +41,7 @@ class TPBenchConfig:
     device: str = "cpu"
     threads: int | None = None
     backend: str = "auto"
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = TP_METHODS
     repeats: int = 3
     min_time: float = 0.3
     quick: bool = False
@@ -71,27 +69,35 @@ class TPBenchConfig:
             raise ValueError(f"--threads must be >= 1, got {self.threads}")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype {self.dtype!r}: choose from {', '.join(DTYPES)}")
-        bad = [m for m in self.methods if m not in METHODS]
+        bad = [m for m in self.methods if m not in TP_METHODS]
         if bad or not self.methods:
-            raise ValueError(f"--methods {','.join(bad) or '(none)'}: choose from {', '.join(METHODS)}")
+            raise ValueError(f"--methods {','.join(bad) or '(none)'}: choose from {', '.join(TP_METHODS)}")
         from mlip_kernels.message import BACKENDS
 
         if self.backend not in BACKENDS:
             raise ValueError(f"--backend {self.backend!r}: choose from {', '.join(BACKENDS)}")
         if self.cp_extra <= 0:
             raise ValueError(f"--cp-extra must be > 0, got {self.cp_extra}")
-        dev = torch.device(self.device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {self.device}: no CUDA device is available")
-        if dev.type not in ("cpu", "cuda"):
+        try:
+            dev = torch.device(self.device)
+        except RuntimeError:
+            dev = None
+        if dev is None or dev.type not in ("cpu", "cuda"):
             raise ValueError(f"--device {self.device!r}: choose cpu or cuda[:i]")
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(
+                    f"--device {self.device}: CUDA is not available (torch {torch.__version__}, "
+                    f"built with CUDA {torch.version.cuda or 'none'})"
+                )
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise ValueError(f"--device {self.device}: only {torch.cuda.device_count()} CUDA device(s)")
 
 
 def _build(name: str, L: int, cfg: TPBenchConfig, dtype, device):
     """The conv for a method, or a string saying why it is skipped."""
-    from mlip_kernels.cp import DEFAULT_RANKS, cp_factors
-    from mlip_kernels.cg import tp_paths
-    from mlip_kernels.tp import LowRankTP, make_tp
+    from mlip_kernels.cp import DEFAULT_RANKS, CPFitWarning
+    from mlip_kernels.tp import make_tp
 
     if name == "e3nn":
         if not cfg.e3nn or peers.e3nn_version() is None:
@@ -104,24 +110,24 @@ def _build(name: str, L: int, cfg: TPBenchConfig, dtype, device):
     if base == "cp":
         if L not in DEFAULT_RANKS:
             return f"no default CP rank for L={L} (defaults: L in {sorted(DEFAULT_RANKS)})"
+        rank = DEFAULT_RANKS[L]
+        if variant == "cp-high":  # the shipped exact factors with components split (same tensor, still exact)
+            rank += max(1, math.ceil(cfg.cp_extra * rank))
         with warnings.catch_warnings():
             # factors that are not shipped would be fitted now (minutes): skip the row instead of waiting
-            warnings.simplefilter("error", UserWarning)
+            warnings.simplefilter("error", CPFitWarning)
             try:
-                A, B, C, err = cp_factors(L)
-            except UserWarning:
-                return (f"CP factors for L={L}, rank {DEFAULT_RANKS[L]} are not shipped "
-                        "(fit them with python -m mlip_kernels.fit_cp)")
-    if variant == "cp-high":
-        extra = max(1, math.ceil(cfg.cp_extra * A.shape[1]))
-        A, B, C = convs.split_cp_components(A, B, C, extra)
-        tp = LowRankTP(A, B, C, kind="cp", L_in1=L, L_in2=L, L_out=L, paths=tp_paths(L, L, L), rel_error=err,
-                       dtype=dtype, device=device)
+                tp = make_tp("cp", L, rank=rank, dtype=dtype, device=device)
+            except CPFitWarning:
+                return (
+                    f"CP factors for L={L}, rank {DEFAULT_RANKS[L]} are not shipped "
+                    "(fit them with python -m mlip_kernels.fit_cp)"
+                )
     else:
         tp = make_tp(base, L, dtype=dtype, device=device)
     reference = "gaunt" if base == "gaunt" else "all"
     if name.startswith("rank-"):
-        return convs.RankSpaceConv(tp, reference, cfg.backend)
+        return convs.RankSpaceConv(tp, reference, cfg.backend, cfg.channels)
     return convs.PerEdgeConv(tp, reference)
 
 
@@ -182,6 +188,7 @@ def _error_row(conv, g, x, vec, w, L: int, refs: dict, cfg, gen) -> dict:
             "equiv_err": measure.equivariance_error(f, x, vec, w, L, cfg.n_rotations, gen),
             "rel_err_vs_cg": measure.relative_error(out, ref),
             "rel_err_reference": REFERENCE_NAMES[conv.reference],
+            "rel_err_path_set": conv.reference,
         }
 
 
@@ -190,10 +197,17 @@ def _describe(name: str, conv, L: int) -> dict:
     odd = any((a + b + c) % 2 for a, b, c in paths)
     tp = getattr(conv, "tp", None)
     return {
-        "L": L, "method": name, "impl": conv.impl, "rank": conv.rank, "n_paths": len(paths),
-        "parity_odd_paths": odd, "cross_product_path": (1, 1, 1) in paths,
+        "L": L,
+        "method": name,
+        "impl": conv.impl,
+        "rank": conv.rank,
+        "n_paths": len(paths),
+        "parity_odd_paths": odd,
+        "cross_product_path": (1, 1, 1) in paths,
         "paths": [list(p) for p in paths],
+        # relative Frobenius error of the CP factors against the CG tensor they decompose
         "cp_fit_rel_error": tp.rel_error if getattr(tp, "kind", None) == "cp" else None,
+        "message_backend": getattr(conv, "backend", None),
     }
 
 
@@ -229,7 +243,7 @@ def _run_L(L: int, cfg: TPBenchConfig, dtype, device, progress) -> list[dict]:
     xc, vc, Yc, wc, _ = _inputs(L, cfg.channels, gc, torch.float64, device, gen)
     refs = {k: measure.reference_conv(xc, Yc, wc, gc.src, gc.dst, gc.n, L, k) for k in REFERENCE_NAMES}
     rows = []
-    for name in [m for m in METHODS if m in cfg.methods]:
+    for name in [m for m in TP_METHODS if m in cfg.methods]:
         progress(f"L={L} {name}")
         row = {"L": L, "method": name, "status": "ok"}
         try:
@@ -243,6 +257,9 @@ def _run_L(L: int, cfg: TPBenchConfig, dtype, device, progress) -> list[dict]:
             row.update(_error_row(check, gc, xc, vc, wc, L, refs, cfg, gen))
         except (RuntimeError, MemoryError) as exc:  # out of memory, a kernel that cannot run here, ...
             row.update(status="failed", note=f"{type(exc).__name__}: {exc}"[:300])
+        finally:
+            if device.type == "cuda":  # hand a failed or finished row's cached blocks back before the next
+                torch.cuda.empty_cache()
         rows.append(row)
     base = next((r for r in rows if r["method"] == "e3nn" and r["status"] == "ok"), None)
     for r in rows:
@@ -257,7 +274,7 @@ def _run_L(L: int, cfg: TPBenchConfig, dtype, device, progress) -> list[dict]:
 def _summary(rows: list[dict]) -> dict:
     """Speed-ups over e3nn (forward+backward) per method and L, and whether they grow with L."""
     out = {}
-    for name in METHODS[1:]:
+    for name in TP_METHODS[1:]:
         s = {r["L"]: r["speedup_vs_e3nn"] for r in rows if r["method"] == name and r.get("speedup_vs_e3nn")}
         if s:
             vals = [s[k] for k in sorted(s)]
@@ -278,16 +295,23 @@ def _meta(cfg: TPBenchConfig) -> dict:
         "job": "out[n] = sum_{e: dst_e=n} w_e * tp(x[src_e], Y(r_e)); x [N,C,(L+1)^2], Y [E,(L+1)^2], "
         "w [E,C]; forward+backward = grads of sum(out * G) w.r.t. x, Y, w",
         "machine": peers.machine_info(cfg.device),
-        "versions": {"mlip": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                     "e3nn": e3nn, "mlip_kernels": getattr(mlip_kernels, "__version__", None)},
+        "versions": {
+            "mlip": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "e3nn": e3nn,
+            "mlip_kernels": getattr(mlip_kernels, "__version__", None),
+        },
         "config": asdict(cfg) | {"methods": list(cfg.methods)},
         "sizes": {"nodes": cfg.nodes, "edges": cfg.edges, "channels": cfg.channels},
         "dtype": cfg.dtype,
         "peers": {"e3nn": e3nn},
         "timing_method": (
-            "wall clock, best of 1 call after 1 warm-up (--quick)" if cfg.quick else
-            f"wall clock, best of >= {cfg.repeats} calls (more while under {cfg.min_time} s) after 1 warm-up; "
-            "medians alongside"),
+            "wall clock, best of 1 call after 1 warm-up (--quick)"
+            if cfg.quick
+            else f"wall clock, best of >= {cfg.repeats} calls (more while under {cfg.min_time} s) after 1 warm-up; "
+            "medians alongside"
+        ),
         "speedup": "e3nn forward+backward time / row forward+backward time, same run, same inputs",
         "peak_mem_method": measure.PEAK_MEM_METHOD[device.type],
         "error_method": (
@@ -295,7 +319,8 @@ def _meta(cfg: TPBenchConfig) -> dict:
             f"{min(cfg.nodes, cfg.check_nodes)} nodes), independent of the timed dtype. equiv_err: largest "
             f"||f(Dx, Y(Rr), w) - D f(x, Y(r), w)|| / ||f(x, Y(r), w)|| over {cfg.n_rotations} random "
             "rotations R (D: Wigner blocks). rel_err_vs_cg: against mlip_kernels.cg.cg_tensor_product on "
-            "the path set in rel_err_reference"),
+            "the path set in rel_err_reference"
+        ),
         "notes": [
             "e3nn has one weight per edge, path and channel (the channel weights repeated over paths, "
             "so it computes the even-path CG); ours share one weight per edge and channel over all paths.",
@@ -307,8 +332,10 @@ def _meta(cfg: TPBenchConfig) -> dict:
     }
     load = meta["machine"]["load_average"]
     if load and load[0] > 0.5 * (os.cpu_count() or 1):
-        meta["notes"].append(f"the machine was loaded (load average {load[0]}) while measuring: timings are "
-                             "best-of to reduce, not remove, the disturbance")
+        meta["notes"].append(
+            f"the machine was loaded (load average {load[0]}) while measuring: timings are "
+            "best-of to reduce, not remove, the disturbance"
+        )
     meta["caption"] = caption(meta)
     return meta
 
@@ -319,5 +346,7 @@ def caption(meta: dict) -> str:
     where = m.get("gpu") or f"{m['cpu']} ({m['cpu_count']} cores)"
     peer = f"e3nn {meta['peers']['e3nn']}" if meta["peers"]["e3nn"] else "no e3nn peer"
     n = m["torch_threads"]
-    return (f"{where}, {n} thread{'s' if n != 1 else ''}, {meta['dtype']}, {s['channels']} channels, "
-            f"{s['edges']} edges over {s['nodes']} nodes, peer: {peer}, load avg {m['load_average'][0]}")
+    return (
+        f"{where}, {n} thread{'s' if n != 1 else ''}, {meta['dtype']}, {s['channels']} channels, "
+        f"{s['edges']} edges over {s['nodes']} nodes, peer: {peer}, load avg {m['load_average'][0]}"
+    )

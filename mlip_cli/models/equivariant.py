@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlip_kernels.cp import EVEN_DEFAULT_RANKS
 from mlip_kernels.scatter import MessageGraph
 from mlip_kernels.sh import spherical_harmonics
 
@@ -89,11 +90,19 @@ class TDNConfig(EquivariantConfig):
     """Config of ``"tdn"``.
 
     Attributes:
-        cp_rank: CP rank of the even-path tensor (None: the exact default, 6/19/52/120/260/540 at L = 1..6).
-            Only the middle blocks use it, so it matters from 3 interactions on.
+        cp_rank: CP rank of the even-path tensor. None picks the shipped exact rank of ``lmax``
+            (:data:`mlip_kernels.cp.EVEN_DEFAULT_RANKS`) and writes it into the config, so a checkpoint keeps its
+            rank when the shipped defaults improve. Ranks above the exact one are exact too; below it the product
+            is approximate (a warning states the error). Only the middle blocks use it: it matters from 3
+            interactions on.
     """
 
     cp_rank: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.cp_rank is None and self.lmax in EVEN_DEFAULT_RANKS:
+            self.cp_rank = EVEN_DEFAULT_RANKS[self.lmax]
 
     def validate(self) -> None:
         super().validate()

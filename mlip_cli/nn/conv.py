@@ -8,7 +8,7 @@ product ``1 x 1 -> 1``, would put pseudotensors into the same channels):
 
 * ``"tdn"``: the CP (TDN) factorisation of the even-path shared CG tensor (:func:`mlip_kernels.make_tp`
   kind ``"cp"``, ``parity="even"``). Equivariant up to the fit error of the factors
-  (:attr:`EdgeConvolution.rel_error`; ~1e-14 for the default ranks 6, 19, 52, 120, 260, 540 at L = 1..6, see
+  (:attr:`EdgeConvolution.rel_error`; ~1e-14 for the default ranks 6, 18, 52, 119, 245, 540 at L = 1..6, see
   ``mlip_kernels/CP_RANKS.md``).
 * ``"gaunt"``: the exact Gaunt product on a sphere quadrature (even paths by construction; per-path
   factors differ from CG, so it is a different function from ``"tdn"``/``"cg"``).

@@ -145,7 +145,7 @@ def test_shape_and_backend_errors():
         rank_message(P, u.float(), w, src, dst, 4, "torch")
     with pytest.raises(ValueError, match="backend"):
         rank_message(P, u, w, src, dst, 4, "cuda-magic")
-    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    assert resolve_backend("auto", P) == "torch"
     assert set(BACKENDS) == {"auto", "torch", "naive", "compile", "triton"}
     if os.environ.get("TRITON_INTERPRET") != "1":
         with pytest.raises(RuntimeError, match="triton"):
@@ -162,7 +162,7 @@ def test_rank_space_conv_equals_per_edge_lowrank_product():
     B = torch.randn(d_sh, R, dtype=torch.float64, generator=gen)
     Cf = torch.randn(R, d_out, dtype=torch.float64, generator=gen)
     src, dst = torch.randint(0, N, (E,), generator=gen), torch.randint(0, N, (E,), generator=gen)
-    per_edge = (((x[src] @ A) * (Y @ B)[:, None, :] * w[:, :, None]) @ Cf)  # [E, C, d_out]
+    per_edge = ((x[src] @ A) * (Y @ B)[:, None, :] * w[:, :, None]) @ Cf  # [E, C, d_out]
     ref = torch.zeros(N, C, d_out, dtype=torch.float64).index_add_(0, dst, per_edge)
     for backend in ("naive", "torch"):
         torch.testing.assert_close(rank_space_conv(x, A, Y, B, w, src, dst, Cf, N, backend), ref)

@@ -28,6 +28,7 @@ CASES = {
     "no-edges-f64": (4, 3, 0, 5, 7, "float64", {"block_c": 4, "block_r": 4}, None),
 }
 GRADCHECK = ["gradcheck", "gradgradcheck"]
+AUTO = ["auto-check-passes"]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def child_results():
     return verdicts, res.stderr[-4000:]
 
 
-@pytest.mark.parametrize("case", list(CASES) + GRADCHECK)
+@pytest.mark.parametrize("case", list(CASES) + GRADCHECK + AUTO)
 def test_triton_matches_torch_twin(child_results, case):
     verdicts, stderr = child_results
     assert case in verdicts, f"child did not report case {case!r}:\n{stderr}"
@@ -108,6 +109,27 @@ def _gradchecks():
     yield "gradgradcheck", lambda: gradgradcheck(f, (P, u, w), fast_mode=True)
 
 
+def _auto_check():
+    """The real kernels pass "auto"'s check (the device test faked to accept the interpreted CPU)."""
+    import warnings
+
+    import torch
+
+    from mlip_kernels import message
+
+    message._triton_candidate = lambda device: True
+    P, u, w, src, dst, _ = _random_inputs(5, 4, 9, 3, 6, torch.float64, None, seed=12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backend = message.resolve_backend("auto", P)
+        out = message.rank_message(P, u, w, src, dst, 4, "auto")
+    ref = message.rank_message(P, u, w, src, dst, 4, "torch")
+    if backend != "triton" or {("cpu", torch.float64, 3, 6): True} != message._TRITON_VERDICTS:
+        return False, f"auto chose {backend!r}, verdicts {message._TRITON_VERDICTS}"
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    return True, ""
+
+
 def _child_main():
     import traceback
 
@@ -119,6 +141,7 @@ def _child_main():
     assert tri.available("cpu"), tri.why_unavailable("cpu")
     jobs = [(name, lambda s=spec, i=i: _compare_case(s, seed=100 + i)) for i, (name, spec) in enumerate(CASES.items())]
     jobs += [(name, (lambda fn=fn: (fn(), ""))) for name, fn in _gradchecks()]
+    jobs += [("auto-check-passes", _auto_check)]
     for name, job in jobs:
         try:
             ok, detail = job()

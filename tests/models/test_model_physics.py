@@ -20,7 +20,7 @@ from mlip_datasets.graph import collate_graphs, structure_to_graph
 from mlip_datasets.record import Structure
 from mlip_kernels.wigner import random_rotation
 
-# Exact families agree to rounding; tdn to its CP fit error, which at L = 2 (default rank 30) is ~1e-13,
+# Exact families agree to rounding; tdn to its CP fit error, which at L = 2 (even-path default rank 18) is ~3e-16,
 # so one bound serves all three (the tdn model's own rel_error is checked against it below).
 TOL = 1e-10
 #: the families built on the equivariant message-passing backbone (tests that look inside its blocks).

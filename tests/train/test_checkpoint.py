@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import ase.build
 import ase.io
 import pytest
 import torch
@@ -16,6 +17,7 @@ from mlip_cli.calculator import MLIPCalculator
 from mlip_cli.checkpoint import CHECKPOINT_SCHEMA, CheckpointError, load_checkpoint, load_model, save_checkpoint
 from mlip_cli.cli import app
 from mlip_cli.models import build_model
+from mlip_cli.models.config import migrate_flat_config
 from mlip_cli.train import Recipe, run_training
 
 
@@ -205,3 +207,21 @@ def test_a_schema_1_checkpoint_resumes_exactly_and_loads_everywhere(tmp_path, sm
     assert reports[0]["metrics"] == reports[1]["metrics"] and reports[0]["metrics"]["forces_rmse"] > 0
     assert reports[0]["equivariance"] == reports[1]["equivariance"]
     assert set(reports[0]["equivariance"]) == {"rotations", "structures", "rotation", "inversion"}
+
+
+def test_a_schema_1_tdn_checkpoint_keeps_the_rank_its_factors_have(tmp_path):
+    """Schema-1 ``tdn`` configs said ``cp_rank: null`` and meant that day's default (19 at L = 2); the shipped
+    default has since dropped to 18, so the migration writes the old rank out and the stored factors still fit."""
+    config = {**PRE_SPLIT_CONFIG, "elements": [1, 8], "channels": 8, "num_interactions": 3, "cp_rank": 19}
+    torch.manual_seed(0)
+    model = build_model(migrate_flat_config(config), dtype=torch.float64)
+    path = tmp_path / "old.pt"
+    old = {"kind": "mlip-checkpoint", "schema": 1, "dtype": "float64", "ema_state": None}
+    torch.save({**old, "model_state": model.state_dict(), "model_config": {**config, "cp_rank": None}}, path)
+    assert load_checkpoint(path)["model_config"]["cp_rank"] == 19
+    loaded = load_model(path, dtype=torch.float64)
+    atoms = ase.build.molecule("H2O")
+    atoms.calc = MLIPCalculator(loaded)
+    reference = MLIPCalculator(model)
+    assert atoms.get_potential_energy() == pytest.approx(reference.get_potential_energy(atoms), rel=1e-12)
+    assert build_model({"family": "tdn", "elements": [1], "lmax": 2}).config.cp_rank == 18  # new configs say it
