@@ -7,40 +7,12 @@ writes the JSON (and prints a table). Scripts in sub-folders put this folder on 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
-import subprocess
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-# What a benchmark measures: a change here is a change of the measured code (kernels' data: the CP factors).
-CODE_PATHS = ("mlip_cli", "kernels/mlip_kernels", "datasets/mlip_datasets", "recipes")
-
-
-def code_version() -> dict:
-    """The git commit, whether the measured code differs from it, and a hash of that code as it is on disk
-    (numbers from a dirty tree are comparable only with the same hash)."""
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-
-    digest = hashlib.sha256()
-    for top in CODE_PATHS:
-        for path in sorted((ROOT / top).rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                digest.update(str(path.relative_to(ROOT)).encode())
-                digest.update(path.read_bytes())
-    commit = git("rev-parse", "HEAD")
-    return {
-        "commit": commit or None,
-        "dirty": bool(git("status", "--porcelain", "--", *CODE_PATHS)) if commit else None,
-        "sources_sha256": digest.hexdigest()[:16],
-    }
+from mlip_cli.bench.peers import code_version  # the measured code's commit and hash, shared with `mlip bench tp`
 
 
 def provenance(

@@ -15,6 +15,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 __all__ = ["best_of", "machine_info", "e3nn_version", "e3nn_uvu_tp", "e3nn_paths", "to_e3nn_layout", "from_e3nn_layout"]
 
@@ -61,6 +62,40 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def code_version() -> dict:
+    """The measured code: git commit of the checkout the packages are imported from (None outside one), whether
+    they differ from it, and a hash of the three packages as they are on disk (numbers from a dirty tree compare
+    only with the same hash)."""
+    import hashlib
+    import subprocess
+
+    import mlip_cli
+    import mlip_datasets
+    import mlip_kernels
+
+    packages = [Path(m.__file__).resolve().parent for m in (mlip_cli, mlip_kernels, mlip_datasets)]
+    checkout = packages[0].parent
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    digest = hashlib.sha256()
+    for package in packages:
+        for path in sorted(package.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(package.parent)).encode())
+                digest.update(path.read_bytes())
+    commit = git("rev-parse", "HEAD").strip()
+    return {
+        "commit": commit or None,
+        "dirty": bool(git("status", "--porcelain", "--", *map(str, packages)).strip()) if commit else None,
+        "sources_sha256": digest.hexdigest()[:16],
+    }
 
 
 def machine_info(device: str = "cpu") -> dict:

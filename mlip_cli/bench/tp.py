@@ -295,6 +295,7 @@ def _meta(cfg: TPBenchConfig) -> dict:
         "job": "out[n] = sum_{e: dst_e=n} w_e * tp(x[src_e], Y(r_e)); x [N,C,(L+1)^2], Y [E,(L+1)^2], "
         "w [E,C]; forward+backward = grads of sum(out * G) w.r.t. x, Y, w",
         "machine": peers.machine_info(cfg.device),
+        "code": peers.code_version(),
         "versions": {
             "mlip": __version__,
             "torch": torch.__version__,
