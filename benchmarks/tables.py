@@ -301,6 +301,7 @@ def relax(doc: dict) -> str:
                 f"{b['seconds']:.2f}",
                 f"{a['steps']} / {b['steps']}",
                 f"{a['model_calls']} / {b['model_calls']}",
+                f"{a['converged']} / {b['converged']} of {doc['meta']['provenance']['sizes']['structures']}",
                 f"{b['speedup']:.1f}x",
             ]
         )
@@ -311,6 +312,7 @@ def relax(doc: dict) -> str:
             "batched (s)",
             "steps (ASE / batched)",
             "model calls (ASE / batched)",
+            "converged (ASE / batched)",
             "speed-up",
         ],
         rows,
@@ -343,7 +345,6 @@ TABLES: dict[str, Table] = {
             f".venv/bin/mlip bench tp --l-max 6 --threads 1 --json {RESULTS}/bench_tp_threads1.json "
             f"--plot {RESULTS}/bench_tp_threads1.png",
         ),
-        stale="measured at commit 2aae089, before the rank-space kernel rewrite (bfe781f) and issue 11's CP ranks",
     ),
     "acac": Table(
         acac,
@@ -375,21 +376,16 @@ TABLES: dict[str, Table] = {
             f"{PY} benchmarks/bench_train_step.py --threads 1 --interactions 3 "
             f"--json {RESULTS}/bench_train_step_3int_threads1.json",
         ),
-        stale="measured at commit bfe781f with the for-loop AdamW (the trainer uses the fused one) and before "
-        "issue 11's CP ranks",
     ),
     "calculator": Table(
         calculator,
         ("bench_calculator.json",),
         (f"{PY} benchmarks/bench_calculator.py --repeats 2 --min-time 1.5 --out {RESULTS}/bench_calculator.json",),
-        stale="measured at commit 7d7375e, before issue 11's changes to how the calculator builds its batches",
     ),
     "relax": Table(
         relax,
         ("bench_relax.json",),
         (f"{PY} benchmarks/bench_relax.py --out {RESULTS}/bench_relax.json",),
-        stale="measured at commit d3488b1, before the rank-space kernel rewrite (bfe781f) and issue 11's changes "
-        "to batched relaxation",
     ),
 }
 
@@ -418,7 +414,9 @@ def _run_facts(doc: dict) -> tuple[float | None, str | None]:
         if value is not None:
             load = value[0] if isinstance(value, list) else value
             break
-    return load, doc.get("meta", {}).get("code", {}).get("commit")
+    code = doc.get("meta", {}).get("code") or {}
+    commit = code.get("commit")
+    return load, commit and commit[:7] + (" with local changes" if code.get("dirty") else "")
 
 
 def render(name: str, results: Path | None = None) -> str:
