@@ -50,8 +50,9 @@ __all__ = ["rank_message", "rank_space_conv", "message_ops", "resolve_backend", 
 
 BACKENDS = ("auto", "torch", "naive", "compile", "triton")
 
-# About 4 MiB of message per chunk (a few such buffers stay in the 32 MiB L3 of the reference CPU):
-# best or within noise of the best of {0.5, 1, 2, 4, 8} MiB at R = 8..190 (bench_message.py --tune).
+# About 4 MiB of message per chunk: chosen on a CPU with a 32 MiB L3, where it was best or within noise of
+# {0.5, 1, 2, 4, 8} MiB at R = 8..190. The size is machine-dependent: on the 2 MiB-per-core-L2 Xeon of
+# benchmarks/results/bench_message_threads1.json, 0.5 MiB is 1.3-1.6x faster (bench_message.py --tune).
 _CPU_CHUNK_BYTES = 4 << 20
 # Off the CPU (CUDA without Triton) memory, not cache, is the limit: materialise up to 256 MiB at once.
 _DEVICE_CHUNK_BYTES = 256 << 20
