@@ -27,20 +27,60 @@ def _pick(path: Path, candidates: list[Format]) -> Format | None:
     return None
 
 
+def shard_formats(path: str | Path) -> dict[Format, list[Path]]:
+    """The shard files of directory ``path`` by format, each shard judged on its own.
+
+    A shard belongs to the first format whose ``directory_shards`` glob matches its name and whose ``sniff`` (if
+    any) accepts its content, so a native shard and an OC20 shard, both ``*.lmdb``, count as two formats. Shards no
+    format recognises are left out (the reader reports them).
+    """
+    path = Path(path)
+    found: dict[Format, list[Path]] = {}
+    seen: set[Path] = set()
+    for fmt in all_formats():
+        if not fmt.directory_shards:
+            continue
+        for shard in sorted(p for p in path.glob(fmt.directory_shards) if p.is_file()):
+            if shard in seen:
+                continue
+            if fmt.sniff is None or fmt.sniff(shard):
+                seen.add(shard)
+                found.setdefault(fmt, []).append(shard)
+    return found
+
+
+def _mixed(path: Path, found: dict[Format, list[Path]]) -> DataError:
+    kinds = ", ".join(
+        f"{fmt.name} ({len(files)} shard{'s' * (len(files) > 1)}, e.g. {files[0].name})" for fmt, files in found.items()
+    )
+    return DataError(path, f"directory mixes shard formats: {kinds}; keep one format per directory")
+
+
+def check_one_shard_format(path: str | Path) -> None:
+    """Raise :class:`DataError` when directory ``path`` holds shards of more than one format (no-op for a file)."""
+    path = Path(path)
+    if path.is_dir():
+        found = shard_formats(path)
+        if len(found) > 1:
+            raise _mixed(path, found)
+
+
 def detect_format(path: str | Path) -> Format:
     """Work out the format of ``path`` from its extension and, where extensions are shared, its content.
 
-    A directory is a set of shards (``*.aselmdb``, ``*.lmdb``) or the native store; a file without an extension is
+    A directory is a set of shards (``*.aselmdb``, ``*.lmdb``) or the native store, all of one format (each shard
+    is sniffed; a mix raises :class:`DataError` naming the formats); a file without an extension is
     the native store; any other extension falls back to ``ase.io.read``.
     """
     path = Path(path)
     if not path.exists():
         raise DataError(path, "no such file or directory")
     if path.is_dir():
-        for fmt in all_formats():
-            has_shards = fmt.directory_shards and any(path.glob(fmt.directory_shards))
-            if has_shards and (fmt.sniff is None or fmt.sniff(path)):
-                return fmt
+        found = shard_formats(path)
+        if len(found) == 1:
+            return next(iter(found))
+        if found:
+            raise _mixed(path, found)
         raise DataError(path, "directory holds no recognised data shards (*.aselmdb, *.lmdb, native store)")
     suffix = path.suffix.lower()
     if not suffix:
@@ -70,6 +110,8 @@ def open_dataset(path: str | Path, fmt: str | None = None, keys: LabelKeys = DEF
     path = Path(path)
     if not path.exists():
         raise DataError(path, "no such file or directory")
+    if fmt:  # detection already refuses a directory of mixed shards; an explicit --from must not skip that
+        check_one_shard_format(path)
     return resolve_format(path, fmt).open(path, keys)
 
 

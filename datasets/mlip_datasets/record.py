@@ -12,10 +12,32 @@ from typing import Any
 
 import numpy as np
 
+from .errors import DataError
+
 LABELS = ("energy", "forces", "stress", "charge", "spin")
 
 #: |det(cell)| below this (A^3) counts as no cell: molecules store an all-zero cell.
 MIN_CELL_VOLUME = 1e-6
+
+#: Largest atomic number (Og). 0 is allowed too: ASE's dummy atom 'X'; ``mlip data validate`` still reports it.
+MAX_Z = 118
+
+
+class AtomicNumberError(DataError, ValueError):
+    """A record holds an atomic number outside 0..MAX_Z.
+
+    A :class:`DataError` (so it reaches the user as one line even where nothing adds the file and record) and a
+    ``ValueError`` (so readers that turn ``ValueError`` into a DataError naming the file and record do so).
+    """
+
+
+def check_numbers(numbers: np.ndarray) -> None:
+    """Raise :class:`AtomicNumberError` naming the first atomic number outside 0..MAX_Z (and its atom)."""
+    if numbers.size and (numbers.min() < 0 or numbers.max() > MAX_Z):
+        atom = int(np.flatnonzero((numbers < 0) | (numbers > MAX_Z))[0])
+        raise AtomicNumberError(
+            None, f"atomic number {int(numbers[atom])} (atom {atom}) is not an element (allowed 1..{MAX_Z}, 0 = dummy)"
+        )
 
 
 def is_periodic(cell, pbc) -> bool:
@@ -50,6 +72,7 @@ class Structure:
 
     def __post_init__(self) -> None:
         self.numbers = np.asarray(self.numbers, dtype=np.int64).reshape(-1)
+        check_numbers(self.numbers)
         n = len(self.numbers)
         self.positions = np.asarray(self.positions, dtype=np.float64).reshape(n, 3)
         self.cell = np.asarray(self.cell, dtype=np.float64).reshape(3, 3)

@@ -9,10 +9,9 @@ import numpy as np
 
 from .errors import DataError
 from .formats.base import Reader
-from .record import LABELS, Structure
+from .record import LABELS, MAX_Z, Structure
 
 MIN_DISTANCE = 0.1  # Angstrom: closer atoms are almost certainly a unit or parsing error
-MAX_Z = 118
 
 
 @dataclass(frozen=True)

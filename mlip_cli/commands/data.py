@@ -36,10 +36,16 @@ def _stats(reader, description: str, cutoff: float | None = None):
         return compute_stats(reader, cutoff=cutoff, progress=update)
 
 
-def _symbols(numbers) -> str:
+def _symbol(z) -> str:
+    """The element symbol of atomic number ``z``; ``Z=<z>`` for a number that is no element (never an IndexError)."""
     from ase.data import chemical_symbols
 
-    return " ".join(chemical_symbols[int(z)] for z in numbers)
+    z = int(z)
+    return chemical_symbols[z] if 0 <= z < len(chemical_symbols) else f"Z={z}"
+
+
+def _symbols(numbers) -> str:
+    return " ".join(_symbol(z) for z in numbers)
 
 
 def _energy_kind(metadata: dict, reader) -> str:
@@ -139,10 +145,8 @@ def stats(
     if as_json:
         print_json(result.as_dict())
         return
-    from ase.data import chemical_symbols
-
     rows = [
-        [chemical_symbols[z], result.element_counts[z], f"{result.e0s[z]:.6f}" if z in result.e0s else "-"]
+        [_symbol(z), result.element_counts[z], f"{result.e0s[z]:.6f}" if z in result.e0s else "-"]
         for z in result.element_counts
     ]
     console.print(table("elements", ["element", "atoms", "E0 (eV)"], rows))
