@@ -7,6 +7,13 @@ Ensembles: ``nve`` (velocity Verlet, :class:`ase.md.verlet.VelocityVerlet`), ``n
 :class:`ase.md.langevin.Langevin`), ``npt`` (isotropic Martyna-Tobias-Klein with Nose-Hoover chains,
 :class:`ase.md.nose_hoover_chain.IsotropicMTKNPT`; fully periodic cells only).
 
+Guards: the run stops with :class:`MDFailure` (the offending frame is never written, the frames before it are
+kept) when the energy, a force, a position or a momentum is NaN/inf, a force exceeds ``max_force``, the
+instantaneous temperature exceeds ``max_temperature`` (default ``max(10 x target, 10 x initial, 5000 K)``) or an
+atom would move more than ``max_displacement`` (default 0.5 A) in one step (speed x time step). A structure
+with no atoms or with every atom fixed is refused (:class:`~mlip_cli.errors.UsageError`); a single free atom
+runs (zero force, at rest after the centre-of-mass motion is removed, or thermalised by NVT).
+
 The report's energy drift is the slope of a least-squares line through the total energy per atom against
 time, in eV/atom/ps (the conserved quantity only in NVE); speed is steps per wall-clock second and ns/day.
 """
@@ -22,13 +29,22 @@ import numpy as np
 
 from .errors import UsageError
 
-__all__ = ["ENSEMBLES", "MDReport", "MDFailure", "make_dynamics", "run_md", "energy_drift"]
+__all__ = ["ENSEMBLES", "MDReport", "MDFailure", "make_dynamics", "run_md", "energy_drift", "temperature"]
 
 ENSEMBLES = ("nve", "nvt", "npt")
 
+# Physical-range limits (see run_md). 0.5 A per step is a third of a typical bond: an H atom at 5000 K moves
+# ~0.1 A/fs and Cu at 300 K ~0.003 A/fs, so any sound time step stays far below it, while a step that moves
+# an atom this far cannot resolve the interaction and the integration has already failed.
+MAX_DISPLACEMENT_A = 0.5
+# The temperature limit is max(10 x target, 10 x initial, MIN_MAX_TEMPERATURE_K): above the boiling point
+# of nearly every element, out of any training set, and a 10x rise is a blow-up, not equilibration.
+MIN_MAX_TEMPERATURE_K = 5000.0
+
 
 class MDFailure(RuntimeError):
-    """The simulation produced NaN/inf or exploding forces; the message names the step."""
+    """The simulation left the physical range (NaN/inf, force, temperature or displacement per step over its
+    limit); the one-line message names the step, the quantity and the limit."""
 
 
 @dataclass
@@ -126,8 +142,21 @@ def make_dynamics(
     raise UsageError(f"ensemble must be one of {', '.join(ENSEMBLES)}, got {ensemble!r}")
 
 
+def temperature(atoms) -> float:
+    """Instantaneous temperature in K (0 when nothing can move, where ASE's ``get_temperature`` divides by 0)."""
+    from ase import units
+
+    dof = atoms.get_number_of_degrees_of_freedom()
+    return float(2 * atoms.get_kinetic_energy() / (dof * units.kB)) if dof > 0 else 0.0
+
+
 def initialize_velocities(atoms, temperature_K: float, seed: int = 0) -> None:
-    """Maxwell-Boltzmann velocities at ``temperature_K``, zero total momentum (and rotation for molecules)."""
+    """Maxwell-Boltzmann velocities at ``temperature_K``, zero total momentum (and rotation for molecules).
+
+    The drawn temperature is restored after the centre-of-mass motion (and rotation) is removed, as ASE's
+    ``Stationary`` does, except when nothing is left to rescale: one free atom is simply at rest (ASE would
+    divide 0 by 0 and set NaN momenta).
+    """
     from ase.md.velocitydistribution import Stationary, ZeroRotation
 
     try:  # ASE >= 3.29; MaxwellBoltzmannDistribution is its deprecated older name
@@ -135,9 +164,15 @@ def initialize_velocities(atoms, temperature_K: float, seed: int = 0) -> None:
     except ImportError:
         from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
     thermalize_momenta(atoms, temperature_K=temperature_K, rng=np.random.default_rng(seed))
-    Stationary(atoms)
+    drawn = temperature(atoms)
+    Stationary(atoms, preserve_temperature=False)
     if not atoms.pbc.any() and len(atoms) > 2:
-        ZeroRotation(atoms)
+        ZeroRotation(atoms, preserve_temperature=False)
+    left = temperature(atoms)
+    if drawn > 0 and left > 1e-12 * drawn:  # both removals are linear in the momenta: rescaling commutes
+        atoms.set_momenta(atoms.get_momenta() * np.sqrt(drawn / left))
+    else:
+        atoms.set_momenta(np.zeros((len(atoms), 3)))
 
 
 class _Writer:
@@ -145,15 +180,20 @@ class _Writer:
 
     def __init__(self, path: Path, atoms):
         self.atoms, self.path = atoms, Path(path)
+        self._traj = self._fh = None  # opened at the first frame: a run stopped at step 0 leaves no file
+
+    def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.suffix == ".traj":
             from ase.io import Trajectory
 
-            self._traj, self._fh = Trajectory(str(self.path), "w", atoms), None
+            self._traj = Trajectory(str(self.path), "w", self.atoms)
         else:
-            self._traj, self._fh = None, open(self.path, "w")  # noqa: SIM115 (open for the whole run; closed in close())
+            self._fh = open(self.path, "w")  # noqa: SIM115 (open for the whole run; closed in close())
 
     def __call__(self) -> None:
+        if self._traj is None and self._fh is None:
+            self._open()
         if self._traj is not None:
             self._traj.write(self.atoms)
         else:
@@ -163,7 +203,9 @@ class _Writer:
             self._fh.flush()
 
     def close(self) -> None:
-        (self._traj or self._fh).close()
+        for handle in (self._traj, self._fh):
+            if handle is not None:
+                handle.close()
 
 
 def run_md(
@@ -184,6 +226,8 @@ def run_md(
     log: str | Path | None = None,
     log_interval: int = 10,
     max_force: float = 1000.0,
+    max_temperature: float | None = None,
+    max_displacement: float = MAX_DISPLACEMENT_A,
     progress: Callable[[int], None] | None = None,
 ) -> MDReport:
     """Run MD on ``atoms`` (its calculator set, usually :class:`~mlip_cli.calculator.MLIPCalculator`).
@@ -197,15 +241,31 @@ def run_md(
         trajectory: write a frame every ``traj_interval`` steps (``.traj``, else extended XYZ).
         log: ASE ``MDLogger`` file (time, energies per atom, temperature) every ``log_interval`` steps.
         max_force: stop with :class:`MDFailure` if a force exceeds this (eV/A) or anything becomes NaN; the bad
-            frame is never written.
+            frame is never written (the frames before it are).
+        max_temperature: stop if the instantaneous temperature exceeds this, K (default
+            ``max(10 x temperature_K, 10 x the initial temperature, 5000 K)``).
+        max_displacement: stop if an atom would move more than this in one step (speed x time step), A.
         progress: called with the number of steps done (every ``log_interval`` steps).
     """
+    from ase import units
+
     if steps < 0 or timestep_fs <= 0:
         raise UsageError(f"need steps >= 0 and a positive time step, got {steps} and {timestep_fs} fs")
+    if not (max_displacement > 0 and (max_temperature is None or max_temperature > 0)):
+        raise UsageError(f"need positive limits, got {max_temperature} K and {max_displacement} A per step")
+    if len(atoms) == 0:
+        raise UsageError("the structure has no atoms")
+    if atoms.get_number_of_degrees_of_freedom() <= 0:
+        raise UsageError(f"nothing can move: all {len(atoms)} atoms are fixed")
     if init_velocities is None:
         init_velocities = not np.any(atoms.get_momenta())
     if init_velocities and temperature_K > 0:
         initialize_velocities(atoms, temperature_K, seed)
+    if max_temperature is None:
+        t0 = temperature(atoms)
+        t0 = 10 * t0 if np.isfinite(t0) else 0.0  # NaN momenta are caught at step 0
+        max_temperature = max(10 * temperature_K, t0, MIN_MAX_TEMPERATURE_K)
+    dt = timestep_fs * units.fs
     dyn = make_dynamics(
         atoms, ensemble, timestep_fs, temperature_K, friction_per_fs, pressure_GPa, tdamp_fs, pdamp_fs, seed
     )
@@ -214,17 +274,36 @@ def run_md(
 
     def record() -> None:
         # first observer: checks before anything writes the frame
+        step = dyn.nsteps
+        # the integrator's own state first: NaN positions would otherwise surface as NaN forces
+        for name, value in (("positions", atoms.positions), ("momenta", atoms.get_momenta())):
+            if not np.isfinite(value).all():
+                raise MDFailure(f"step {step}: the {name} became NaN/inf (the integration blew up)")
         epot = atoms.get_potential_energy()
         forces = atoms.get_forces()
-        step = dyn.nsteps
-        if not (np.isfinite(epot) and np.isfinite(forces).all() and np.isfinite(atoms.positions).all()):
-            raise MDFailure(f"energy or forces became NaN/inf at step {step}")
-        fmax = float(np.linalg.norm(forces, axis=1).max()) if n else 0.0
+        if not np.isfinite(epot):
+            raise MDFailure(f"step {step}: the model's energy is NaN/inf")
+        if not np.isfinite(forces).all():
+            raise MDFailure(f"step {step}: the model's forces are NaN/inf")
+        fmax = float(np.linalg.norm(forces, axis=1).max())
         if fmax > max_force:
-            raise MDFailure(f"forces exploded at step {step} (max |F| = {fmax:.3g} eV/A > {max_force:g})")
+            raise MDFailure(f"step {step}: max force {fmax:.4g} eV/A is above the limit {max_force:g} eV/A")
+        temp = temperature(atoms)
+        if temp > max_temperature:
+            raise MDFailure(
+                f"step {step}: temperature {temp:.4g} K is above the limit {max_temperature:g} K"
+                " (time step too large or the model unstable here)"
+            )
+        speed = np.linalg.norm(atoms.get_velocities(), axis=1).max()  # A per ASE time unit
+        move = float(speed * dt)
+        if move > max_displacement:
+            raise MDFailure(
+                f"step {step}: an atom moves {move:.3g} A per step, above the limit {max_displacement:g} A"
+                " (time step too large or the model unstable here)"
+            )
         times.append(step * timestep_fs / 1000.0)
         energies.append((epot + atoms.get_kinetic_energy()) / n)
-        temps.append(atoms.get_temperature())
+        temps.append(temp)
         if progress is not None and step % max(log_interval, 1) == 0:
             progress(step)
 
@@ -266,7 +345,7 @@ def run_md(
         energy_drift=energy_drift(np.asarray(times), e),
         max_energy_deviation=float(np.abs(e - e[0]).max()) if len(e) else 0.0,
         mean_temperature=float(np.mean(temps)) if temps else 0.0,
-        final_temperature=float(atoms.get_temperature()),
+        final_temperature=temperature(atoms),
         model_calls=getattr(calc, "model_calls", 0) - calls0,
         neighbor_builds=getattr(getattr(calc, "neighbors", None), "builds", 0) - builds0,
     )

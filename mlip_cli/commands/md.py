@@ -39,18 +39,32 @@ def md(
     log_interval: Annotated[int, typer.Option(min=1, help="Log every N steps.")] = 10,
     out: Annotated[Path | None, typer.Option(help="Write the final frame here.")] = None,
     max_force: Annotated[float, typer.Option(help="Stop if a force exceeds this, eV/A.")] = 1000.0,
+    max_temperature: Annotated[
+        float | None,
+        typer.Option(
+            help="Stop if the temperature exceeds this, K (default: max(10 x --temperature, 5000 K)).", min=0.0
+        ),
+    ] = None,
+    max_displacement: Annotated[
+        float, typer.Option(help="Stop if an atom would move more than this in one step, A.", min=0.0)
+    ] = 0.5,
     device: Device = "cpu",
     dtype: Dtype = None,
     skin: Skin = 0.5,
     threads: Threads = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Run MD and report energy drift per atom per ps, steps/s and ns/day."""
+    """Run MD and report energy drift per atom per ps, steps/s and ns/day.
+
+    Stops (exit 1, one line naming the step, quantity and limit; the trajectory keeps the frames before it) on
+    NaN/inf, a force over --max-force, a temperature over --max-temperature or an atom moving more than
+    --max-displacement in one step.
+    """
 
     from ..calculator import MLIPCalculator
     from ..md import ENSEMBLES, MDFailure, run_md
     from ..structures import check_elements, read_structures
-    from ..ui import console, err_console, print_json, progress, table
+    from ..ui import console, print_json, progress, table
 
     ensemble = ensemble.lower()
     require_choice("--ensemble", ensemble, ENSEMBLES)
@@ -82,10 +96,12 @@ def md(
                 log=log,
                 log_interval=log_interval,
                 max_force=max_force,
+                max_temperature=max_temperature,
+                max_displacement=max_displacement,
                 progress=update,
             )
-    except MDFailure as err:
-        err_console.print(f"mlip md: stopped: {err}", highlight=False)
+    except MDFailure as err:  # the frames before the failure are kept; --out is not written
+        typer.echo(f"mlip md: stopped: {err}", err=True)
         raise typer.Exit(1) from None
     if out is not None:
         from ase.io import write
