@@ -21,14 +21,25 @@ fixed allow-list and refuses anything else before it is called. What is allowed,
 
 Tensors come back as numpy arrays. Every allowed callable is a frozen wrapper and every class is frozen, so a
 pickle's BUILD opcodes cannot rewrite them between records.
+
+A pickle's memo lets a few bytes name one object many times, so a small record can describe a huge value (a
+``torch.expand``-ed tensor is a stride-0 view of a one-element storage; ``a = [a, a]`` repeated is 2**n
+items). Each record therefore gets a budget: everything the unpickler materialises (storage bytes, tensor and
+array copies, set/dict items) is charged against ``RECORD_ALLOWANCE + RECORD_FACTOR * len(record)`` bytes,
+and the finished value's size with shared objects counted at every place they appear (what a consumer such
+as ``numpy.asarray`` would walk) is bounded the same way. Shared objects are resolved once, so the work is
+linear in the pickle's size; a record over the budget, or holding a reference cycle, is refused with a
+:class:`DataError` naming the limit.
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
 import struct
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +49,9 @@ from .errors import DataError, UnsafePickleError
 
 TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of every legacy torch.save stream
 TORCH_PROTOCOL = 1001
+RECORD_ALLOWANCE = 64 << 20  # bytes any record may materialise...
+RECORD_FACTOR = 64  # ...plus this many times its own pickled size
+_ITEM_BYTES = 8  # what one item of a list/tuple/dict/set is charged (a pointer)
 
 
 class _Frozen(type):
@@ -74,6 +88,34 @@ class _Allowed:
 
 class _Refused(Exception):
     """Raised inside the unpickler; :func:`loads` turns it into :class:`UnsafePickleError`."""
+
+
+class _OverBudget(Exception):
+    """Raised inside the unpickler when a record would materialise more than its budget; becomes DataError."""
+
+
+class _Budget:
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+
+
+_state = threading.local()  # the budget of the record being read by this thread
+
+
+def _limit_text(limit: int) -> str:
+    return f"{limit / 2**20:.0f} MiB"
+
+
+def _charge(nbytes: int, what: str) -> None:
+    """Count ``nbytes`` about to be allocated for ``what`` against the current record's budget."""
+    budget = getattr(_state, "budget", None)
+    if budget is None:
+        return
+    budget.used += int(nbytes)
+    if budget.used > budget.limit:
+        raise _OverBudget(f"{what} would take the decoded record past its limit of {_limit_text(budget.limit)}")
 
 
 def _no_build(self, state):
@@ -180,6 +222,9 @@ def _rebuild_tensor(storage, offset, size, stride, *_ignored) -> np.ndarray:
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if last >= len(base):
         raise pickle.UnpicklingError(f"tensor reaches element {last} of a storage of {len(base)}")
+    numel = math.prod(size)
+    note = "" if numel <= len(base) - offset else f" (an overlapping or stride-0 view of {len(base)} stored elements)"
+    _charge(numel * base.itemsize, f"a tensor of shape {str(tuple(size))[:80]}{note}")
     view = np.lib.stride_tricks.as_strided(base[offset:], shape=size, strides=[s * base.itemsize for s in stride])
     return np.array(view)  # copy: owns its memory, writable
 
@@ -243,6 +288,9 @@ def _load_legacy_storage(data) -> _Storage:
         (count,) = struct.unpack("<q", f.read(8).ljust(8, b"\xff"))
         if storage is None or count != storage.numel:
             raise pickle.UnpicklingError(f"tensor storage {key!r} is inconsistent or truncated")
+        _charge(
+            count * storage.kind.dtype.itemsize * (2 if storage.kind.name == "BFloat16Storage" else 1), "tensor storage"
+        )
         raw = f.read(count * storage.kind.dtype.itemsize)
         if len(raw) != count * storage.kind.dtype.itemsize:
             raise pickle.UnpicklingError("tensor storage bytes are truncated")
@@ -304,6 +352,7 @@ class _ArrayProxy:
         if self.array is not None or not isinstance(dtype, _DType) or not isinstance(shape, tuple):
             raise pickle.UnpicklingError("bad numpy array state")
         order = "F" if fortran else "C"
+        _charge(len(raw) * (_ITEM_BYTES if dtype.real.hasobject else 1), "a numpy array")
         if dtype.real.hasobject:  # object arrays pickle their items as a list (already unpickled safely)
             flat = np.empty(len(raw), dtype=object)
             flat[:] = raw
@@ -329,22 +378,79 @@ def _np_scalar(dtype, data=None):
 def _np_frombuffer(buf, dtype, shape, order="C"):
     if not isinstance(dtype, _DType) or dtype.real.hasobject or not isinstance(buf, (bytes, bytearray)):
         raise pickle.UnpicklingError("bad numpy buffer")
+    _charge(len(buf), "a numpy array")
     return np.frombuffer(buf, dtype=dtype.real).reshape(shape, order=order).copy()
 
 
-def _resolve(obj):
-    """Swap numpy stand-ins for the arrays/dtypes they built, through containers and Data fields."""
-    if isinstance(obj, _ArrayProxy):
-        return obj.array
-    if isinstance(obj, _DType):
-        return obj.real
-    if isinstance(obj, PygData):
-        obj.fields = _resolve(obj.fields)
-    elif isinstance(obj, dict):
-        return type(obj)((k, _resolve(v)) for k, v in obj.items())
-    elif isinstance(obj, (list, tuple)):
-        return type(obj)(_resolve(v) for v in obj)
-    return obj
+def _resolve(root):
+    """Swap numpy stand-ins for the arrays/dtypes they built, through containers and Data fields.
+
+    Each shared object is resolved once (memo by id), so the work is linear in the pickle. The value's
+    expanded size, shared objects counted wherever they appear, may not pass the record's budget at 8 bytes
+    an item: that is what walking it (``numpy.asarray``, printing) would cost. Reference cycles are refused.
+    """
+    done: dict[int, tuple[Any, int]] = {}  # id -> (resolved object, expanded item count)
+    active: set[int] = set()
+    keep = []  # keeps originals alive so that ids stay unique while resolving
+    budget = getattr(_state, "budget", None)
+    max_items = None if budget is None else budget.limit // _ITEM_BYTES
+
+    def walk(obj) -> tuple[Any, int]:
+        cls = type(obj)
+        if cls in _LEAVES:
+            return obj, 1
+        if cls is _ArrayProxy:
+            return obj.array, 1
+        if cls is _DType:
+            return obj.real, 1
+        if not isinstance(obj, (PygData, PygStorage, dict, list, tuple, set, frozenset)):
+            return obj, 1
+        key = id(obj)
+        if key in done:
+            return done[key]
+        if key in active:
+            raise _OverBudget("the record holds a reference cycle")
+        active.add(key)
+        keep.append(obj)
+        count = 1
+        if isinstance(obj, PygData):
+            obj.fields, count = walk(obj.fields)
+            out = obj
+        elif isinstance(obj, PygStorage):
+            out, count = obj, walk(obj.mapping)[1]
+        elif isinstance(obj, dict):
+            pairs = []
+            for k, v in obj.items():
+                if type(k) not in _LEAVES:
+                    count += walk(k)[1]
+                v, n = walk(v)
+                pairs.append((k, v))
+                count += n + 1
+            out = type(obj)(pairs)
+        elif isinstance(obj, (list, tuple)):
+            values = []
+            for v in obj:
+                v, n = walk(v)
+                values.append(v)
+                count += n
+            out = values if type(obj) is list else type(obj)(values)
+        else:  # sets: items are hashable, already final; count them only
+            out = obj
+            for v in obj:
+                count += walk(v)[1]
+        active.discard(key)
+        done[key] = out, count
+        if max_items is not None and count > max_items:
+            raise _OverBudget(
+                f"its lists/tuples/dicts expand to more than {max_items} items through shared "
+                f"references, past its limit of {_limit_text(budget.limit)}"
+            )
+        return out, count
+
+    return walk(root)[0]
+
+
+_LEAVES = frozenset((np.ndarray, str, bytes, int, float, bool, type(None)))
 
 
 # ---- the allow-list ------------------------------------------------------------------------------------
@@ -353,6 +459,7 @@ def _resolve(obj):
 def _codecs_encode(text, encoding="latin1"):
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
         raise _Refused("_codecs.encode with an unexpected encoding")
+    _charge(len(text), "bytes")
     return text.encode("latin1")
 
 
@@ -360,6 +467,18 @@ def _reconstructor(cls, base, state=None):
     if cls not in _HOLDERS or base is not _OBJECT or state is not None:
         raise _Refused("copyreg._reconstructor of a class outside the allow-list")
     return cls.__new__(cls)
+
+
+def _counted(fn: Callable) -> Callable:
+    """``fn`` (set, frozenset, OrderedDict, bytearray) with its argument's items charged to the budget first."""
+
+    def call(*args):
+        if args and hasattr(args[0], "__len__"):
+            _charge(len(args[0]) * (1 if isinstance(args[0], (bytes, bytearray)) else 4 * _ITEM_BYTES), fn.__name__)
+        return fn(*args)
+
+    call.__name__ = fn.__name__
+    return call
 
 
 def _typed(kind, fn: Callable) -> Callable:
@@ -388,13 +507,13 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("torch", "Tensor"): _TENSOR,
     ("torch.nn.parameter", "Parameter"): _PARAMETER,
     ("torch.storage", "_load_from_bytes"): _Allowed(_load_legacy_storage, "torch.storage._load_from_bytes"),
-    ("collections", "OrderedDict"): _Allowed(collections.OrderedDict, "collections.OrderedDict"),
+    ("collections", "OrderedDict"): _Allowed(_counted(collections.OrderedDict), "collections.OrderedDict"),
     ("_codecs", "encode"): _Allowed(_codecs_encode, "_codecs.encode"),
     ("copyreg", "_reconstructor"): _Allowed(_reconstructor, "copyreg._reconstructor"),
     ("builtins", "object"): _OBJECT,
-    ("builtins", "set"): _Allowed(set, "set"),
-    ("builtins", "frozenset"): _Allowed(frozenset, "frozenset"),
-    ("builtins", "bytearray"): _Allowed(_typed((bytes, bytearray), bytearray), "bytearray"),
+    ("builtins", "set"): _Allowed(_counted(set), "set"),
+    ("builtins", "frozenset"): _Allowed(_counted(frozenset), "frozenset"),
+    ("builtins", "bytearray"): _Allowed(_typed((bytes, bytearray), _counted(bytearray)), "bytearray"),
     ("builtins", "complex"): _Allowed(_typed((int, float), complex), "complex"),
     ("builtins", "slice"): _Allowed(_typed((int, type(None)), slice), "slice"),
     ("numpy", "ndarray"): _NDARRAY,
@@ -434,10 +553,16 @@ def loads(data: bytes, *, path=None, record=None) -> Any:
 
     Raises:
         UnsafePickleError: the pickle names a global outside the allow-list (nothing was called).
-        DataError: the bytes are not a readable pickle (truncated, corrupt, inconsistent tensor data).
+        DataError: the bytes are not a readable pickle (truncated, corrupt, inconsistent tensor data), or
+            would decode to more than ``RECORD_ALLOWANCE + RECORD_FACTOR * len(data)`` bytes.
     """
+    outer = getattr(_state, "budget", None)
+    _state.budget = _Budget(RECORD_ALLOWANCE + RECORD_FACTOR * len(data))
     try:
         return _resolve(SafeUnpickler(io.BytesIO(data)).load())
+    except _OverBudget as err:
+        message = f"record of {len(data)} bytes refused: {err}"
+        raise DataError(path, message, record) from None
     except _Refused as err:
         message = f"pickle refers to {err}, which is not allowed; nothing was run"
         raise UnsafePickleError(path, message, record) from None
@@ -446,3 +571,5 @@ def loads(data: bytes, *, path=None, record=None) -> Any:
     except Exception as err:  # UnpicklingError, EOFError, ValueError, struct.error ... from corrupt bytes
         text = " ".join(str(err).split())[:200] or type(err).__name__
         raise DataError(path, f"corrupt record: cannot unpickle ({text})", record=record) from None
+    finally:
+        _state.budget = outer

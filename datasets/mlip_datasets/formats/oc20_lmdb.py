@@ -63,7 +63,11 @@ def _scan_shard(path: Path) -> tuple[int, list[bytes] | None]:
             if raw is not None:
                 length = safe_pickle.loads(raw, path=path, record=LENGTH_KEY)
                 if type(length) is not int or length < 0:
-                    raise DataError(path, f"length key holds {length!r}, expected a count", record=LENGTH_KEY)
+                    raise DataError(path, f"length key holds {repr(length)[:80]}, expected a count", record=LENGTH_KEY)
+                stored = txn.stat()["entries"] - 1  # every entry but the length key itself
+                if length > stored:
+                    message = f"length key says {length} records but the file holds only {stored} other entries"
+                    raise DataError(path, message, record=LENGTH_KEY)
                 return length, None
             # no length key (some IS2RE files): count the integer keys, ignoring anything else
             keys = sorted(int(k) for k in txn.cursor().iternext(values=False) if k.isdigit())
