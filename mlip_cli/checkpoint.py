@@ -13,10 +13,14 @@ A checkpoint is a plain dict of tensors and builtins (never pickled classes), so
     recipe          the resolved training recipe (plain dict), or None
     train_state     TrainState fields (step/epoch/batch position, elapsed time, best metric, ...) and the optimizer,
                     schedule, ema, symmetry (AutoSymmetryWeights) and rng states, world; None in exports
+    architecture    the fingerprint of the weights (:func:`architecture_fingerprint`): the family that wrote them
+                    and the name and shape of every stored tensor; None in files older than schema 3
 
 Schemas: 1 (until issue 11): ``model_config`` flat with every family's fields; the inversion symmetry type named
-``reflection``. 2: one config per family; ``inversion``. :func:`load_checkpoint` migrates an older schema step by
-step (:data:`MIGRATIONS`), so every reader sees the current layout. A change of layout (a new train-state field,
+``reflection``. 2: one config per family; ``inversion``. 3: ``architecture``, so :func:`load_model` refuses
+weights relabelled as another family (``tdn`` and ``gaunt`` have the same parameter shapes).
+:func:`load_checkpoint` migrates an older schema step by step (:data:`MIGRATIONS`), so every reader sees the
+current layout. A change of layout (a new train-state field,
 a renamed key) bumps ``CHECKPOINT_SCHEMA`` and adds the step that fills it in for older files.
 
 :func:`load_model` is what the calculator, ``mlip eval``, ``mlip relax`` and ``mlip md`` use.
@@ -44,9 +48,10 @@ __all__ = [
     "migrate_checkpoint",
     "load_model",
     "resolve_dtype",
+    "architecture_fingerprint",
 ]
 
-CHECKPOINT_SCHEMA = 2
+CHECKPOINT_SCHEMA = 3
 _KIND = "mlip-checkpoint"
 
 
@@ -85,6 +90,8 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"schema": CHECKPOINT_SCHEMA, "kind": _KIND, "mlip_version": __version__, **payload}
+    if "architecture" not in payload:
+        payload["architecture"] = architecture_fingerprint(payload.get("model_config"), payload.get("model_state"))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -113,7 +120,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001  (torch raises many types for corrupt or unsafe files)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = str(err).strip()
+        if "weights only load failed" in text.lower() or "weights_only" in text:
+            # torch's advice (retry with weights_only=False) would run the file's code: never repeat it
+            raise CheckpointError(
+                f"{path}: not a readable mlip checkpoint (it holds code or objects mlip does not load; "
+                f"an mlip checkpoint holds only tensors and plain values)"
+            ) from None
+        first = text.splitlines()[0] if text else type(err).__name__
         raise CheckpointError(f"{path}: not a readable mlip checkpoint ({first})") from None
     if not isinstance(data, dict) or data.get("kind") != _KIND:
         raise CheckpointError(f"{path}: not an mlip checkpoint (no kind={_KIND!r} entry)")
@@ -177,8 +191,49 @@ def _renamed_types(state: dict[str, Any], renamed: dict[str, str]) -> dict[str, 
     return out
 
 
+def _schema_2_to_3(data: dict[str, Any]) -> dict[str, Any]:
+    """No architecture fingerprint was written: ``None`` (unknown), which :func:`load_model` does not check."""
+    data.setdefault("architecture", None)
+    return data
+
+
 #: schema n -> the function taking a schema-n checkpoint dict to schema n + 1 (the caller sets ``schema``).
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _schema_1_to_2}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _schema_1_to_2, 2: _schema_2_to_3}
+
+
+def architecture_fingerprint(model_config: Any, state: Any) -> dict[str, Any] | None:
+    """``{"family": ..., "tensors": {name: shape}}`` of a model config and its state dict (None without them).
+
+    Written into every checkpoint when it is saved, from the config and weights the code built; a file whose
+    ``model_config`` was edited afterwards (another family, other sizes) no longer matches it.
+    """
+    if not isinstance(model_config, dict) or not isinstance(state, dict):
+        return None
+    tensors = {str(k): list(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return {"family": str(model_config.get("family", "")), "tensors": tensors}
+
+
+def _check_architecture(data: dict[str, Any], model: torch.nn.Module) -> None:
+    """Refuse (one line) weights whose recorded fingerprint does not match the model built from the config."""
+    stored = data.get("architecture")
+    if stored is None:  # schema 1 and 2 files: nothing recorded, the state-dict check alone applies
+        return
+    where = data["path"]
+    if not isinstance(stored, dict) or not isinstance(stored.get("tensors"), dict):
+        raise CheckpointError(f"{where}: the architecture entry does not read as expected")
+    family = data["model_config"].get("family")
+    if stored.get("family") != family:
+        raise CheckpointError(
+            f"{where}: the weights were written by a {stored.get('family')!r} model, but model_config says "
+            f"family {family!r}; a checkpoint's family cannot be changed"
+        )
+    built = architecture_fingerprint(data["model_config"], model.state_dict())["tensors"]
+    for name in sorted(set(built) | set(stored["tensors"])):
+        if built.get(name) != stored["tensors"].get(name):
+            raise CheckpointError(
+                f"{where}: the weights do not fit model_config: tensor {name!r} was written with shape "
+                f"{stored['tensors'].get(name)} but the config builds {built.get(name)}"
+            )
 
 
 def load_model(
@@ -200,9 +255,17 @@ def load_model(
     data = load_checkpoint(path)
     dtype = resolve_dtype(dtype, resolve_dtype(data.get("dtype", "float32")))
     state = data.get("ema_state") if use_ema and data.get("ema_state") is not None else data["model_state"]
+    if not isinstance(data.get("model_config"), dict) or not isinstance(state, dict):
+        raise CheckpointError(f"{data['path']}: no model_config and weights to build a model from")
     model = build_model(data["model_config"], dtype=dtype, device=device)
+    _check_architecture(data, model)
     kept = _keep_rebuilt_constants(model, state)
-    missing, unexpected = model.load_state_dict(kept, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(kept, strict=False)
+    except RuntimeError as err:  # shapes that do not fit (e.g. another rank or family)
+        lines = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+        why = lines[0].rstrip(".") if lines else str(err).strip().splitlines()[0]
+        raise CheckpointError(f"{data['path']}: weights do not fit the stored model config ({why})") from None
     missing = [k for k in missing if k not in state]  # dropped constants are not missing
     if missing or unexpected:
         raise CheckpointError(

@@ -56,7 +56,29 @@ __all__ = [
     "TDNConfig",
     "GauntConfig",
     "CGConfig",
+    "MAX_LMAX",
+    "MAX_PARAMETERS",
+    "estimate_parameters_guard",
 ]
+
+#: Largest ``lmax`` a config may ask for: the largest degree the kernels ship exact CP ranks for
+#: (:data:`mlip_kernels.cp.EVEN_DEFAULT_RANKS`); the constants grow as ``L^6`` beyond it.
+MAX_LMAX = max(EVEN_DEFAULT_RANKS)
+
+#: Largest estimated parameter count a config may ask for (about 400 MB of float32 weights, before the
+#: optimizer's and EMA's copies); checked before anything is built.
+MAX_PARAMETERS = 100_000_000
+
+
+def estimate_parameters_guard(estimate: int, keys: dict[str, Any]) -> None:
+    """Refuse (one line naming the keys and the limit) a config whose estimated parameter count exceeds
+    :data:`MAX_PARAMETERS`."""
+    if estimate > MAX_PARAMETERS:
+        named = ", ".join(f"{k}={v}" for k, v in keys.items())
+        raise ConfigError(
+            f"model config: {named} give about {estimate:.2g} parameters, above the limit of "
+            f"{MAX_PARAMETERS:.0e}; lower them"
+        )
 
 
 @dataclass
@@ -79,6 +101,18 @@ class EquivariantConfig(ModelConfig):
         self._check_positive("avg_num_neighbors")
         if self.lmax < 0:
             raise ConfigError(f"model config: lmax must be >= 0, got {self.lmax}")
+        if self.lmax > MAX_LMAX:
+            raise ConfigError(f"model config: lmax must be <= {MAX_LMAX} (the largest shipped), got {self.lmax}")
+        # Per block: the per-degree channel mixings and species self-connections (~ (L+1) C^2 (3 + species))
+        # and the radial MLP; an overestimate of the real count by at most ~3x.
+        c, h = self.channels, self.radial_hidden
+        per_block = (self.lmax + 1) * c * c * (3 + self.num_elements) + h * (
+            self.num_radial + h * self.radial_layers + 4 * c * (self.lmax + 1)
+        )
+        estimate_parameters_guard(
+            self.num_interactions * per_block,
+            {"channels": c, "lmax": self.lmax, "num_interactions": self.num_interactions, "radial_hidden": h},
+        )
 
     def tp_options(self) -> dict[str, Any]:
         """Keyword arguments of the family's tensor product for :class:`~mlip_cli.nn.InteractionBlock`."""

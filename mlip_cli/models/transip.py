@@ -41,6 +41,7 @@ from mlip_kernels.sh import spherical_harmonics
 
 from ..nn import BesselBasis, ElementEmbedding, PolynomialEnvelope, ScalarReadout
 from .config import ConfigError, ModelConfig
+from .equivariant import estimate_parameters_guard
 from .hooks import TrainingHooks
 from .potential import Potential
 from .registry import register_model
@@ -152,6 +153,18 @@ class TransIPConfig(ModelConfig):
                 f"model config: num_heads ({self.num_heads}) must divide channels ({self.channels}) "
                 f"for family 'transip'"
             )
+        width = self.channels + 3 * self.vector_channels
+        ff = self.ff_hidden or 2 * width
+        per_layer = 4 * width * self.channels + 2 * self.channels**2 + 2 * width * ff
+        estimate_parameters_guard(
+            self.num_interactions * per_layer,
+            {
+                "channels": self.channels,
+                "vector_channels": self.vector_channels,
+                "ff_hidden": self.ff_hidden,
+                "num_interactions": self.num_interactions,
+            },
+        )
 
 
 # Equivariance is learned (the alignment loss); frame averaging makes it exact, but only when switched on.

@@ -42,7 +42,7 @@ def test_run_directory_checkpoints_and_learning(tmp_path, small_data):
     assert abs(float(last["elapsed_s"]) - float(last["data_s"]) - float(last["compute_s"])) <= 0.0015
 
     ckpt = torch.load(run / "last.pt", weights_only=True)  # a checkpoint never needs code to load
-    assert ckpt["kind"] == "mlip-checkpoint" and ckpt["schema"] == CHECKPOINT_SCHEMA == 2
+    assert ckpt["kind"] == "mlip-checkpoint" and ckpt["schema"] == CHECKPOINT_SCHEMA == 3
     assert set(ckpt["train_state"]) >= {"optimizer", "schedule", "rng", "step", "epoch", "batch_in_epoch"}
     assert ckpt["ema_state"] is not None and ckpt["statistics"]["elements"] == ckpt["model_config"]["elements"]
 
