@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import DataError
 from ..keys import LabelKeys
 from ..record import Structure, stress_to_voigt
+from ..safe_pickle import RECORD_ALLOWANCE, RECORD_FACTOR
 
 # ase.db.core.now(): row times are years since 2000-01-01
 _T2000 = 946681200.0
@@ -41,17 +42,45 @@ def now() -> float:
 # --- JSON ------------------------------------------------------------------------------------------------
 
 
-def _ndarray(shape, dtype, flat) -> np.ndarray:
-    dtype = np.dtype(dtype)
+def _ndarray(shape, dtype, flat, budget: list[int] | None = None) -> np.ndarray:
+    """One jsonio array; its declared shape and dtype must fit the values present and what ``budget`` has left.
+
+    ``budget`` is a one-item list of bytes the row may still materialise: a dtype such as ``S400000000``
+    would otherwise turn a few bytes of JSON into hundreds of MB before anything checks it.
+    """
+    try:
+        dtype = np.dtype(dtype)
+    except (TypeError, ValueError) as err:
+        raise RowError(f"array has an unknown dtype {dtype!r} ({err})") from None
+    if not isinstance(flat, list) or not isinstance(shape, list | tuple):
+        raise RowError("array is not stored as [shape, dtype, values]")
+    count = 1
+    for dim in shape:
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
+            raise RowError(f"array has an invalid shape {shape!r}")
+        count *= dim
+    if (2 * count if dtype.kind == "c" else count) != len(flat):  # complex: interleaved real/imaginary parts
+        raise RowError(f"array declares shape {tuple(shape)} but holds {len(flat)} values")
+    need = count * dtype.itemsize
+    if budget is not None:
+        if need > budget[0]:
+            raise RowError(
+                f"array of dtype {dtype.str} and shape {tuple(shape)} needs {need} bytes, more than the "
+                f"{budget[1]} bytes this row may decode to ({RECORD_ALLOWANCE} + {RECORD_FACTOR}x its size)"
+            )
+        budget[0] -= need
     if dtype.kind == "c":  # complex arrays are stored as interleaved real/imaginary parts
         real = np.asarray(flat, dtype=np.empty(0, dtype).real.dtype)
         return real.view(dtype).reshape(shape)
     return np.asarray(flat, dtype=dtype).reshape(shape)
 
 
-def _object_hook(dct: dict):
+def _object_hook(dct: dict, budget: list[int] | None = None):
     if "__ndarray__" in dct:
-        return _ndarray(*dct["__ndarray__"])
+        value = dct["__ndarray__"]
+        if not isinstance(value, list) or len(value) != 3:
+            raise RowError("array is not stored as [shape, dtype, values]")
+        return _ndarray(*value, budget=budget)
     if "__complex__" in dct:
         return complex(*dct["__complex__"])
     if "__complex_ndarray__" in dct:  # pre-2019 ASE
@@ -75,8 +104,14 @@ def _object_hook(dct: dict):
 
 
 def decode(text: str | bytes):
-    """Decode ASE-flavoured JSON; plain lists stay lists (callers convert the fields they use)."""
-    return json.loads(text, object_hook=_object_hook)
+    """Decode ASE-flavoured JSON; plain lists stay lists (callers convert the fields they use).
+
+    Arrays may materialise at most ``RECORD_ALLOWANCE + RECORD_FACTOR * len(text)`` bytes in all (the
+    per-record budget of :mod:`mlip_datasets.safe_pickle`); more raises :class:`RowError`.
+    """
+    total = RECORD_ALLOWANCE + RECORD_FACTOR * len(text)
+    budget = [total, total]
+    return json.loads(text, object_hook=lambda dct: _object_hook(dct, budget))
 
 
 def _default(obj):

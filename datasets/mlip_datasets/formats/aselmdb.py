@@ -4,7 +4,9 @@ Layout (as ase-db-backends' ``LMDBDatabase`` writes it; checked against ase-db-b
 environment per file, ``subdir=False``. Keys are ASCII row ids ``b"1"``, ``b"2"``, ... and three reserved
 keys, ``b"nextid"`` (int), ``b"deleted_ids"`` (list of int, only after deletions) and ``b"metadata"``
 (dict, only when set). Every value is zlib-compressed ASE JSON. The live ids are ``1 .. nextid-1`` minus
-``deleted_ids``; files without ``nextid`` are indexed by scanning their keys.
+``deleted_ids``; files without ``nextid``, or whose ``nextid``/``deleted_ids`` disagree with the number of
+keys present, are indexed by scanning their keys. Values inflate and decode within the per-record budget of
+:mod:`mlip_datasets.safe_pickle` (zlib bombs and arrays whose dtype/shape promise more than is there are refused).
 
 A data set is one file or a directory of shards read in sorted file order. This module needs only
 ``lmdb``; ase-db-backends is not required to read or write.
@@ -23,16 +25,42 @@ from ..errors import DataError
 from ..keys import DEFAULT_KEYS, LabelKeys
 from ..lmdb_handles import LmdbWriter, ShardEnvs, shard_files
 from ..record import Structure
+from ..safe_pickle import RECORD_ALLOWANCE, RECORD_FACTOR
 from ._aserows import RowError, check_structure_shapes, decode, encode, row_to_structure, structure_to_row
 from .base import Format, Reader
 
 SUFFIX = ".aselmdb"
+MISSING_SLACK = 1024  # live ids nextid/deleted_ids may claim beyond the row keys present before keys are scanned
+
+
+def _inflate(raw: bytes, path: Path, record) -> bytes:
+    """``zlib.decompress`` that stops at the per-record budget of :mod:`mlip_datasets.safe_pickle`."""
+    limit = RECORD_ALLOWANCE + RECORD_FACTOR * len(raw)
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(raw, limit)
+        done = not inflater.unconsumed_tail
+        if done:
+            out += inflater.flush()
+    except zlib.error as err:
+        raise DataError(path, f"cannot decode value (error: {err})", record=record) from None
+    if not done:
+        raise DataError(
+            path,
+            f"value inflates to more than {limit} bytes ({RECORD_ALLOWANCE} + {RECORD_FACTOR}x its "
+            f"{len(raw)} compressed bytes); refusing it as a decompression bomb",
+            record=record,
+        )
+    return out
 
 
 def _decode_value(raw: bytes, path: Path, record):
+    text = _inflate(raw, path, record)
     try:
-        return decode(zlib.decompress(raw).decode("utf-8"))
-    except (zlib.error, UnicodeDecodeError, ValueError, TypeError) as err:
+        return decode(text.decode("utf-8"))
+    except RowError as err:
+        raise DataError(path, str(err), record=record) from None
+    except (zlib.error, UnicodeDecodeError, ValueError, TypeError, RecursionError) as err:
         raise DataError(path, f"cannot decode value ({type(err).__name__}: {err})", record=record) from None
 
 
@@ -73,23 +101,43 @@ class AseLmdbReader(Reader):
             raise DataError(self.shards[k], f"not a readable LMDB file ({err})") from None
 
     def _index_shard(self, k: int) -> tuple[np.ndarray | None, int]:
+        """Shard ``k``'s live ids (None: exactly ``1 .. count``) and count, bounded by what the file holds.
+
+        ``nextid``/``deleted_ids`` are trusted when they claim at most ``MISSING_SLACK`` more rows than there
+        are row keys (those missing fail when read); otherwise, or without ``nextid``, the keys themselves are
+        scanned, so a tiny file that claims a huge ``nextid`` costs nothing.
+        """
         path = self.shards[k]
-        with self._env(k).begin() as txn:
+        env = self._env(k)
+        with env.begin() as txn:
             raw_next = txn.get(b"nextid")
             raw_deleted = txn.get(b"deleted_ids")
-            if raw_next is None:  # not written by ASE: trust the keys themselves
-                ids = sorted(int(key) for key in txn.cursor().iternext(values=False) if key.isdigit())
-                return np.asarray(ids, dtype=np.int64), len(ids)
+            reserved = sum(txn.get(key) is not None for key in (b"nextid", b"deleted_ids", b"metadata"))
+        rows = int(env.stat()["entries"]) - reserved  # row keys in the file, if it holds nothing else
+        if raw_next is None:  # not written by ASE: trust the keys themselves
+            return self._scan_ids(k)
         nextid = _decode_value(raw_next, path, "nextid")
         deleted = [] if raw_deleted is None else _decode_value(raw_deleted, path, "deleted_ids")
         try:
             nextid = int(nextid)
             deleted = np.unique(np.asarray(deleted, dtype=np.int64).reshape(-1))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise DataError(path, "nextid/deleted_ids are not integers", record="nextid") from None
+        claimed = max(nextid - 1, 0) - int(np.count_nonzero((deleted >= 1) & (deleted < nextid)))
+        if claimed > rows + MISSING_SLACK:  # nextid/deleted_ids cannot describe this file's keys
+            return self._scan_ids(k)
         if len(deleted) == 0:
-            return None, max(nextid - 1, 0)
+            return None, claimed
+        # bounded: nextid <= rows + MISSING_SLACK + len(deleted) + 1
         ids = np.setdiff1d(np.arange(1, nextid, dtype=np.int64), deleted)
+        return ids, len(ids)
+
+    def _scan_ids(self, k: int) -> tuple[np.ndarray, int]:
+        with self._env(k).begin() as txn:
+            keys = [key for key in txn.cursor().iternext(values=False) if key.isdigit()]
+        if any(len(key) > 18 for key in keys):
+            raise DataError(self.shards[k], "a row key is too large to be a row id", record="keys")
+        ids = np.unique(np.fromiter((int(key) for key in keys), dtype=np.int64, count=len(keys)))
         return ids, len(ids)
 
     def _load_natoms(self) -> np.ndarray | None:
@@ -133,8 +181,10 @@ class AseLmdbReader(Reader):
         row = _decode_value(raw, path, rid)
         try:
             return row_to_structure(row, self.keys)
-        except RowError as err:
-            raise DataError(path, str(err), record=rid) from None
+        except ValueError as err:  # RowError, and what Structure refuses (bad atomic numbers, shapes)
+            if isinstance(err, DataError) and err.path is not None:
+                raise
+            raise DataError(path, getattr(err, "message", str(err)), record=rid) from None
 
     def natoms(self, index: int) -> int:
         if self._natoms is not None:
