@@ -60,6 +60,7 @@ _OPTIONAL = {
     "fixed": (True, np.bool_, (), False),
 }
 _TEXT = ("sid", "fid", "info")
+_MAX_RATIO = 1100  # bytes a filtered (compressed) dataset may declare per stored byte
 
 _LENGTH = {"angstrom": 1.0, "a": 1.0, "ang": 1.0, "bohr": 0.529177210903, "a0": 0.529177210903, "nm": 10.0}
 _ENERGY = {
@@ -146,17 +147,104 @@ class Hdf5Reader(Reader):
     # -- indexing -----------------------------------------------------------------------------------------
 
     def _index_own(self, f) -> None:
-        version = int(f.attrs.get("version", 0))
+        try:
+            self._check_own(f)
+        except DataError:
+            raise
+        except (KeyError, ValueError, TypeError, AttributeError) as err:
+            raise DataError(self.path, f"malformed mlip-hdf5 index ({type(err).__name__}: {err})") from None
+
+    def _dataset(self, f, name: str, shape: tuple, what: str, backed: bool = True):
+        """``f[name]``, refused unless it is a dataset of ``shape`` (None = any length) whose bytes are stored."""
+        ds = f.get(name)
+        if ds is None:
+            raise DataError(self.path, f"mlip-hdf5 file has no {name!r} dataset")
+        if not hasattr(ds, "shape") or ds.shape is None:
+            raise DataError(self.path, f"{name!r} is not a dataset")
+        if len(ds.shape) != len(shape) or any(want is not None and got != want for got, want in zip(ds.shape, shape)):
+            expect = (
+                "(" + ", ".join(what if w is None else str(w) for w in shape) + ("," if len(shape) == 1 else "") + ")"
+            )
+            raise DataError(self.path, f"{name!r} has shape {ds.shape}, expected {expect}")
+        if ds.dtype.kind not in "biuf":
+            raise DataError(self.path, f"{name!r} has dtype {ds.dtype}, expected numbers")
+        # a declared shape costs nothing on disk (unwritten chunks): trust it only as far as bytes back it, so a
+        # tiny file cannot make a read allocate terabytes (gzip, the strongest standard filter, packs < 1100:1)
+        declared = int(np.prod(ds.shape, dtype=np.float64) * ds.dtype.itemsize)
+        filtered = ds.id.get_create_plist().get_nfilters() > 0
+        stored = ds.id.get_storage_size()
+        if backed and declared > max(stored * (_MAX_RATIO if filtered else 1), 0):
+            raise DataError(
+                self.path,
+                f"{name!r} declares shape {ds.shape} ({declared:,} bytes) but the file stores only {stored:,}",
+            )
+        return ds
+
+    def _check_own(self, f) -> None:
+        raw = f.attrs.get("version", 0)
+        version = np.asarray(raw)
+        if version.shape != () or version.dtype.kind not in "iuf" or not np.isfinite(version) or version % 1:
+            raise DataError(self.path, f"mlip-hdf5 'version' attribute is {raw!r}, not an integer")
+        version = int(version)
         if version > VERSION:
             raise DataError(self.path, f"mlip-hdf5 version {version} is newer than this reader ({VERSION})")
-        for name in ("natoms", "numbers", "positions", "cell", "pbc"):
-            if name not in f:
-                raise DataError(self.path, f"mlip-hdf5 file has no {name!r} dataset")
-        self._natoms = f["natoms"][:].astype(np.int64)
-        offsets = f["offsets"][:] if "offsets" in f else np.concatenate([[0], np.cumsum(self._natoms)])
-        self._offsets = np.asarray(offsets, dtype=np.int64)
-        if len(self._offsets) != len(self._natoms) + 1 or self._offsets[-1] != len(f["numbers"]):
-            raise DataError(self.path, "offsets/natoms do not match the length of 'numbers'")
+        natoms_ds = self._dataset(f, "natoms", (None,), "S")
+        nstruct = natoms_ds.shape[0]
+        numbers_ds = self._dataset(f, "numbers", (None,), "A")
+        total = numbers_ds.shape[0]
+        self._dataset(f, "positions", (total, 3), "A")
+        self._dataset(f, "cell", (nstruct, 3, 3), "S")
+        self._dataset(f, "pbc", (nstruct, 3), "S")
+        count = f.attrs.get("count")
+        if count is not None and np.asarray(count).shape == () and np.asarray(count) != nstruct:
+            raise DataError(self.path, f"'count' attribute says {count} structures but 'natoms' holds {nstruct}")
+        for name, (per_atom, _, shape, _) in _OPTIONAL.items():
+            if name in f or f"has_{name}" in f:
+                # masks hold fill values where a label appeared late: their length is backed by 'natoms' instead
+                self._dataset(f, f"has_{name}", (nstruct,), "S", backed=False)
+                if name in f and f[name].shape != ((total if per_atom else nstruct), *shape):
+                    want = ("A" if per_atom else "S", *shape)
+                    raise DataError(self.path, f"{name!r} has shape {f[name].shape}, expected {want}")
+        for name in _TEXT:
+            if name in f and f[name].shape != (nstruct,):
+                raise DataError(self.path, f"{name!r} has shape {f[name].shape}, expected (S,) with S = {nstruct}")
+        natoms = natoms_ds[:]
+        if natoms.dtype.kind not in "iu":
+            raise DataError(self.path, f"'natoms' has dtype {natoms.dtype}, expected integers")
+        natoms = natoms.astype(np.int64)
+        bad = np.flatnonzero((natoms < 0) | (natoms > total))
+        if bad.size:
+            i = int(bad[0])
+            raise DataError(self.path, f"natoms is {natoms[i]}, outside 0..{total} (the length of 'numbers')", record=i)
+        if "offsets" in f:
+            offsets = self._dataset(f, "offsets", (nstruct + 1,), "S+1")[:]
+            if offsets.dtype.kind not in "iu":
+                raise DataError(self.path, f"'offsets' has dtype {offsets.dtype}, expected integers")
+            offsets = offsets.astype(np.int64)
+        else:
+            offsets = np.concatenate([[0], np.cumsum(natoms)]).astype(np.int64)
+        if offsets[0] != 0:
+            raise DataError(self.path, f"offsets start at {offsets[0]}, not 0", record=0)
+        steps = np.diff(offsets)
+        bad = np.flatnonzero(steps < 0)
+        if bad.size:
+            i = int(bad[0])
+            raise DataError(self.path, f"offsets decrease from {offsets[i]} to {offsets[i + 1]}", record=i)
+        if offsets[-1] != total:
+            raise DataError(
+                self.path,
+                f"offsets/natoms do not match the length of 'numbers': offsets end at {offsets[-1]} "
+                f"(after record {nstruct - 1}) but 'numbers' holds {total} atoms",
+            )
+        bad = np.flatnonzero(steps != natoms)
+        if bad.size:
+            i = int(bad[0])
+            raise DataError(
+                self.path,
+                f"natoms says {natoms[i]} atoms but offsets give {steps[i]} (rows {offsets[i]}:{offsets[i + 1]})",
+                record=i,
+            )
+        self._natoms, self._offsets = natoms, offsets
 
     def _index_groups(self, f) -> None:
         self._groups: list[tuple[str, str, str]] = []  # (group path, coordinates name, numbers name)
@@ -228,8 +316,12 @@ class Hdf5Reader(Reader):
         index = self._check_index(index)
         try:
             return self._read_own(index) if self.own else self._read_group(index)
-        except DataError:
-            raise
+        except DataError as err:
+            if err.path is not None:
+                raise
+            # e.g. record.AtomicNumberError, raised by Structure without knowing the file: add file and record
+            record = index if self.own else self.record_name(index).split(" ", 1)[1]
+            raise type(err)(self.path, err.message, record=record) from None
         except (OSError, KeyError, ValueError, TypeError) as err:
             record = index if self.own else self.record_name(index).split(" ", 1)[1]
             raise DataError(self.path, f"{type(err).__name__}: {err}", record=record) from None
@@ -400,6 +492,7 @@ def write(path: str | Path, structures: Iterable[Structure], *, shards: int = 1,
     if shards != 1:
         raise DataError(path, f"hdf5 writes a single file; sharding (shards={shards}) is not supported")
     count = 0
+    limit = _file_size_limit()
     with h5py.File(path, "w") as f:
         f.attrs.update({"format": FORMAT_TAG, "version": VERSION, "units": UNITS})
         columns = _Columns(f)
@@ -408,13 +501,45 @@ def write(path: str | Path, structures: Iterable[Structure], *, shards: int = 1,
             check_structure_shapes(s, path, count - 1)
             pending.append(s)
             if len(pending) >= block:
+                _room(f, path, limit, pending)
                 _add(columns, pending, path, count - len(pending))
                 pending = []
         if pending:
+            _room(f, path, limit, pending)
             _add(columns, pending, path, count - len(pending))
         f.create_dataset("offsets", data=np.concatenate([[0], np.cumsum(f["natoms"][:])]).astype(np.int64))
         f.attrs["count"] = count
     return count
+
+
+def _file_size_limit() -> int | None:
+    """The soft ``RLIMIT_FSIZE`` (``ulimit -f``) in bytes, None when unlimited or unknown."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def _room(f, path: Path, limit: int | None, block: list[Structure]) -> None:
+    """Refuse, before HDF5 writes it, a block that could take the file past ``ulimit -f``.
+
+    HDF5 hitting EFBIG leaves h5py unable to close the file, and h5py then crashes the process (SIGSEGV) instead
+    of raising, so the limit is checked here with a generous margin: four times the block's array bytes plus
+    1 MiB for chunk granularity and the metadata written at close.
+    """
+    if limit is None:
+        return
+    f.flush()
+    need = 4 * sum(s.natoms * 80 + 200 for s in block) + (1 << 20)
+    size = path.stat().st_size
+    if size + need > limit:
+        raise DataError(
+            path,
+            f"writing would pass the file-size limit (ulimit -f: {limit:,} bytes; {size:,} written, "
+            f"about {need:,} more needed for the next {len(block)} structures)",
+        )
 
 
 def _add(columns: _Columns, block: list[Structure], path: Path, first: int) -> None:
