@@ -9,6 +9,7 @@ the subclass from ``family``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -162,8 +163,9 @@ class ModelConfig:
             raise ConfigError(f"model config: envelope_p must be >= 2, got {self.envelope_p}")
 
     def _check_positive(self, name: str) -> None:
-        if not getattr(self, name) > 0:
-            raise ConfigError(f"model config: {name} must be positive, got {getattr(self, name)}")
+        value = getattr(self, name)
+        if not (value > 0 and math.isfinite(value)):  # NaN fails both comparisons
+            raise ConfigError(f"model config: {name} must be positive and finite, got {value}")
 
     @property
     def num_elements(self) -> int:
@@ -198,6 +200,20 @@ class ModelConfig:
                 f"{family!r}; allowed keys: {', '.join(allowed)}"
             )
         return target(**{k: v for k, v in data.items() if k != "family"})
+
+    @classmethod
+    def check_recipe_section(cls, data: Mapping[str, Any]) -> None:
+        """Validate a recipe's ``model`` mapping, which may leave ``elements`` out (training takes them from
+        the data): the same checks as :meth:`from_dict`, with the elements of ``e0s`` (or hydrogen) standing in.
+
+        Raises:
+            ConfigError: as :meth:`from_dict`.
+        """
+        data = dict(data)
+        if not data.get("elements"):
+            e0s = data.get("e0s") or {}
+            data["elements"] = sorted({_atomic_number(z) for z in e0s}) if isinstance(e0s, Mapping) and e0s else [1]
+        cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of builtins (ints, floats, strings, lists, dicts), ``family`` first; ``from_dict`` inverts it."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mlip_datasets.errors import DataError
 from mlip_datasets.graph import AtomicGraph, Batch, collate_graphs, structure_to_graph
 from mlip_datasets.io import open_dataset, write_dataset
 from mlip_datasets.split import split_indices
@@ -32,10 +33,23 @@ class GraphSet:
         cutoff: neighbour cutoff (the model's).
         dtype: floating-point dtype of positions and labels.
         cache: keep every graph after it is first built (small data sets: later epochs cost no data time).
+        source: the file ``reader`` reads, named in errors: a structure with non-finite positions or cell
+            (or labels, with ``check_labels``) raises :class:`DataError` naming it and the record.
+        check_labels: also reject non-finite energy, forces and stress (training: one such label would make
+            every step of its batches NaN).
     """
 
-    def __init__(self, reader, indices: Sequence[int], cutoff: float, dtype: torch.dtype, cache: bool):
-        self.reader = reader
+    def __init__(
+        self,
+        reader,
+        indices: Sequence[int],
+        cutoff: float,
+        dtype: torch.dtype,
+        cache: bool,
+        source: str | Path | None = None,
+        check_labels: bool = False,
+    ):
+        self.reader, self.source, self.check_labels = reader, source, check_labels
         self.indices = np.asarray(indices, dtype=np.int64)
         self.cutoff, self.dtype = float(cutoff), dtype
         self._cache: dict[int, AtomicGraph] | None = {} if cache else None
@@ -48,7 +62,9 @@ class GraphSet:
         if self._cache is not None and i in self._cache:
             return self._cache[i]
         record = int(self.indices[i])
-        graph = structure_to_graph(self.reader[record], self.cutoff, self.dtype, index=record)
+        structure = self.reader[record]
+        _check_finite(structure, self.source, record, self.check_labels)
+        graph = structure_to_graph(structure, self.cutoff, self.dtype, index=record)
         if self._cache is not None:
             self._cache[i] = graph
         return graph
@@ -64,6 +80,14 @@ class GraphSet:
 
     def batch(self, positions: Sequence[int]) -> Batch:
         return collate_graphs([self[int(i)] for i in positions])
+
+
+def _check_finite(structure, source, record: int, labels: bool) -> None:
+    """NaN/inf in positions or cell break the neighbour search, in labels every loss: name the record."""
+    for name in ("positions", "cell", *(("energy", "forces", "stress") if labels else ())):
+        value = getattr(structure, name, None)
+        if value is not None and not np.isfinite(np.asarray(value, dtype=np.float64)).all():
+            raise DataError(source, f"{name} has NaN or inf values; fix or drop this structure", record=record)
 
 
 @dataclass
@@ -128,10 +152,18 @@ def load_training_data(
     if len(train_idx) == 0:
         raise RecipeError(f"{train_path}: no training structures left after the split {section.split}")
     cache = section.cache_graphs in ("yes", True) or (section.cache_graphs == "auto" and n <= _CACHE_AUTO_LIMIT)
+    valid_source = section.valid or train_path
+    test_source = section.test or train_path
     return TrainingData(
-        train=GraphSet(reader, train_idx, cutoff, dtype, cache),
-        valid=GraphSet(valid_reader, valid_idx, cutoff, dtype, cache) if len(valid_idx) else None,
-        test=GraphSet(test[0], test[1], cutoff, dtype, cache) if test is not None and len(test[1]) else None,
+        train=GraphSet(reader, train_idx, cutoff, dtype, cache, train_path, check_labels=True),
+        valid=GraphSet(valid_reader, valid_idx, cutoff, dtype, cache, valid_source, check_labels=True)
+        if len(valid_idx)
+        else None,
+        test=(
+            GraphSet(test[0], test[1], cutoff, dtype, cache, test_source, check_labels=True)
+            if test is not None and len(test[1])
+            else None
+        ),
         sources=sources,
     )
 
@@ -140,10 +172,19 @@ def fit_statistics(train: GraphSet, elements: list[int] | None) -> dict:
     """Elements, least-squares E0s, interaction-energy shift, force-RMS scale and neighbours per atom.
 
     Uses at most 5,000 structures spread evenly over the training set (every one for small sets).
+
+    Raises:
+        DataError: none of those structures has an energy, forces or stress label (nothing to train on).
     """
     count = len(train)
     picks = np.unique(np.linspace(0, count - 1, min(count, _STATS_MAX_STRUCTURES)).round().astype(np.int64))
     graphs = [train[int(i)] for i in picks]
+    if not any(g.energy is not None or g.forces is not None or g.stress is not None for g in graphs):
+        checked = "any" if len(graphs) == count else f"the {len(graphs)} sampled"
+        raise DataError(
+            train.source,
+            f"no energy, forces or stress labels on {checked} of the {count} training structures: nothing to train on",
+        )
     present = sorted({int(z) for g in graphs for z in g.numbers.tolist()})
     if elements:
         missing = sorted(set(present) - set(elements))

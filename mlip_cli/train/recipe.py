@@ -15,6 +15,7 @@ line (``--data``, as :class:`RecipeSettings`) against the working directory.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -240,6 +241,7 @@ class Recipe:
             raise RecipeError(
                 f"recipe: unknown key model.{unknown[0]} for family {family!r}; allowed: {', '.join(allowed)}"
             )
+        _check_model(self.model)
         d, o, r, lo = self.data, self.optim, self.run, self.loss
         if d.train is None and d.generate is None:
             raise RecipeError("recipe: no training data; set data.train (or pass --data PATH) or data.generate")
@@ -260,12 +262,17 @@ class Recipe:
             _positive(o.clip_norm, "optim.clip_norm", float)
         if not 0 <= o.min_lr_ratio <= 1:
             raise RecipeError(f"recipe: optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
-        if len(o.betas) != 2:
-            raise RecipeError(f"recipe: optim.betas must be two numbers, got {o.betas}")
+        if not _is_number(o.weight_decay) or not o.weight_decay >= 0:
+            raise RecipeError(f"recipe: optim.weight_decay must be a number >= 0, got {o.weight_decay!r}")
+        if not isinstance(o.betas, list) or len(o.betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in o.betas):
+            raise RecipeError(f"recipe: optim.betas must be two numbers in [0, 1), got {o.betas}")
         for name in ("energy", "forces", "stress"):
-            if float(getattr(lo, name)) < 0:
-                raise RecipeError(f"recipe: loss.{name} must be >= 0, got {getattr(lo, name)}")
-        if lo.symmetry != "auto" and not (isinstance(lo.symmetry, (int, float)) and lo.symmetry >= 0):
+            weight = getattr(lo, name)
+            if not _is_number(weight) or not weight >= 0:
+                raise RecipeError(f"recipe: loss.{name} must be a number >= 0, got {weight!r}")
+        if lo.energy == lo.forces == lo.stress == 0:
+            raise RecipeError("recipe: loss.energy, loss.forces and loss.stress are all 0: nothing to train on")
+        if lo.symmetry != "auto" and not (_is_number(lo.symmetry) and lo.symmetry >= 0):
             raise RecipeError(f"recipe: loss.symmetry must be 'auto' or a number >= 0, got {lo.symmetry!r}")
         _positive(lo.symmetry_target, "loss.symmetry_target", float)
         _positive(lo.symmetry_tolerance, "loss.symmetry_tolerance", float)
@@ -313,14 +320,24 @@ class RecipeSettings:
             recipe.run.time_budget = self.time_budget
 
 
+def _is_number(value: Any) -> bool:
+    """A finite int or float (not a bool, not NaN or inf)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _positive(value: Any, name: str, kind: type) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or (kind is int and int(value) != value)
-        or value <= 0
-    ):
+    if not _is_number(value) or (kind is int and int(value) != value) or not value > 0:
         raise RecipeError(f"recipe: {name} must be a positive {'integer' if kind is int else 'number'}, got {value!r}")
+
+
+def _check_model(model: Mapping[str, Any]) -> None:
+    """The model section's values, checked by the family's config class before any data is read."""
+    from ..models.config import ConfigError, ModelConfig
+
+    try:
+        ModelConfig.check_recipe_section(model)
+    except ConfigError as err:
+        raise RecipeError(f"recipe: model: {str(err).removeprefix('model config: ')}") from None
 
 
 def _section(kind: type, values: Any, name: str):
