@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 from pathlib import Path
 
@@ -35,6 +36,7 @@ def train(
 ) -> None:
     """Train a potential; writes best.pt, last.pt, metrics.csv, recipe.yaml, result.yaml and learning_curve.png."""
     from ..train import RecipeSettings, plan_run, run_training
+    from ..train.trainer import TrainingInterrupted
     from ..ui import err_console
 
     settings = RecipeSettings(train=data, valid=valid_data, test=test_data, time_budget=time_budget)
@@ -42,9 +44,24 @@ def train(
     for note in plan.notes:
         err_console.print(note)
     log = None if quiet else (lambda msg: err_console.print(msg, highlight=False))
-    result = run_training(
-        plan.recipe, plan.run_dir, resume=plan.resume, log=log, progress_factory=None if quiet else _progress_factory
-    )
+    try:
+        result = run_training(
+            plan.recipe,
+            plan.run_dir,
+            resume=plan.resume,
+            log=log,
+            progress_factory=None if quiet else _progress_factory,
+        )
+    except TrainingInterrupted as stop:
+        # one line (rank 0 only), even with --quiet; 128 + signal number, the shell's code for a run killed by it
+        if stop.is_main:
+            err_console.print(
+                f"mlip: {signal.Signals(stop.signum).name} at step {stop.step}: saved {stop.checkpoint}; "
+                f"continue with: mlip train --resume {plan.run_dir}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        raise typer.Exit(128 + stop.signum) from None
     _report(result, plan.recipe)
 
 

@@ -4,13 +4,22 @@ Exact resume: a checkpoint holds the weights, EMA weights, optimizer and schedul
 the data position (epoch, batch within the epoch). Batches depend only on (seed, epoch), so a resumed run
 replays exactly the steps an uninterrupted run would have taken (CPU, same thread count).
 Checkpoints are written at every validation (``last.pt``; ``best.pt`` on improvement) and at the end.
+
+Interrupts: SIGINT/SIGTERM during the step loop let the current optimizer step finish, then ``last.pt`` is written
+at that step (with the loss window since the last validation, so a resumed run's metrics match an uninterrupted
+one) and :class:`TrainingInterrupted` is raised. A second signal in a single process aborts at once (default
+handlers). Under torchrun every process checks the flags together after each step (any process signalled: all stop
+at the same step), rank 0 writes, all wait for it, and a repeated signal (torchrun forwards its own) is ignored.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,11 +42,28 @@ from .state import LossWindow, TrainState
 from .symmetry_gap import symmetrization_gaps
 from .symmetry_weights import AutoSymmetryWeights
 
-__all__ = ["Trainer", "TrainingError", "TrainResult", "Validation", "build_optimizer"]
+__all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "TrainResult", "Validation", "build_optimizer"]
+
+_INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class TrainingError(UsageError):
     """Training cannot go on (e.g. the loss stays NaN); the message says what to change."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM stopped training after a whole step; ``checkpoint`` (``last.pt``) holds that step.
+
+    Attributes:
+        signum: the signal received (SIGTERM on a process that only saw another process's signal).
+        step: the optimizer step the run stopped at.
+        checkpoint: the ``last.pt`` to resume from.
+        is_main: whether this process wrote it (rank 0 under torchrun; the one to report it).
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint: Path, is_main: bool = True):
+        self.signum, self.step, self.checkpoint, self.is_main = signum, step, checkpoint, is_main
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; saved {checkpoint}")
 
 
 @dataclass
@@ -148,6 +174,8 @@ class Trainer:
                 f"processes ({self.info.world})"
             )
         self.local_batch = recipe.data.batch_size // self.info.world
+        self._signal: int | None = None  # the first SIGINT/SIGTERM received during the step loop
+        self._resumed_window: LossWindow | None = None  # the loss window an interrupted run saved
 
     def log(self, message: str) -> None:
         if self._log is not None:
@@ -222,7 +250,7 @@ class Trainer:
         return build_model(config, dtype=self.dtype, device=self.device)
 
     # ------------------------------------------------------------- checkpoints
-    def _payload(self, with_train_state: bool) -> dict:
+    def _payload(self, with_train_state: bool, window: LossWindow | None = None) -> dict:
         payload = {
             "model_config": self.model.config.to_dict(),
             "dtype": self.recipe.run.dtype,
@@ -241,16 +269,18 @@ class Trainer:
                 "symmetry": self.symmetry.state_dict() if self.symmetry else None,
                 "rng": torch.get_rng_state(),
                 "world": self.info.world,
+                # only in a checkpoint written on interrupt, between validations
+                "window": dataclasses.asdict(window) if window is not None else None,
             }
         return payload
 
-    def _save(self, name: str) -> None:
+    def _save(self, name: str, window: LossWindow | None = None) -> None:
         if not self.info.is_main:
             return
         for p in self.model.parameters():
             if not bool(torch.isfinite(p).all()):
                 raise TrainingError("refusing to write a checkpoint: the weights contain NaN or inf")
-        save_checkpoint(self.run_dir / name, self._payload(with_train_state=True))
+        save_checkpoint(self.run_dir / name, self._payload(with_train_state=True, window=window))
 
     def _restore(self) -> None:
         ckpt = load_checkpoint(self.run_dir / "last.pt", map_location=self.device)
@@ -271,7 +301,10 @@ class Trainer:
                 self.ema.load_state_dict(ts["ema"], ckpt["ema_state"])
             if self.symmetry is not None and ts.get("symmetry"):
                 self.symmetry.load_state_dict(ts["symmetry"])
-        except (KeyError, ValueError, RuntimeError) as err:  # RuntimeError: weights of another architecture
+            if ts.get("window"):
+                self._resumed_window = LossWindow(**ts["window"])
+        # RuntimeError: weights of another architecture; TypeError: a loss window of another layout
+        except (KeyError, ValueError, RuntimeError, TypeError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise TrainingError(f"{self.run_dir / 'last.pt'}: cannot resume from it ({first})") from None
         torch.set_rng_state(ts["rng"])
@@ -419,6 +452,45 @@ class Trainer:
         if improved:
             self._save("best.pt")
 
+    # -------------------------------------------------------------- interrupts
+    @contextlib.contextmanager
+    def _interrupt_handlers(self):
+        """Catch SIGINT/SIGTERM while the loop runs (main thread only); the previous handlers come back after."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.getsignal(sig) for sig in _INTERRUPT_SIGNALS}
+
+        def handler(signum, frame) -> None:
+            if self._signal is None:
+                self._signal = signum
+            if not self.info.active:  # a second signal aborts at once; torchrun re-sends its own, so not there
+                for sig in _INTERRUPT_SIGNALS:
+                    signal.signal(sig, signal.SIG_DFL)
+
+        for sig in _INTERRUPT_SIGNALS:
+            signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+    def _interrupt_requested(self) -> bool:
+        """Whether any process got a signal; the same answer on every process (checked after whole steps)."""
+        flag = torch.tensor([float(self._signal is not None)], dtype=torch.float64)
+        return bool(all_reduce_sum(flag, self.info)[0] > 0)
+
+    def _interrupt(self, window: LossWindow, validated: bool) -> None:
+        """Write ``last.pt`` at the current step (unless this step's validation just did) and raise."""
+        if not validated:
+            self._save("last.pt", window=window)
+        if self.info.active:
+            torch.distributed.barrier()  # nobody exits (and makes torchrun kill rank 0) before the file is there
+        raise TrainingInterrupted(
+            self._signal or signal.SIGTERM, self.state.step, self.run_dir / "last.pt", is_main=self.info.is_main
+        )
+
     # -------------------------------------------------------------------- loop
     def _step(self, batch, window: LossWindow) -> bool:
         """One optimizer step; returns False when it was skipped because the loss was not finite."""
@@ -500,13 +572,14 @@ class Trainer:
             + (f", {self.info.world} processes" if self.info.active else "")
         )
         s = self.state  # the restored state on resume: take it after _restore
-        window = LossWindow()
+        window = self._resumed_window or LossWindow()
         self._step_times: list[float] = []
         stop = self._should_stop()
-        last_validated = s.step if self.resume else -1
+        # a checkpoint with a loss window was written on interrupt, between validations
+        last_validated = s.step if self.resume and self._resumed_window is None else -1
         total = self.total_steps if self.total_steps else r.run.time_budget
         bar = self.progress_factory(total, "steps" if self.total_steps else "s") if self.progress_factory else None
-        with bar if bar is not None else contextlib.nullcontext() as update:
+        with self._interrupt_handlers(), bar if bar is not None else contextlib.nullcontext() as update:
             while stop is None:
                 for k, batch, data_time in iterate_batches(
                     self.data.train,
@@ -562,6 +635,8 @@ class Trainer:
                             loss=window.loss,
                             rate=s.structures / max(s.elapsed, 1e-9),
                         )
+                    if self._interrupt_requested():
+                        self._interrupt(window, validated=last_validated == s.step)
                     stop = self._should_stop()
                     if stop is not None:
                         break
@@ -573,6 +648,8 @@ class Trainer:
                 self._validate(window)
             if update is not None:
                 update(completed=s.step if self.total_steps else s.elapsed)
+            if self._interrupt_requested():  # during the final validation: last.pt is already this step's
+                self._interrupt(window, validated=True)
         return self._finish(stop)
 
     def _finish(self, stop: str) -> TrainResult:
