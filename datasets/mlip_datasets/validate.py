@@ -56,18 +56,41 @@ def check_structure(s: Structure, min_distance: float = MIN_DISTANCE) -> list[st
 
 
 def _close_atoms(s: Structure, min_distance: float) -> list[str]:
+    """One message when atoms are closer than ``min_distance``; memory stays linear in the atom count.
+
+    A neighbour list of N coincident atoms has N^2 pairs, so atoms sharing a cube whose diagonal is
+    ``min_distance`` (certainly too close) are found first by hashing, in O(N). Only when every such cube holds
+    at most one atom is the neighbour list built: its pairs per atom are then bounded by a constant.
+    """
     from .neighbors import edge_vectors, neighbor_list
 
+    positions = np.asarray(s.positions, dtype=np.float64)
+    keys = np.floor(positions / (min_distance / np.sqrt(3.0))).astype(np.int64)
+    _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    crowded = np.flatnonzero(counts[inverse] > 1)
+    if len(crowded):
+        i = int(crowded[0])
+        j = int(crowded[inverse[crowded] == inverse[i]][1])
+        d = float(np.linalg.norm(positions[j] - positions[i]))
+        return [
+            f"at least {len(crowded)} atoms are closer than {min_distance} A to another atom "
+            f"(e.g. atoms {i} and {j} are {d:.3f} A apart)"
+        ]
     # cell-list libraries bin space by the cutoff: a 0.1 A cutoff makes millions of bins, 1 A is fast
-    src, dst, shifts = neighbor_list(s.positions, s.cell, s.pbc, max(min_distance, 1.0))
+    src, dst, shifts = neighbor_list(positions, s.cell, s.pbc, max(min_distance, 1.0))
     if len(src) == 0:
         return []
-    dist = np.linalg.norm(edge_vectors(s.positions, s.cell, src, dst, shifts), axis=1)
-    k = int(np.argmin(dist))
-    d = float(dist[k])
-    if d >= min_distance:
+    dist = np.linalg.norm(edge_vectors(positions, s.cell, src, dst, shifts), axis=1)
+    close = dist < min_distance
+    if not close.any():
         return []
-    return [f"atoms {int(src[k])} and {int(dst[k])} are {d:.3f} A apart (< {min_distance} A)"]
+    k = int(np.argmin(dist))
+    n = len(np.unique(src[close]))
+    return [
+        f"{n} atoms are closer than {min_distance} A to another atom "
+        f"(e.g. atoms {int(src[k])} and {int(dst[k])} are {float(dist[k]):.3f} A apart)"
+    ]
 
 
 def validate(

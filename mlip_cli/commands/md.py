@@ -63,7 +63,7 @@ def md(
 
     from ..calculator import MLIPCalculator
     from ..md import ENSEMBLES, MDFailure, run_md
-    from ..structures import check_elements, read_structures
+    from ..structures import check_cells, check_elements, read_structures
     from ..ui import console, print_json, progress, table
 
     ensemble = ensemble.lower()
@@ -73,6 +73,7 @@ def md(
     frames = read_structures(structure)
     if not -len(frames) <= index < len(frames):
         raise UsageError(f"{structure}: --index {index} out of range for {len(frames)} frames")
+    check_cells([frames[index]], structure, first=index % len(frames))
     calc = MLIPCalculator.from_checkpoint(model, device=device, dtype=dtype, skin=skin)
     check_elements([frames[index]], calc.model.config.elements, structure)
     atoms = frames[index].to_atoms()

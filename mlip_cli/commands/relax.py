@@ -86,7 +86,7 @@ def relax(
 
     from ..checkpoint import load_model
     from ..relax import CONVERGED, FAILED, relax_structures, uses_batched
-    from ..structures import check_elements, read_structures
+    from ..structures import check_cells, check_elements, read_structures
     from ..ui import console, err_console, print_json, progress, table
 
     optimizer = optimizer.upper()
@@ -98,6 +98,7 @@ def relax(
         raise UsageError(f"{out}: output already exists (pass --overwrite to replace it)")
     set_threads(threads)
     frames = read_structures(structures)
+    check_cells(frames, structures)
     net = load_model(model, device=device, dtype=dtype)
     check_elements(frames, net.config.elements, structures)
 
