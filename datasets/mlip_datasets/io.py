@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import uuid
@@ -145,10 +147,36 @@ def write_dataset(
     ``progress(k)`` is called after each structure is handed to the writer. Returns the number written.
     """
     path = Path(path)
+    check_output(path, fmt, overwrite)
+    tmp, count = stage_dataset(path, structures, fmt, shards=shards, progress=progress)
+    commit_staged([(tmp, path)])
+    return count
+
+
+def check_output(path: str | Path, fmt: str | None = None, overwrite: bool = False) -> Format:
+    """Fail before writing anything: the output format is writable and ``path`` is free (or may be replaced)."""
+    path = Path(path)
     target = output_format(path, fmt)
     if path.exists() and not overwrite:
         raise DataError(path, "output already exists (pass --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def stage_dataset(
+    path: str | Path,
+    structures: Iterable[Structure],
+    fmt: str | None = None,
+    *,
+    shards: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[Path, int]:
+    """Write ``structures`` into a hidden temporary sibling of ``path``; returns (temporary, count).
+
+    On any failure the temporary is removed and the error names ``path``; an unwritable folder is a DataError.
+    Pass the result to :func:`commit_staged` (or :func:`discard_staged`).
+    """
+    path = Path(path)
+    target = output_format(path, fmt)
     tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
 
     def counted():
@@ -158,19 +186,71 @@ def write_dataset(
                 progress(k)
 
     try:
+        _make_parent(path)
         count = target.write(tmp, counted(), shards=shards)
-        if path.exists():
-            _remove(path)
-        os.replace(tmp, path)
     except DataError as err:
         _remove(tmp)
         if err.path is not None and Path(err.path).name.startswith(tmp.name):  # name the user's path
             raise type(err)(str(path) + err.path[len(str(tmp)) :], err.message, err.record) from None
         raise
-    except BaseException:
+    except BaseException as err:
         _remove(tmp)
+        if _is_output_error(err, path, tmp):
+            raise _cannot_write(path, err) from None
         raise
-    return count
+    return tmp, count
+
+
+def commit_staged(pairs: Iterable[tuple[Path, Path]]) -> None:
+    """Rename each staged temporary onto its final path (replacing what is there); on failure remove the rest."""
+    pairs = list(pairs)
+    for k, (tmp, path) in enumerate(pairs):
+        try:
+            if path.exists():
+                _remove(path)
+            os.replace(tmp, path)
+        except BaseException as err:
+            discard_staged(tmp for tmp, _ in pairs[k:])
+            if isinstance(err, OSError):
+                raise _cannot_write(path, err) from None
+            raise
+
+
+def discard_staged(tmps: Iterable[Path]) -> None:
+    """Remove staged temporaries (best effort)."""
+    for tmp in tmps:
+        with contextlib.suppress(OSError):
+            _remove(tmp)
+
+
+def _make_parent(path: Path) -> None:
+    for parent in (path.parent, *path.parent.parents):
+        if parent.exists() and not parent.is_dir():
+            raise DataError(path, f"cannot write the output: {parent} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _cannot_write(path, err) from None
+
+
+def _is_output_error(err: BaseException, path: Path, tmp: Path) -> bool:
+    """An OSError (or lmdb error) about creating or writing the output, not about reading the input."""
+    if isinstance(err, OSError):
+        if err.filename is not None:
+            return str(err.filename).startswith((str(tmp), str(path)))
+        return err.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+    if type(err).__module__ == "lmdb" and type(err).__name__ in ("ReadonlyError", "Error", "InvalidError"):
+        return str(tmp) in str(err)
+    return type(err).__module__ == "sqlite3" and ("unable to open" in str(err) or "readonly" in str(err))
+
+
+def _cannot_write(path: Path, err: BaseException) -> DataError:
+    reason = getattr(err, "strerror", None)
+    if not reason and path.parent.is_dir() and not os.access(path.parent, os.W_OK):
+        reason = os.strerror(errno.EACCES)  # sqlite only says "unable to open database file"
+    reason = reason or str(err).split(":")[-1].strip() or type(err).__name__
+    where = path.parent if path.parent != Path("") else Path(".")
+    return DataError(path, f"cannot write the output in {where}: {reason}")
 
 
 def _remove(path: Path) -> None:

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import contextlib
+import json
+import uuid
+from collections.abc import Callable, Hashable, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
 
 import numpy as np
+
+from .errors import DataError
 
 
 def parse_fractions(text: str) -> list[float]:
@@ -48,3 +55,44 @@ def split_indices(
         parts[k].extend(idx)
         sizes[k] += len(idx)
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def write_splits(
+    reader,
+    targets: Sequence[Path],
+    indices: Sequence[np.ndarray],
+    index_file: Path,
+    index: dict,
+    fmt: str | None = None,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[str, int], AbstractContextManager[Callable[[int], None]]] | None = None,
+) -> None:
+    """Write each ``reader[indices[k]]`` to ``targets[k]`` and ``index`` as JSON to ``index_file``, all or nothing.
+
+    Every output goes to a hidden temporary sibling first; they are renamed into place only once every split and
+    the index were written, and on any failure all temporaries are removed, leaving the folder as it was.
+    ``progress(label, total)`` may return a context manager yielding a ``update(k)`` callback.
+    """
+    from .io import check_output, commit_staged, discard_staged, stage_dataset
+
+    for target in targets:
+        check_output(target, fmt, overwrite)
+    if index_file.exists() and not overwrite:
+        raise DataError(index_file, "output already exists (pass --overwrite to replace it)")
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for target, idx in zip(targets, indices, strict=True):
+            with progress(target.name, len(idx)) if progress else contextlib.nullcontext(None) as update:
+                tmp, _ = stage_dataset(target, (reader[int(i)] for i in idx), fmt, progress=update)
+            staged.append((tmp, target))
+        tmp = index_file.with_name(f".{index_file.name}.tmp-{uuid.uuid4().hex[:8]}")
+        staged.append((tmp, index_file))
+        try:
+            tmp.write_text(json.dumps(index))
+        except OSError as err:
+            raise DataError(index_file, f"cannot write: {err.strerror or err}") from None
+    except BaseException:
+        discard_staged(t for t, _ in staged)
+        raise
+    commit_staged(staged)

@@ -172,11 +172,8 @@ def split(
     fmt: FromOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> None:
-    """Reproducible splits written as data sets, plus split.json with the indices."""
-    import json
-
-    from mlip_datasets.io import output_format, write_dataset
-    from mlip_datasets.split import parse_fractions, split_indices
+    """Reproducible splits written as data sets, plus split.json with the indices; all appear or none."""
+    from mlip_datasets.split import parse_fractions, split_indices, write_splits
 
     from ..errors import UsageError
     from ..ui import console, progress, table
@@ -189,6 +186,7 @@ def split(
     if len(labels) != len(parts):
         raise UsageError(f"--names has {len(labels)} names for {len(parts)} fractions")
     out = out or path.parent
+    index_file = out / f"{path.stem}.split.json"
     reader = _open(path, fmt)
     with reader:
         groups = None
@@ -196,25 +194,16 @@ def split(
             groups = [_group_key(reader, i, group_by) for i in range(len(reader))]
         indices = split_indices(len(reader), parts, seed, groups)
         ext = "" if path.is_dir() or not path.suffix else path.suffix
-        rows = []
-        for label, idx in zip(labels, indices):
-            target = out / f"{path.stem}.{label}{ext}"
-            output_format(target, to)  # fail before writing anything
-            with progress(f"{label}", len(idx)) as update:
-                write_dataset(target, (reader[int(i)] for i in idx), to, overwrite=overwrite, progress=update)
-            rows.append([label, len(idx), str(target)])
-    index_file = out / f"{path.stem}.split.json"
-    index_file.write_text(
-        json.dumps(
-            {
-                "source": str(path),
-                "seed": seed,
-                "fractions": parts,
-                "group_by": group_by,
-                **{l: i.tolist() for l, i in zip(labels, indices)},
-            }
-        )
-    )
+        targets = [out / f"{path.stem}.{label}{ext}" for label in labels]
+        index = {
+            "source": str(path),
+            "seed": seed,
+            "fractions": parts,
+            "group_by": group_by,
+            **{l: i.tolist() for l, i in zip(labels, indices)},
+        }
+        write_splits(reader, targets, indices, index_file, index, to, overwrite=overwrite, progress=progress)
+    rows = [[label, len(idx), str(target)] for label, idx, target in zip(labels, indices, targets)]
     console.print(table("split", ["split", "structures", "path"], rows))
     console.print(f"indices in {index_file}")
 
