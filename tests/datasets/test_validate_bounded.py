@@ -43,22 +43,31 @@ def test_validate_3000_coincident_atoms_in_bounded_memory(tmp_path):
     lines = ["3000", 'Properties=species:S:1:pos:R:3 pbc="F F F"'] + ["Cu 1.0 1.0 1.0"] * 3000
     good = ["2", 'Properties=species:S:1:pos:R:3 pbc="F F F"', "Cu 0 0 0", "Cu 0 0 2.5"]
     path.write_text("\n".join(good + lines) + "\n")
+    small = tmp_path / "small.extxyz"
+    small.write_text("\n".join(good) + "\n")
+    # The baseline is taken after a small validation has done every import (torch alone is 200-300 MB, and varies
+    # between environments); what is bounded is what the 3,000-atom record adds (a full pair list took 1.3 GB).
     script = textwrap.dedent(
         f"""
         import re
         from mlip_datasets.io import open_dataset
         from mlip_datasets.validate import validate
 
+        def peak():
+            return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
+
+        with open_dataset({str(small)!r}) as reader:
+            validate(reader)
+        before = peak()
         with open_dataset({str(path)!r}) as reader:
             problems, bad = validate(reader)
         print(bad, [str(p) for p in problems])
-        status = open("/proc/self/status").read()
-        print("HWM", int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)))
+        print("HWM", peak() - before)
         """
     )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     first, second = run.stdout.strip().splitlines()[-2:]
     assert first.startswith("1 [") and "at least 3000 atoms are closer than 0.1 A" in first
-    peak_mb = int(second.split()[1]) / 1024
-    assert peak_mb < 300, f"peak memory {peak_mb:.0f} MB"
+    added_mb = int(second.split()[1]) / 1024
+    assert added_mb < 150, f"validating the record added {added_mb:.0f} MB to the peak"
