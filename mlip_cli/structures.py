@@ -21,10 +21,10 @@ def read_structures(path: Path) -> list:
     return structures
 
 
-def check_elements(structures: Iterable, elements: Sequence[int], path: Path) -> None:
+def check_elements(structures: Iterable, elements: Sequence[int], path: Path, first: int = 0) -> None:
     """Every element must be one of ``elements`` (the model's); the error names the first bad structure."""
     known = {int(z) for z in elements}
-    for i, s in enumerate(structures):
+    for i, s in enumerate(structures, start=first):
         extra = sorted({int(z) for z in s.numbers} - known)
         if extra:
             from ase.data import chemical_symbols

@@ -75,7 +75,7 @@ def md(
         raise UsageError(f"{structure}: --index {index} out of range for {len(frames)} frames")
     check_cells([frames[index]], structure, first=index % len(frames))
     calc = MLIPCalculator.from_checkpoint(model, device=device, dtype=dtype, skin=skin)
-    check_elements([frames[index]], calc.model.config.elements, structure)
+    check_elements([frames[index]], calc.model.config.elements, structure, first=index % len(frames))
     atoms = frames[index].to_atoms()
     atoms.calc = calc
     try:

@@ -136,6 +136,16 @@ def test_relax_rejects_elements_the_model_lacks(checkpoint, tmp_path):
     assert result.exit_code == 2 and "structure 0 has elements (Fe)" in result.output
 
 
+def test_md_names_the_chosen_frame_when_the_model_lacks_its_elements(checkpoint, tmp_path):
+    from ase import Atoms
+
+    src = tmp_path / "mixed.extxyz"
+    write(src, [Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.5]]), Atoms("Fe2", positions=[[0, 0, 0], [0, 0, 2.0]])])
+    for index in ("1", "-1"):
+        result = mlip("md", src, "-m", checkpoint, "--index", index, "--steps", 1)
+        assert result.exit_code == 2 and "structure 1 has elements (Fe)" in result.output, result.output
+
+
 def test_md_nvt_and_npt_write_log_trajectory_and_report(checkpoint, tmp_path):
     src = tmp_path / "bulk.extxyz"
     write(src, periodic_bulk() * (2, 1, 1))
