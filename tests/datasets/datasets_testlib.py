@@ -3,6 +3,11 @@ default import mode)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 
 from mlip_datasets.record import Structure
@@ -121,3 +126,59 @@ def assert_same_structure(
             if exact_types or name in ("sid", "fid"):
                 kinds = (type(x), type(y)) if exact_types else (type(_python(x)), type(_python(y)))
                 assert kinds[0] is kinds[1], f"{name}: {type(x).__name__} became {type(y).__name__}"
+
+
+# ---- hostile files: read in a fresh process, with its peak memory and time ---------------------------------
+#: what reading a hostile file may cost a fresh process, imports included
+PEAK_MB = 300
+SECONDS = 60
+
+_READ_ALL = """
+import json, resource, time
+t = time.perf_counter()
+from mlip_datasets.errors import DataError
+from mlip_datasets.io import open_dataset
+errors, n = [], None
+try:
+    with open_dataset({path!r}) as ds:
+        n = len(ds)
+        for i in range(n):
+            try:
+                ds[i]
+            except DataError as err:
+                errors.append(str(err))
+except DataError as err:
+    errors.append(str(err))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+try:  # Linux carries ru_maxrss over from the forking pytest process; VmHWM is this image's own peak
+    peak = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
+except (OSError, IndexError):
+    pass
+print(json.dumps({{"len": n, "errors": errors, "peak_mb": peak, "seconds": time.perf_counter() - t}}))
+"""
+
+
+def read_in_subprocess(path) -> dict:
+    """Open ``path`` and read every record in a fresh process: ``len``, ``errors`` (one line each), ``peak_mb`` and
+    ``seconds``, asserting both stay under :data:`PEAK_MB` and :data:`SECONDS`."""
+    code = _READ_ALL.format(path=str(path))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=SECONDS, env=env)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["peak_mb"] < PEAK_MB and result["seconds"] < SECONDS, result
+    return result
+
+
+def mlip_subprocess(*args) -> subprocess.CompletedProcess:
+    """``mlip ARGS...`` in a fresh process (its own memory, real exit code), output wide enough not to wrap."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"}
+    cmd = [sys.executable, "-m", "mlip_cli", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=SECONDS, env=env)
+
+
+def one_error_line(out: subprocess.CompletedProcess) -> str:
+    """The single line mentioning an error in a finished ``mlip`` process, with no traceback."""
+    lines = [line for line in out.stderr.splitlines() + out.stdout.splitlines() if "error" in line.lower()]
+    assert "Traceback" not in out.stderr and len(lines) == 1, out.stderr + out.stdout
+    return lines[0]

@@ -5,10 +5,6 @@ process that reports its peak RSS, and the CLI must answer with one line, no tra
 """
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 import zlib
 from pathlib import Path
 
@@ -17,6 +13,7 @@ import ase_db_backends  # noqa: F401 - the oracle: ase.db.connect finds the .ase
 import lmdb
 import numpy as np
 import pytest
+from datasets_testlib import mlip_subprocess, one_error_line, read_in_subprocess
 
 from mlip_datasets import DataError, Structure
 from mlip_datasets.formats import get_format
@@ -24,8 +21,6 @@ from mlip_datasets.formats.aselmdb import AseLmdbReader
 from mlip_datasets.safe_pickle import RECORD_ALLOWANCE, RECORD_FACTOR
 
 FMT = get_format("aselmdb")
-PEAK_MB = 300  # what reading a hostile file may cost a fresh process, imports included
-SECONDS = 60
 GOOD = {"numbers": [8, 1], "positions": [[0, 0, 0], [0, 0, 1]]}
 
 
@@ -48,65 +43,15 @@ def _patch(path: Path, values: dict) -> Path:
     return path
 
 
-def _read_in_subprocess(path: Path) -> dict:
-    """Open ``path`` and read every row in a fresh process: its length, errors, peak RSS (MB) and wall time.
-
-    On Linux ``ru_maxrss`` includes the parent's RSS at fork, so ``VmHWM`` of ``/proc/self/status`` is used.
-    """
-    code = textwrap.dedent(
-        f"""
-        import json, resource, time
-        t = time.perf_counter()
-        from mlip_datasets.errors import DataError
-        from mlip_datasets.io import open_dataset
-        errors, n = [], None
-        try:
-            with open_dataset({str(path)!r}) as ds:
-                n = len(ds)
-                for i in range(n):
-                    try:
-                        ds[i]
-                    except DataError as err:
-                        errors.append(str(err))
-        except DataError as err:
-            errors.append(str(err))
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        try:
-            peak = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
-        except (OSError, IndexError):
-            pass
-        print(json.dumps({{"len": n, "errors": errors, "peak_mb": peak, "seconds": time.perf_counter() - t}}))
-        """
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=SECONDS, env=env)
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["peak_mb"] < PEAK_MB and result["seconds"] < SECONDS, result
-    return result
-
-
-def _cli(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"}  # wide: rich does not wrap the message
-    cmd = [sys.executable, "-m", "mlip_cli", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=SECONDS, env=env)
-
-
-def _one_error_line(out: subprocess.CompletedProcess) -> str:
-    lines = [line for line in out.stderr.splitlines() + out.stdout.splitlines() if "error" in line.lower()]
-    assert "Traceback" not in out.stderr and len(lines) == 1, out.stderr + out.stdout
-    return lines[0]
-
-
 def _validate_and_convert_refuse(tmp_path: Path, path: Path, expected: str) -> None:
     """validate reports the bad row (exit 1); convert refuses with one line (exit 2) and writes nothing."""
     before = sorted(p.name for p in tmp_path.iterdir())
-    out = _cli("data", "validate", path)
+    out = mlip_subprocess("data", "validate", path)
     assert out.returncode == 1 and expected in out.stdout + out.stderr, out.stdout + out.stderr
     assert "Traceback" not in out.stderr
     dst = tmp_path / "out.extxyz"
-    out = _cli("data", "convert", path, dst)
-    line = _one_error_line(out)
+    out = mlip_subprocess("data", "convert", path, dst)
+    line = one_error_line(out)
     assert out.returncode == 2 and expected in line and path.name in line and "record 2" in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
@@ -119,9 +64,9 @@ def test_huge_nextid_is_bounded_by_the_keys_present(tmp_path, deleted):
     extra = {} if deleted is None else {"deleted_ids": deleted}
     path = _patch(_file(tmp_path / "big.aselmdb"), {"nextid": 10**12, **extra})
     assert path.stat().st_size < 200_000
-    result = _read_in_subprocess(path)
+    result = read_in_subprocess(path)
     assert result["len"] == 3 and result["errors"] == [], result  # the three rows the file really holds
-    out = _cli("data", "validate", path)
+    out = mlip_subprocess("data", "validate", path)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stdout + out.stderr
 
 
@@ -167,7 +112,7 @@ def test_a_few_missing_rows_are_still_reported_as_missing(tmp_path):
 def test_array_dtype_and_shape_are_checked_before_allocating(tmp_path, array, expected):
     path = _patch(_file(tmp_path / "arr.aselmdb"), {2: {**GOOD, "data": {"x": {"__ndarray__": array}}}})
     assert path.stat().st_size < 200_000
-    result = _read_in_subprocess(path)
+    result = read_in_subprocess(path)
     assert len(result["errors"]) == 1, result
     error = result["errors"][0]
     assert error.startswith(f"{path}: record 2: ") and expected in error and "\n" not in error, error
@@ -204,7 +149,7 @@ def test_zlib_bomb_is_refused_with_bounded_memory(tmp_path):
     path = _patch(_file(tmp_path / "bomb.aselmdb"), {2: bomb})
     limit = RECORD_ALLOWANCE + RECORD_FACTOR * len(bomb)
     expected = f"value inflates to more than {limit} bytes"
-    result = _read_in_subprocess(path)
+    result = read_in_subprocess(path)
     assert len(result["errors"]) == 1 and expected in result["errors"][0], result
     assert result["errors"][0].startswith(f"{path}: record 2: ")
     _validate_and_convert_refuse(tmp_path, path, expected)
@@ -219,7 +164,7 @@ def test_bomb_in_nextid_is_refused_at_open(tmp_path):
     z = zlib.compressobj(9)
     bomb = z.compress(b"2" + b" " * (100 << 20)) + z.flush()
     path = _patch(_file(tmp_path / "nb.aselmdb"), {"nextid": bomb})
-    result = _read_in_subprocess(path)
+    result = read_in_subprocess(path)
     assert len(result["errors"]) == 1 and "record nextid: value inflates to more than" in result["errors"][0]
 
 

@@ -4,7 +4,6 @@ Corrupt offsets, a non-numeric version, huge declared sizes and out-of-range ato
 line naming the file (and the record where there is one), no traceback, and bounded memory.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -14,15 +13,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from datasets_testlib import random_structures
+from datasets_testlib import SECONDS, mlip_subprocess, one_error_line, random_structures, read_in_subprocess
 
 from mlip_datasets import DataError, LabelKeys
 from mlip_datasets.formats import get_format
 from mlip_datasets.formats.hdf5 import write
 
 HDF5 = get_format("hdf5")
-PEAK_MB = 300  # what opening a hostile file may cost a fresh process, imports included
-SECONDS = 60
 
 
 def _good(path: Path, n: int = 3) -> Path:
@@ -40,24 +37,12 @@ def _replace(f, name: str, **kwargs) -> None:
     f.create_dataset(name, **kwargs)
 
 
-def _cli(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"}  # wide: rich does not wrap the message
-    cmd = [sys.executable, "-m", "mlip_cli", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=SECONDS, env=env)
-
-
-def _one_error_line(out: subprocess.CompletedProcess) -> str:
-    lines = [line for line in out.stderr.splitlines() + out.stdout.splitlines() if "error" in line.lower()]
-    assert "Traceback" not in out.stderr and len(lines) == 1, out.stderr + out.stdout
-    return lines[0]
-
-
 def _refused(path: Path, *needles: str) -> None:
     """``mlip data info`` and ``mlip data validate`` both exit 2 with one line naming the file and ``needles``."""
     before = path.read_bytes()
     for command in ("info", "validate"):
-        out = _cli("data", command, path)
-        line = _one_error_line(out)
+        out = mlip_subprocess("data", command, path)
+        line = one_error_line(out)
         assert out.returncode == 2, out.stderr + out.stdout
         assert line.startswith("mlip: error:") and path.name in line, line
         for needle in needles:
@@ -158,43 +143,6 @@ def _huge_index(path: Path) -> Path:
     return path
 
 
-def _open_in_subprocess(path: Path) -> dict:
-    """Open ``path`` and read every record in a fresh process; its errors and peak RSS (MB).
-
-    The peak is ``VmHWM`` of ``/proc/self/status`` on Linux (ru_maxrss there includes the forking parent's RSS),
-    else ``resource.getrusage(RUSAGE_SELF).ru_maxrss``.
-    """
-    code = textwrap.dedent(
-        f"""
-        import json, resource
-        from mlip_datasets.errors import DataError
-        from mlip_datasets.io import open_dataset
-        errors = []
-        try:
-            with open_dataset({str(path)!r}) as ds:
-                for i in range(len(ds)):
-                    try:
-                        ds[i]
-                    except DataError as err:
-                        errors.append(str(err))
-        except DataError as err:
-            errors.append(str(err))
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        try:
-            peak = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
-        except (OSError, IndexError):
-            pass
-        print(json.dumps({{"errors": errors, "peak_mb": peak}}))
-        """
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=SECONDS, env=env)
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["peak_mb"] < PEAK_MB, result
-    return result
-
-
 @pytest.mark.parametrize(
     "corrupt, needle",
     [(_huge_numbers, "'numbers' declares shape (100000000000,)"), (_huge_index, "'natoms' declares shape")],
@@ -203,7 +151,7 @@ def _open_in_subprocess(path: Path) -> dict:
 def test_huge_declared_shapes_are_refused_with_bounded_memory(tmp_path, corrupt, needle):
     path = corrupt(_good(tmp_path / "huge.h5"))
     assert path.stat().st_size < 1_000_000
-    errors = _open_in_subprocess(path)["errors"]
+    errors = read_in_subprocess(path)["errors"]
     assert len(errors) == 1 and "huge.h5" in errors[0] and needle in errors[0], errors
     _refused(path, needle)
 
@@ -229,7 +177,7 @@ def test_atomic_number_error_names_file_and_record(tmp_path):
         reader[1]
     assert str(err.value).startswith(f"{path}: record 1: atomic number 200 (atom 1)"), str(err.value)
     assert type(err.value).__name__ == "AtomicNumberError" and isinstance(err.value, ValueError)
-    out = _cli("data", "validate", path)
+    out = mlip_subprocess("data", "validate", path)
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr + out.stdout
     bad = [line for line in out.stdout.splitlines() if line.startswith("bad ")]
     assert bad == ["bad z.h5 #1: atomic number 200 (atom 1) is not an element (allowed 1..118, 0 = dummy)"], out.stdout
@@ -239,7 +187,7 @@ def test_the_good_file_still_reads(tmp_path):
     path = _good(tmp_path / "good.h5", n=5)
     reader = HDF5.open(path, LabelKeys())
     assert len(reader) == 5 and [reader[i].natoms for i in range(5)] == list(_natoms(path))
-    out = _cli("data", "validate", path)
+    out = mlip_subprocess("data", "validate", path)
     assert out.returncode == 0, out.stderr + out.stdout
 
 
@@ -264,7 +212,7 @@ def _convert_under_file_size_limit(src: Path, dst: Path, limit: int) -> subproce
 def test_convert_past_the_file_size_limit_is_refused_not_crashed(tmp_path):
     src = _good(tmp_path / "big.h5", n=400)
     out = _convert_under_file_size_limit(src, tmp_path / "out.h5", 200_000)  # h5py alone segfaults here (139)
-    line = _one_error_line(out)
+    line = one_error_line(out)
     assert out.returncode == 2, out.stderr + out.stdout
     assert line.startswith("mlip: error:") and "out.h5" in line and "file-size limit" in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.h5"]  # nothing half-written left behind

@@ -4,12 +4,7 @@ Each case is a few hundred bytes in a tiny LMDB; reading happens in a subprocess
 """
 
 import collections
-import json
-import os
 import pickle
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import lmdb
@@ -17,12 +12,10 @@ import numpy as np
 import pytest
 import torch
 import torch_geometric.data as pyg
+from datasets_testlib import mlip_subprocess, one_error_line, read_in_subprocess
 
 from mlip_datasets import safe_pickle
 from mlip_datasets.errors import DataError
-
-PEAK_MB = 300  # what reading a hostile record may cost a fresh process, imports included
-SECONDS = 60
 
 
 def _put(path: Path, values: list[bytes], length: int | None = None) -> Path:
@@ -66,57 +59,6 @@ class _SharedStorageView:
         return torch._utils._rebuild_tensor_v2, self.args
 
 
-def _read_in_subprocess(path: Path) -> dict:
-    """Open ``path`` and read every record in a fresh process; its errors, peak RSS (MB) and wall time.
-
-    The peak is ``resource.getrusage(RUSAGE_SELF).ru_maxrss``, except that on Linux that value includes the
-    parent's RSS at fork (kept across exec), so ``VmHWM`` of ``/proc/self/status`` is used there instead.
-    """
-    code = textwrap.dedent(
-        f"""
-        import json, resource, time
-        t = time.perf_counter()
-        from mlip_datasets.errors import DataError
-        from mlip_datasets.io import open_dataset
-        errors = []
-        try:
-            with open_dataset({str(path)!r}) as ds:
-                for i in range(len(ds)):
-                    try:
-                        ds[i]
-                    except DataError as err:
-                        errors.append(str(err))
-        except DataError as err:
-            errors.append(str(err))
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        try:  # Linux carries ru_maxrss over from the forking pytest process; VmHWM is this image's own peak
-            status = open("/proc/self/status").read().split("VmHWM:")[1]
-            peak = int(status.split()[0]) / 1024
-        except (OSError, IndexError):
-            pass
-        print(json.dumps({{"errors": errors, "peak_mb": peak, "seconds": time.perf_counter() - t}}))
-        """
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=SECONDS, env=env)
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["peak_mb"] < PEAK_MB and result["seconds"] < SECONDS, result
-    return result
-
-
-def _cli(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"}  # wide: rich does not wrap the message
-    cmd = [sys.executable, "-m", "mlip_cli", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=SECONDS, env=env)
-
-
-def _one_error_line(out: subprocess.CompletedProcess) -> str:
-    lines = [line for line in out.stderr.splitlines() + out.stdout.splitlines() if "error" in line.lower()]
-    assert "Traceback" not in out.stderr and len(lines) == 1, out.stderr + out.stdout
-    return lines[0]
-
-
 # ---- 1. shared nested lists ----------------------------------------------------------------------------
 
 
@@ -131,7 +73,7 @@ def test_nested_shared_lists_are_resolved_once_and_bounded(tmp_path):
     assert "x.lmdb: record b'0'" in str(err.value) and "\n" not in str(err.value)
     # inside a Data record, as a field a consumer would walk (numpy.asarray of pos)
     path = _put(tmp_path / "nested.lmdb", [_record(pos=_nested(40)), _record(pos=_nested(20)), _record()])
-    errors = _read_in_subprocess(path)["errors"]
+    errors = read_in_subprocess(path)["errors"]
     assert len(errors) == 2, errors
     assert "record b'0'" in errors[0] and "shared references" in errors[0]
     assert "record b'1'" in errors[1] and "pos has shape" in errors[1]
@@ -151,16 +93,16 @@ def test_stride0_expanded_tensor_is_refused_with_bounded_memory(tmp_path):
     hostile = _record(force=torch.zeros(1).expand(10**8))  # 400 MB of float32 from one stored element
     assert len(hostile) < 2000
     path = _put(tmp_path / "expand.lmdb", [_record(), hostile, _record()])
-    errors = _read_in_subprocess(path)["errors"]
+    errors = read_in_subprocess(path)["errors"]
     assert len(errors) == 1 and "record b'1'" in errors[0] and "expand.lmdb" in errors[0]
     assert "tensor of shape (100000000,)" in errors[0] and "stride-0 view of 1 stored elements" in errors[0]
     assert "limit of 64 MiB" in errors[0]
     # through the CLI: validate reports the bad record (exit 1), convert refuses with one line (exit 2)
-    out = _cli("data", "validate", path)
+    out = mlip_subprocess("data", "validate", path)
     assert out.returncode == 1 and "stride-0 view" in out.stdout + out.stderr
     dst = tmp_path / "out.extxyz"
-    out = _cli("data", "convert", path, dst)
-    assert out.returncode == 2 and "stride-0 view" in _one_error_line(out)
+    out = mlip_subprocess("data", "convert", path, dst)
+    assert out.returncode == 2 and "stride-0 view" in one_error_line(out)
     assert not dst.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["expand.lmdb"]
 
 
@@ -180,7 +122,7 @@ def test_many_views_of_one_shared_storage_are_bounded_in_total(tmp_path):
     with pytest.raises(DataError, match="would take the decoded record past its limit of 128 MiB"):
         safe_pickle.loads(hostile)
     path = _put(tmp_path / "views.lmdb", [hostile])
-    errors = _read_in_subprocess(path)["errors"]
+    errors = read_in_subprocess(path)["errors"]
     assert len(errors) == 1 and "record b'0'" in errors[0] and "past its limit" in errors[0]
     # a handful of such views is within budget and reads
     fine = pickle.dumps(pyg.Data(**_fields(), v=_SharedStorageView(storage, 1, 10)), protocol=-1)
@@ -193,15 +135,15 @@ def test_many_views_of_one_shared_storage_are_bounded_in_total(tmp_path):
 @pytest.mark.parametrize("length", [10**11, 4])
 def test_impossible_length_key_is_refused_at_open(tmp_path, length):
     path = _put(tmp_path / "long.lmdb", [_record(), _record(), _record()], length=length)
-    errors = _read_in_subprocess(path)["errors"]
+    errors = read_in_subprocess(path)["errors"]
     expected = f"length key says {length} records but the file holds only 3 other entries"
     assert errors == [f"{path}: record b'length': {expected}"]
     for command in (["validate", path], ["split", path, "--out", tmp_path / "splits"]):
-        out = _cli("data", *command)
-        assert out.returncode == 2 and expected in _one_error_line(out), out.stderr
+        out = mlip_subprocess("data", *command)
+        assert out.returncode == 2 and expected in one_error_line(out), out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.lmdb"]
 
 
 def test_length_key_up_to_the_entries_present_still_reads(tmp_path):
     path = _put(tmp_path / "ok.lmdb", [_record(), _record(), _record()], length=2)
-    assert _read_in_subprocess(path)["errors"] == []
+    assert read_in_subprocess(path)["errors"] == []
