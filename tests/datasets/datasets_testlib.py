@@ -7,7 +7,9 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 
+import lmdb
 import numpy as np
 
 from mlip_datasets.record import Structure
@@ -182,3 +184,15 @@ def one_error_line(out: subprocess.CompletedProcess) -> str:
     lines = [line for line in out.stderr.splitlines() + out.stdout.splitlines() if "error" in line.lower()]
     assert "Traceback" not in out.stderr and len(lines) == 1, out.stderr + out.stdout
     return lines[0]
+
+
+def put_aselmdb_values(path, values: dict):
+    """Overwrite (or add) keys of an aselmdb file as ASE writes them: dicts, lists and ints as zlib-compressed
+    JSON, bytes as they are. Returns ``path``."""
+    env = lmdb.open(str(path), subdir=False, map_size=1 << 26, lock=False)
+    with env.begin(write=True) as txn:
+        for key, value in values.items():
+            raw = value if isinstance(value, bytes) else zlib.compress(json.dumps(value).encode())
+            txn.put(str(key).encode("ascii"), raw)
+    env.close()
+    return path

@@ -10,7 +10,7 @@ import ase_db_backends  # noqa: F401 - the oracle: ase.db.connect finds the .ase
 import lmdb
 import numpy as np
 import pytest
-from datasets_testlib import assert_same_structure, random_structures
+from datasets_testlib import assert_same_structure, put_aselmdb_values, random_structures
 
 from mlip_datasets import DataError, LabelKeys, Structure
 from mlip_datasets.formats import get_format
@@ -105,15 +105,6 @@ def test_file_written_by_ase_db_backends_reads(tmp_path):
     assert reader[0].stress.shape == (3, 3)
 
 
-def _put_rows(path, rows: dict):
-    env = lmdb.open(str(path), subdir=False, map_size=1 << 24, lock=False)
-    with env.begin(write=True) as txn:
-        for key, value in rows.items():
-            raw = value if isinstance(value, bytes) else zlib.compress(json.dumps(value).encode())
-            txn.put(str(key).encode("ascii"), raw)
-    env.close()
-
-
 def test_plain_list_rows_from_older_writers(tmp_path):
     # Older ASE encoded arrays as nested lists, constraints as {"__name__": ...}, and had no nextid.
     row = {
@@ -130,7 +121,7 @@ def test_plain_list_rows_from_older_writers(tmp_path):
         "data": {"charge": 1, "spin": 2, "note": "old"},
     }
     path = tmp_path / "old.aselmdb"
-    _put_rows(path, {"1": row})
+    put_aselmdb_values(path, {"1": row})
     s = AseLmdbReader(path)[0]
     assert s.numbers.tolist() == [8, 1, 1] and s.energy == -14.2
     assert s.pbc.tolist() == [True, True, False]  # bitmask 0b011
@@ -191,7 +182,7 @@ def test_round_trip_and_label_keys(tmp_path):
     for a, b in zip(structures, reader):
         assert_same_structure(a, b)
     # a label under another name, e.g. a second level of theory kept in data
-    _put_rows(
+    put_aselmdb_values(
         tmp_path / "keys.aselmdb",
         {"1": {"numbers": [1], "positions": [[0, 0, 0]], "energy": 1.0, "data": {"wb97": 2.5, "q": -1}}, "nextid": 2},
     )
@@ -224,7 +215,7 @@ def _read_first(reader):
 
 def _gap_file(tmp_path):
     path = tmp_path / "gap.aselmdb"
-    _put_rows(path, {"1": {"numbers": [1], "positions": [[0, 0, 0]]}, "nextid": 3})
+    put_aselmdb_values(path, {"1": {"numbers": [1], "positions": [[0, 0, 0]]}, "nextid": 3})
     return path
 
 
@@ -241,7 +232,7 @@ def _gap_file(tmp_path):
 def test_corrupt_rows_name_file_and_record(tmp_path, value, message):
     path = tmp_path / "bad.aselmdb"
     good = {"numbers": [1], "positions": [[0, 0, 0]]}
-    _put_rows(path, {"1": good, "2": value, "nextid": 3})
+    put_aselmdb_values(path, {"1": good, "2": value, "nextid": 3})
     reader = AseLmdbReader(path)
     assert reader[0].natoms == 1
     with pytest.raises(DataError) as err:

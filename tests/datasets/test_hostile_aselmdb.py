@@ -10,10 +10,9 @@ from pathlib import Path
 
 import ase.db as ase_db
 import ase_db_backends  # noqa: F401 - the oracle: ase.db.connect finds the .aselmdb backend through it
-import lmdb
 import numpy as np
 import pytest
-from datasets_testlib import mlip_subprocess, one_error_line, read_in_subprocess
+from datasets_testlib import mlip_subprocess, one_error_line, put_aselmdb_values, read_in_subprocess
 
 from mlip_datasets import DataError, Structure
 from mlip_datasets.formats import get_format
@@ -27,19 +26,6 @@ GOOD = {"numbers": [8, 1], "positions": [[0, 0, 0], [0, 0, 1]]}
 def _file(path: Path, n: int = 3) -> Path:
     structures = [Structure(numbers=[8, 1], positions=np.eye(2, 3) * (i + 1), energy=float(i)) for i in range(n)]
     FMT.write(path, structures)
-    return path
-
-
-def _patch(path: Path, values: dict) -> Path:
-    """Overwrite (or add) keys; dict/list/int values are stored as zlib-compressed JSON, bytes as they are."""
-    env = lmdb.open(str(path), subdir=False, map_size=1 << 26, lock=False)
-    with env.begin(write=True) as txn:
-        for key, value in values.items():
-            raw = value if isinstance(value, bytes) else zlib.compress(json.dumps(value).encode())
-            txn.put(str(key).encode("ascii"), raw)
-    env.close()
-    for lock in path.parent.glob("*-lock"):
-        lock.unlink()
     return path
 
 
@@ -62,7 +48,7 @@ def _validate_and_convert_refuse(tmp_path: Path, path: Path, expected: str) -> N
 @pytest.mark.parametrize("deleted", [[5], None])
 def test_huge_nextid_is_bounded_by_the_keys_present(tmp_path, deleted):
     extra = {} if deleted is None else {"deleted_ids": deleted}
-    path = _patch(_file(tmp_path / "big.aselmdb"), {"nextid": 10**12, **extra})
+    path = put_aselmdb_values(_file(tmp_path / "big.aselmdb"), {"nextid": 10**12, **extra})
     assert path.stat().st_size < 200_000
     result = read_in_subprocess(path)
     assert result["len"] == 3 and result["errors"] == [], result  # the three rows the file really holds
@@ -71,7 +57,7 @@ def test_huge_nextid_is_bounded_by_the_keys_present(tmp_path, deleted):
 
 
 def test_nextid_too_large_for_int64_is_scanned(tmp_path):
-    path = _patch(_file(tmp_path / "huge.aselmdb"), {"nextid": 10**30, "deleted_ids": [2]})
+    path = put_aselmdb_values(_file(tmp_path / "huge.aselmdb"), {"nextid": 10**30, "deleted_ids": [2]})
     assert len(AseLmdbReader(path)) == 3
 
 
@@ -89,7 +75,7 @@ def test_deletions_written_by_ase_db_backends_still_read(tmp_path):
 
 
 def test_a_few_missing_rows_are_still_reported_as_missing(tmp_path):
-    path = _patch(_file(tmp_path / "gap.aselmdb", 2), {"nextid": 5})
+    path = put_aselmdb_values(_file(tmp_path / "gap.aselmdb", 2), {"nextid": 5})
     reader = AseLmdbReader(path)
     assert len(reader) == 4
     with pytest.raises(DataError, match="record 3: row is listed as live"):
@@ -110,7 +96,7 @@ def test_a_few_missing_rows_are_still_reported_as_missing(tmp_path):
     ],
 )
 def test_array_dtype_and_shape_are_checked_before_allocating(tmp_path, array, expected):
-    path = _patch(_file(tmp_path / "arr.aselmdb"), {2: {**GOOD, "data": {"x": {"__ndarray__": array}}}})
+    path = put_aselmdb_values(_file(tmp_path / "arr.aselmdb"), {2: {**GOOD, "data": {"x": {"__ndarray__": array}}}})
     assert path.stat().st_size < 200_000
     result = read_in_subprocess(path)
     assert len(result["errors"]) == 1, result
@@ -125,7 +111,7 @@ def test_ordinary_arrays_still_read(tmp_path):
         "z": {"__ndarray__": [[2], "complex128", [1.0, 2.0, 3.0, 4.0]]},
         "e": {"__ndarray__": [[0, 3], "float64", []]},
     }
-    path = _patch(_file(tmp_path / "ok.aselmdb"), {2: {**GOOD, "data": data}})
+    path = put_aselmdb_values(_file(tmp_path / "ok.aselmdb"), {2: {**GOOD, "data": data}})
     info = AseLmdbReader(path)[1].info
     assert info["s"].tolist() == [b"ab", b"c"] and info["s"].dtype == np.dtype("S10")
     assert info["z"].tolist() == [1 + 2j, 3 + 4j] and info["e"].shape == (0, 3)
@@ -146,7 +132,7 @@ def _bomb(inflated_mib: int) -> bytes:
 def test_zlib_bomb_is_refused_with_bounded_memory(tmp_path):
     bomb = _bomb(200)  # 200 MiB of JSON from a few hundred KB
     assert len(bomb) < 400_000
-    path = _patch(_file(tmp_path / "bomb.aselmdb"), {2: bomb})
+    path = put_aselmdb_values(_file(tmp_path / "bomb.aselmdb"), {2: bomb})
     limit = RECORD_ALLOWANCE + RECORD_FACTOR * len(bomb)
     expected = f"value inflates to more than {limit} bytes"
     result = read_in_subprocess(path)
@@ -156,14 +142,14 @@ def test_zlib_bomb_is_refused_with_bounded_memory(tmp_path):
 
 
 def test_value_just_under_the_inflate_limit_reads(tmp_path):
-    path = _patch(_file(tmp_path / "pad.aselmdb"), {2: _bomb(8)})
+    path = put_aselmdb_values(_file(tmp_path / "pad.aselmdb"), {2: _bomb(8)})
     assert AseLmdbReader(path)[1].natoms == 2
 
 
 def test_bomb_in_nextid_is_refused_at_open(tmp_path):
     z = zlib.compressobj(9)
     bomb = z.compress(b"2" + b" " * (100 << 20)) + z.flush()
-    path = _patch(_file(tmp_path / "nb.aselmdb"), {"nextid": bomb})
+    path = put_aselmdb_values(_file(tmp_path / "nb.aselmdb"), {"nextid": bomb})
     result = read_in_subprocess(path)
     assert len(result["errors"]) == 1 and "record nextid: value inflates to more than" in result["errors"][0]
 
@@ -172,7 +158,7 @@ def test_bomb_in_nextid_is_refused_at_open(tmp_path):
 
 
 def test_bad_atomic_number_names_file_and_record(tmp_path):
-    path = _patch(_file(tmp_path / "z.aselmdb"), {2: {**GOOD, "numbers": [8, 500]}})
+    path = put_aselmdb_values(_file(tmp_path / "z.aselmdb"), {2: {**GOOD, "numbers": [8, 500]}})
     with pytest.raises(DataError) as err:
         AseLmdbReader(path)[1]
     assert str(err.value).startswith(f"{path}: record 2: atomic number 500 (atom 1) is not an element")
