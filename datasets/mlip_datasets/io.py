@@ -51,20 +51,20 @@ def shard_formats(path: str | Path) -> dict[Format, list[Path]]:
     return found
 
 
-def _mixed(path: Path, found: dict[Format, list[Path]]) -> DataError:
-    kinds = ", ".join(
-        f"{fmt.name} ({len(files)} shard{'s' * (len(files) > 1)}, e.g. {files[0].name})" for fmt, files in found.items()
-    )
-    return DataError(path, f"directory mixes shard formats: {kinds}; keep one format per directory")
+def directory_format(path: str | Path) -> Format | None:
+    """The one format of the shards in directory ``path`` (None when no shard is recognised).
 
-
-def check_one_shard_format(path: str | Path) -> None:
-    """Raise :class:`DataError` when directory ``path`` holds shards of more than one format (no-op for a file)."""
-    path = Path(path)
-    if path.is_dir():
-        found = shard_formats(path)
-        if len(found) > 1:
-            raise _mixed(path, found)
+    Raises:
+        DataError: the directory mixes shard formats (naming each with a shard count and an example).
+    """
+    found = shard_formats(path)
+    if len(found) > 1:
+        kinds = ", ".join(
+            f"{fmt.name} ({len(files)} shard{'s' * (len(files) > 1)}, e.g. {files[0].name})"
+            for fmt, files in found.items()
+        )
+        raise DataError(path, f"directory mixes shard formats: {kinds}; keep one format per directory")
+    return next(iter(found), None)
 
 
 def detect_format(path: str | Path) -> Format:
@@ -78,12 +78,10 @@ def detect_format(path: str | Path) -> Format:
     if not path.exists():
         raise DataError(path, "no such file or directory")
     if path.is_dir():
-        found = shard_formats(path)
-        if len(found) == 1:
-            return next(iter(found))
-        if found:
-            raise _mixed(path, found)
-        raise DataError(path, "directory holds no recognised data shards (*.aselmdb, *.lmdb, native store)")
+        fmt = directory_format(path)
+        if fmt is None:
+            raise DataError(path, "directory holds no recognised data shards (*.aselmdb, *.lmdb, native store)")
+        return fmt
     suffix = path.suffix.lower()
     if not suffix:
         return get_format("native")
@@ -112,8 +110,8 @@ def open_dataset(path: str | Path, fmt: str | None = None, keys: LabelKeys = DEF
     path = Path(path)
     if not path.exists():
         raise DataError(path, "no such file or directory")
-    if fmt:  # detection already refuses a directory of mixed shards; an explicit --from must not skip that
-        check_one_shard_format(path)
+    if fmt and path.is_dir():  # detection already refuses a directory of mixed shards; --from must not skip that
+        directory_format(path)
     return resolve_format(path, fmt).open(path, keys)
 
 
