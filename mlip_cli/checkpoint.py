@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +100,27 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        Path(tmp).unlink(missing_ok=True)
+        cause = _os_error(err)  # torch's zip writer turns a failed write into a RuntimeError about positions
+        if cause is None:
+            raise
+        kept = "the previous checkpoint is kept" if path.exists() else "nothing was written"
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({cause.strerror or cause}); {kept}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _os_error(err: BaseException | None) -> OSError | None:
+    """The OSError (disk full, file-size limit, ...) behind ``err``, following the exception chain."""
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, OSError):
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -234,6 +252,29 @@ def _check_architecture(data: dict[str, Any], model: torch.nn.Module) -> None:
                 f"{where}: the weights do not fit model_config: tensor {name!r} was written with shape "
                 f"{stored['tensors'].get(name)} but the config builds {built.get(name)}"
             )
+
+
+@dataclass(frozen=True)
+class TrainedOn:
+    """What a checkpoint says about its training labels: the ``data.keys`` it read them under (``{}``: the plain
+    names) and their energy kind (``total``, ``adsorption``, ``oc22_total``; None: not stated)."""
+
+    keys: dict[str, str]
+    energy_kind: str | None
+
+
+def trained_on(path: str | os.PathLike) -> TrainedOn:
+    """:class:`TrainedOn` of a checkpoint (or run directory), so that scoring it on files of the same convention
+    needs no options and labels of another kind are noticed."""
+    ckpt = load_checkpoint(path)
+    recipe, stats = ckpt.get("recipe"), ckpt.get("statistics")
+    data = recipe.get("data") if isinstance(recipe, dict) else None
+    keys = data.get("keys") if isinstance(data, dict) else None
+    kind = stats.get("energy_kind") if isinstance(stats, dict) else None
+    return TrainedOn(
+        keys={str(k): str(v) for k, v in keys.items()} if isinstance(keys, dict) else {},
+        energy_kind=kind if isinstance(kind, str) else None,
+    )
 
 
 def load_model(

@@ -14,6 +14,22 @@ from ._version import __version__
 from .errors import USER_ERROR_EXIT, user_error_types
 
 
+def _flags_as_flags() -> None:
+    """Help shows an on/off option as the flag it is (``--overwrite``), not as taking a ``<bool>`` value, which is
+    how typer's rich help labels every boolean option."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_as_flags()
+
+
 class _FriendlyErrors(TyperGroup):
     """Turns user errors into one line on stderr and exit code 2 (a traceback only with ``--debug``)."""
 
@@ -60,10 +76,17 @@ def _register() -> None:
 
     app.command("train")(train.train)
     app.command("eval")(evaluate.evaluate)
-    from .commands import md, relax
+    from .commands import md, predict, relax
 
+    app.command("predict")(predict.predict)
     app.command("relax")(relax.relax)
     app.command("md")(md.md)
+    from .commands import export
+
+    app.command("export")(export.export)
+    from .commands import lammps
+
+    app.command("lammps")(lammps.lammps)
 
 
 _register()

@@ -80,14 +80,15 @@ def equivariance_error(model, graphs, device, rotations: int = 3, max_structures
 def evaluate_model(
     model, graphs, batch_size: int = 16, device="cpu", compute_stress: bool = True, rotations: int = 3, progress=None
 ) -> EvalReport:
-    """Errors of ``model`` on every structure of ``graphs`` (a :class:`mlip_cli.train.data.GraphSet`)."""
+    """Errors of ``model`` on every structure of ``graphs`` (an
+    :class:`~mlip_datasets.torch_data.AtomicGraphDataset`)."""
     metrics = evaluate_set(
         model, graphs, batch_size, torch.device(device), compute_stress=compute_stress, keep=True, progress=progress
     )
     equivariance = equivariance_error(model, graphs, device, rotations=rotations) if rotations > 0 else {}
     return EvalReport(
         structures=len(graphs),
-        atoms=int(graphs.natoms().sum()),
+        atoms=int(graphs.natoms_array().sum()),
         metrics=metrics.summary(),
         per_element=metrics.per_element(),
         equivariance=equivariance,
@@ -95,12 +96,33 @@ def evaluate_model(
     )
 
 
-def open_graphs(path: str | Path, cutoff: float, dtype: torch.dtype, limit: int | None = None):
-    """Every structure of a data file as a graph set (no caching: evaluated once)."""
+def check_energy_kind(trained: str | None, graphs, source, allow: bool = False) -> None:
+    """Refuse to score energies of another kind than the model was trained on (adsorption energies against a
+    model of total energies differ by the references, not by the model's error), unless ``allow``.
+
+    Raises:
+        UsageError: both kinds are known and differ.
+    """
+    from mlip_datasets.label_kind import label_kind
+
+    from .errors import UsageError
+
+    data_kind, _ = label_kind(graphs.reader)
+    if allow or trained is None or data_kind is None or trained == data_kind:
+        return
+    raise UsageError(
+        f"{source}: holds {data_kind} energies, but the model was trained on {trained} energies; "
+        "pass --any-energy-kind to score them anyway"
+    )
+
+
+def open_graphs(path: str | Path, cutoff: float, dtype: torch.dtype, limit: int | None = None, keys=None):
+    """Every structure of a data file (labels under ``keys``, a LabelKeys) as a graph set (no caching: evaluated
+    once)."""
     from mlip_datasets.io import open_dataset
+    from mlip_datasets.keys import DEFAULT_KEYS
+    from mlip_datasets.torch_data import AtomicGraphDataset
 
-    from .train.data import GraphSet
-
-    reader = open_dataset(path)
+    reader = open_dataset(path, keys=keys or DEFAULT_KEYS)
     n = len(reader) if limit is None else min(limit, len(reader))
-    return GraphSet(reader, np.arange(n), cutoff, dtype, cache=False)
+    return AtomicGraphDataset(reader, cutoff, dtype, indices=np.arange(n))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
@@ -18,8 +19,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+PIPED_WIDTH = 200
+"""Columns for output that goes to a file or a pipe (rich would wrap it at 80 or ``COLUMNS``): wide enough that no
+table of ours wraps, whatever the environment of the process reading it."""
+
+
+def _width(stream) -> int | None:
+    return None if hasattr(stream, "isatty") and stream.isatty() else PIPED_WIDTH
+
+
+console = Console(width=_width(sys.stdout))
+err_console = Console(stderr=True, width=_width(sys.stderr))
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ class AtomicGraph:
 
     Shapes:
         numbers (N,) long, positions (N, 3), cell (3, 3), pbc (3,) bool, edge_index (2, E) long, shifts (E, 3),
-        energy () (always float64), forces (N, 3), stress (3, 3), charge (), spin ().
+        energy () (always float64), forces (N, 3), stress (3, 3), charge (), spin (), fixed (N,) bool.
     """
 
     numbers: torch.Tensor
@@ -45,6 +45,8 @@ class AtomicGraph:
     spin: torch.Tensor | None = None
     index: int = -1
     """Position of the record in its data set (-1 when unknown)."""
+    fixed: torch.Tensor | None = None
+    """Atoms held fixed in the calculation that made the labels (OC20's sub-surface slab); None: none known."""
 
     @property
     def natoms(self) -> int:
@@ -60,10 +62,21 @@ class AtomicGraph:
 
 
 def structure_to_graph(
-    structure: Structure, cutoff: float, dtype: torch.dtype = torch.float64, backend: str = "auto", index: int = -1
+    structure: Structure,
+    cutoff: float,
+    dtype: torch.dtype = torch.float64,
+    backend: str = "auto",
+    index: int = -1,
+    fixed_tags: Sequence[int] | None = None,
 ) -> AtomicGraph:
-    """Build the neighbour graph of ``structure`` within ``cutoff`` (Angstrom) as tensors of ``dtype``."""
+    """Build the neighbour graph of ``structure`` within ``cutoff`` (Angstrom) as tensors of ``dtype``.
+
+    ``fixed_tags``: where the record marks no fixed atoms, atoms whose tag is listed count as fixed.
+    """
     s = structure
+    fixed = s.fixed
+    if fixed is None and fixed_tags is not None and s.tags is not None:
+        fixed = np.isin(s.tags, np.asarray(list(fixed_tags), dtype=np.int64))
     src, dst, shifts = neighbor_list(s.positions, s.cell, s.pbc, cutoff, backend=backend)
 
     np_dtype = _NUMPY_DTYPES.get(dtype)
@@ -89,6 +102,7 @@ def structure_to_graph(
         charge=real(s.charge),
         spin=real(s.spin),
         index=index,
+        fixed=None if fixed is None else torch.from_numpy(np.asarray(fixed, dtype=bool).copy()),
     )
 
 
@@ -119,7 +133,8 @@ class Batch:
     Shapes:
         numbers (N,), positions (N, 3), batch (N,), cell (B, 3, 3), pbc (B, 3), ptr (B+1,), natoms (B,),
         edge_index (2, E), shifts (E, 3), energy (B,) float64, forces (N, 3), stress (B, 3, 3), charge (B,), spin (B,),
-        energy_mask/stress_mask/charge_mask/spin_mask (B,) bool, forces_mask (N,) bool (per atom), index (B,).
+        energy_mask/stress_mask/charge_mask/spin_mask (B,) bool, forces_mask (N,) bool (per atom), index (B,),
+        fixed (N,) bool (atoms held fixed when the labels were made; False where unknown).
     """
 
     numbers: torch.Tensor
@@ -142,6 +157,7 @@ class Batch:
     charge_mask: torch.Tensor
     spin_mask: torch.Tensor
     index: torch.Tensor
+    fixed: torch.Tensor
 
     @property
     def num_graphs(self) -> int:
@@ -219,6 +235,7 @@ def collate_graphs(graphs: Sequence[AtomicGraph]) -> Batch:
         charge_mask=charge_mask,
         spin_mask=spin_mask,
         index=torch.tensor([g.index for g in graphs], dtype=torch.long),
+        fixed=torch.cat([torch.zeros(g.natoms, dtype=torch.bool) if g.fixed is None else g.fixed for g in graphs]),
     )
 
 
@@ -284,4 +301,5 @@ def unlabelled_batch(
         index=torch.full((num,), -1, dtype=torch.long, device=device)
         if index is None
         else torch.as_tensor(list(index), dtype=torch.long, device=device),
+        fixed=torch.zeros(n, dtype=torch.bool, device=device),
     )

@@ -6,14 +6,19 @@ import contextlib
 import errno
 import os
 import shutil
+import sys
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import DataError
 from .formats import Format, Reader, all_formats, get_format
 from .keys import DEFAULT_KEYS, LabelKeys
 from .record import Structure
+
+if TYPE_CHECKING:
+    from ase import Atoms
 
 
 def _by_extension(suffix: str) -> list[Format]:
@@ -95,8 +100,10 @@ def detect_format(path: str | Path) -> Format:
     return get_format("ase")
 
 
-def resolve_format(path: str | Path, fmt: str | None) -> Format:
-    """``fmt`` by name when given (``--from``/``--to``), else detected from ``path``."""
+def resolve_format(path: str | Path, fmt: str | Format | None) -> Format:
+    """``fmt`` by name when given (``--from``/``--to``), else detected from ``path``; a :class:`Format` as is."""
+    if isinstance(fmt, Format):  # e.g. a registered format with another writer (``mlip predict`` label keys)
+        return fmt
     if fmt:
         try:
             return get_format(fmt)
@@ -105,17 +112,27 @@ def resolve_format(path: str | Path, fmt: str | None) -> Format:
     return detect_format(path)
 
 
-def open_dataset(path: str | Path, fmt: str | None = None, keys: LabelKeys = DEFAULT_KEYS) -> Reader:
-    """Open a data set for random access. Raises :class:`DataError` for a missing or unreadable path."""
+def open_dataset(
+    path: str | Path, fmt: str | None = None, keys: LabelKeys = DEFAULT_KEYS, units: dict[str, str] | None = None
+) -> Reader:
+    """Open a data set for random access. Raises :class:`DataError` for a missing or unreadable path.
+
+    ``units`` (e.g. ``{"energy": "hartree"}``) goes to readers that take it (HDF5); other formats refuse it.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(path, "no such file or directory")
     if fmt and path.is_dir():  # detection already refuses a directory of mixed shards; --from must not skip that
         directory_format(path)
-    return resolve_format(path, fmt).open(path, keys)
+    chosen = resolve_format(path, fmt)
+    if not units:
+        return chosen.open(path, keys)
+    if not getattr(chosen.open, "takes_units", False):
+        raise DataError(path, f"{chosen.name} data is read in Angstrom and eV; units apply to HDF5 files only")
+    return chosen.open(path, keys, units=units)
 
 
-def output_format(path: str | Path, fmt: str | None = None) -> Format:
+def output_format(path: str | Path, fmt: str | Format | None = None) -> Format:
     """The format to write ``path`` in: ``fmt`` if given, else from the extension (none = native store)."""
     path = Path(path)
     if fmt:
@@ -133,8 +150,8 @@ def output_format(path: str | Path, fmt: str | None = None) -> Format:
 
 def write_dataset(
     path: str | Path,
-    structures: Iterable[Structure],
-    fmt: str | None = None,
+    structures: Iterable[Structure] | Iterable[Atoms] | Structure | Atoms,
+    fmt: str | Format | None = None,
     *,
     shards: int = 1,
     overwrite: bool = False,
@@ -142,7 +159,10 @@ def write_dataset(
 ) -> int:
     """Write ``structures`` to ``path`` atomically: into a temporary sibling first, renamed only on success.
 
-    ``progress(k)`` is called after each structure is handed to the writer. Returns the number written.
+    ``structures``: :class:`Structure` records or :class:`ase.Atoms` (labels taken from the calculator results,
+    ``info`` and ``arrays`` under the plain names, see :func:`mlip_datasets.ase_convert.atoms_to_structure`),
+    mixed freely, or one of either. ``progress(k)`` is called after each structure is handed to the writer.
+    Returns the number written.
     """
     path = Path(path)
     check_output(path, fmt, overwrite)
@@ -151,7 +171,7 @@ def write_dataset(
     return count
 
 
-def check_output(path: str | Path, fmt: str | None = None, overwrite: bool = False) -> Format:
+def check_output(path: str | Path, fmt: str | Format | None = None, overwrite: bool = False) -> Format:
     """Fail before writing anything: the output format is writable and ``path`` is free (or may be replaced)."""
     path = Path(path)
     target = output_format(path, fmt)
@@ -162,8 +182,8 @@ def check_output(path: str | Path, fmt: str | None = None, overwrite: bool = Fal
 
 def stage_dataset(
     path: str | Path,
-    structures: Iterable[Structure],
-    fmt: str | None = None,
+    structures: Iterable[Structure] | Iterable[Atoms] | Structure | Atoms,
+    fmt: str | Format | None = None,
     *,
     shards: int = 1,
     progress: Callable[[int], None] | None = None,
@@ -178,7 +198,7 @@ def stage_dataset(
     tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
 
     def counted():
-        for k, s in enumerate(structures, 1):
+        for k, s in enumerate(as_structures(structures), 1):
             yield s
             if progress is not None:
                 progress(k)
@@ -197,6 +217,39 @@ def stage_dataset(
             raise _cannot_write(path, err) from None
         raise
     return tmp, count
+
+
+def _is_atoms(obj) -> bool:
+    # an ase.Atoms can only exist once ase is imported: no import (and no cost) otherwise
+    ase = sys.modules.get("ase")
+    return ase is not None and isinstance(obj, ase.Atoms)
+
+
+def as_structures(items: Iterable[Structure] | Iterable[Atoms] | Structure | Atoms) -> Iterator[Structure]:
+    """``items`` as Structures: ase.Atoms converted with :func:`~mlip_datasets.ase_convert.atoms_to_structure`.
+
+    One Structure or Atoms counts as a list of one (an Atoms is itself an iterable, of Atom objects). An Atoms
+    whose calculator's results belong to other positions, numbers, cell or pbc raises :class:`DataError`.
+    """
+    if isinstance(items, Structure) or _is_atoms(items):
+        items = [items]
+    for k, item in enumerate(items):
+        if isinstance(item, Structure):
+            yield item
+        elif _is_atoms(item):
+            from .ase_convert import atoms_to_structure
+
+            calc = item.calc
+            if calc is not None and getattr(calc, "results", None) and calc.check_state(item):
+                # labels are read from calc.results: refuse results computed for other atoms, not write them
+                raise DataError(
+                    None,
+                    f"item {k} to write: its calculator holds results for other atoms (a calculator shared by "
+                    "several Atoms keeps only the last one's); attach a SinglePointCalculator to each",
+                )
+            yield atoms_to_structure(item)
+        else:
+            raise TypeError(f"item {k} to write is a {type(item).__name__}, not a Structure or ase.Atoms")
 
 
 def commit_staged(pairs: Iterable[tuple[Path, Path]]) -> None:

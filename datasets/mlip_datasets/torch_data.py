@@ -11,21 +11,37 @@ Typical use::
         for batch in loader: ...
 
 Worker safety: readers open OS handles lazily and reopen after a fork, so the same dataset object works with
-``num_workers=0`` and with worker processes, and gives the same batches either way.
+``num_workers=0`` and with worker processes, and gives the same batches either way. :class:`GraphLoader` is that
+``DataLoader`` set up for training: a :class:`DataError` raised in a worker reaches the caller as itself (not
+wrapped in torch's traceback text), workers leave SIGINT/SIGTERM to the main process, and the loader draws no
+number from torch's global generator (so it does not shift a run's random stream, whatever ``num_workers``).
 """
 
 from __future__ import annotations
 
+import copy
+import signal
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .errors import DataError
 from .formats.base import Reader
 from .graph import AtomicGraph, Batch, collate_graphs, structure_to_graph
 
-__all__ = ["AtomicGraphDataset", "SizeBatchSampler", "Batch", "collate_graphs", "natoms_of"]
+__all__ = [
+    "AtomicGraphDataset",
+    "SizeBatchSampler",
+    "GraphLoader",
+    "Batch",
+    "collate_graphs",
+    "natoms_of",
+    "check_finite",
+    "graph_bytes_estimate",
+]
 
 
 def natoms_of(source) -> np.ndarray:
@@ -35,7 +51,7 @@ def natoms_of(source) -> np.ndarray:
         -> (len(source),) int64.
     """
     if isinstance(source, AtomicGraphDataset):
-        source = source.reader
+        return source.natoms_array()
     fast = getattr(source, "natoms_array", None)
     if fast is not None:
         return np.asarray(fast(), dtype=np.int64)
@@ -44,8 +60,31 @@ def natoms_of(source) -> np.ndarray:
     return np.asarray(source, dtype=np.int64).reshape(-1)
 
 
+def check_finite(structure, source, record: int, labels: bool) -> None:
+    """Raise :class:`DataError` naming ``source`` and ``record`` if positions or cell (and, with ``labels``,
+    energy, forces or stress) hold NaN or inf: the first break the neighbour search, the others every loss."""
+    for name in ("positions", "cell", *(("energy", "forces", "stress") if labels else ())):
+        value = getattr(structure, name, None)
+        if value is not None and not np.isfinite(np.asarray(value, dtype=np.float64)).all():
+            raise DataError(source, f"{name} has NaN or inf values; fix or drop this structure", record=record)
+
+
+def graph_bytes_estimate(natoms: np.ndarray, edges_per_atom: float, dtype: torch.dtype) -> int:
+    """Rough memory of the graphs of structures with ``natoms`` atoms (for deciding whether to cache them).
+
+    Per atom: number (8 bytes), positions and forces (6 floats); per edge: two int64 indices and a shift
+    (3 floats); per graph ~2 KiB of tensor and object overhead.
+    """
+    item = torch.empty((), dtype=dtype).element_size()
+    atoms = float(np.sum(natoms))
+    return int(atoms * (8 + 6 * item) + atoms * edges_per_atom * (16 + 3 * item) + 2048 * len(natoms))
+
+
 class AtomicGraphDataset(Dataset):
-    """Neighbour graphs of the records of ``reader``, built on access.
+    """Neighbour graphs of the records of ``reader`` (or of the subset ``indices``), built on access.
+
+    Every item is checked: non-finite positions or cell (and labels, with ``check_labels``) raise
+    :class:`DataError` naming the file and the record.
 
     Args:
         reader: any :class:`~mlip_datasets.formats.base.Reader`.
@@ -53,6 +92,16 @@ class AtomicGraphDataset(Dataset):
         dtype: floating-point dtype of positions, cell, shifts and labels.
         transform: optional ``AtomicGraph -> AtomicGraph`` applied to every item (e.g. augmentation).
         backend: neighbour-list backend (see :func:`mlip_datasets.neighbors.neighbor_list`).
+        indices: the records of ``reader`` that form this dataset (a split), in order; item ``i`` is record
+            ``indices[i]`` and its graph's ``index`` is that record number. Default: every record.
+        check_labels: also reject non-finite energy, forces and stress (training: one such label would make
+            every step of its batches NaN).
+        cache: keep every graph after it is first built (the transform, which must not change tensors in place,
+            is applied to a copy after the cache). The cache
+            lives in the process that builds the graphs: use it with ``num_workers=0`` (each worker process
+            would otherwise build and hold its own copy).
+        source: the file named in errors (default: ``reader.path``).
+        fixed_tags: atoms whose tag is listed count as fixed where a record marks none (OC20: ``[0]``).
     """
 
     def __init__(
@@ -62,6 +111,12 @@ class AtomicGraphDataset(Dataset):
         dtype: torch.dtype = torch.float64,
         transform: Callable[[AtomicGraph], AtomicGraph] | None = None,
         backend: str = "auto",
+        *,
+        indices: Sequence[int] | None = None,
+        check_labels: bool = False,
+        cache: bool = False,
+        source: str | Path | None = None,
+        fixed_tags: Sequence[int] | None = None,
     ):
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
@@ -70,23 +125,62 @@ class AtomicGraphDataset(Dataset):
         self.dtype = dtype
         self.transform = transform
         self.backend = backend
+        self.indices = None if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+        self.check_labels = check_labels
+        self.source = source if source is not None else getattr(reader, "path", None)
+        self.fixed_tags = None if fixed_tags is None else [int(t) for t in fixed_tags]
+        self._cache: dict[int, AtomicGraph] | None = {} if cache else None
+        self._natoms: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.reader)
+        return len(self.reader) if self.indices is None else len(self.indices)
+
+    def record(self, index: int) -> int:
+        """The reader's record number of item ``index``."""
+        return int(index) if self.indices is None else int(self.indices[index])
+
+    @property
+    def caches(self) -> bool:
+        return self._cache is not None
+
+    def set_cache(self, enabled: bool) -> None:
+        """Start (or stop and drop) keeping built graphs in this process's memory."""
+        if not enabled:
+            self._cache = None
+        elif self._cache is None:
+            self._cache = {}
 
     def __getitem__(self, index: int) -> AtomicGraph:
-        graph = structure_to_graph(self.reader[index], self.cutoff, self.dtype, self.backend, index=int(index))
-        return graph if self.transform is None else self.transform(graph)
+        graph = None if self._cache is None else self._cache.get(int(index))
+        if graph is None:
+            record = self.record(index)
+            structure = self.reader[record]
+            check_finite(structure, self.source, record, self.check_labels)
+            graph = structure_to_graph(
+                structure, self.cutoff, self.dtype, self.backend, index=record, fixed_tags=self.fixed_tags
+            )
+            if self._cache is not None:
+                self._cache[int(index)] = graph
+        if self.transform is None:
+            return graph
+        return self.transform(copy.copy(graph) if self._cache is not None else graph)
+
+    def batch(self, positions: Sequence[int]) -> Batch:
+        """The items at ``positions`` collated into one batch, built in this process."""
+        return collate_graphs([self[int(i)] for i in positions])
 
     def natoms(self, index: int) -> int:
-        return self.reader.natoms(index)
+        return self.reader.natoms(self.record(index))
 
     def natoms_array(self) -> np.ndarray:
-        """Atom count per record, read from the store's metadata where available. Shapes: (len(self),)."""
-        return natoms_of(self.reader)
+        """Atom count per item, read once from the store's metadata where available. Shapes: (len(self),)."""
+        if self._natoms is None:
+            counts = natoms_of(self.reader)
+            self._natoms = counts if self.indices is None else counts[self.indices]
+        return self._natoms
 
     def num_edges(self) -> np.ndarray:
-        """Exact edge count per record. Decodes every record and builds its graph: cache the result.
+        """Exact edge count per item. Decodes every record and builds its graph: cache the result.
 
         Shapes:
             -> (len(self),) int64.
@@ -148,11 +242,18 @@ class SizeBatchSampler(Sampler[list[int]]):
         self.shuffle, self.seed, self.drop_last = shuffle, int(seed), drop_last
         self.num_replicas, self.rank = int(num_replicas), int(rank)
         self.epoch = 0
+        self.start = 0
         self._cache: tuple[int, list[list[int]]] | None = None
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the shuffle of ``epoch``; call before iterating, on every rank."""
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the shuffle of ``epoch``; call before iterating, on every rank.
+
+        ``start``: iterate from this rank's batch ``start`` of the epoch (resuming in the middle of an epoch);
+        :meth:`batches` still returns all of them.
+        """
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        self.epoch, self.start = int(epoch), int(start)
 
     def _order(self) -> np.ndarray:
         if not self.shuffle:
@@ -199,7 +300,95 @@ class SizeBatchSampler(Sampler[list[int]]):
         return mine
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches())
+        return iter(self.batches()[self.start :])
 
     def __len__(self) -> int:
-        return len(self.batches())
+        return max(len(self.batches()) - self.start, 0)
+
+
+class _WorkerFailure:
+    """A :class:`DataError` carried out of a worker as a batch, so that it is raised again unchanged."""
+
+    def __init__(self, error: DataError):
+        self.error = error
+
+
+class _CollatedBatches(Dataset):
+    """``dataset`` whose batch fetch (``__getitems__``) collates, and returns a DataError instead of raising it
+    (torch would re-raise it as a new exception built from its traceback text)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[index]
+
+    def __getitems__(self, indices: Sequence[int]):
+        try:
+            return collate_graphs([self.dataset[int(i)] for i in indices])
+        except DataError as err:
+            return _WorkerFailure(err)
+
+
+def _as_collated(batch):
+    return batch
+
+
+def _leave_interrupts_to_main(worker_id: int) -> None:
+    """Workers ignore SIGINT/SIGTERM (a terminal's Ctrl-C reaches the whole process group): the main process
+    decides when to stop, and shuts its workers down; workers also exit by themselves once it is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class GraphLoader:
+    """Batches of ``dataset`` in the order of ``batch_sampler``, built by ``num_workers`` worker processes
+    (neighbour lists included) up to ``prefetch_factor`` batches per worker ahead, or in this process with 0.
+
+    The batches are the same whatever ``num_workers`` (workers return them in sampler order); a
+    :class:`DataError` raised while building one is raised here unchanged. Workers are started for each pass
+    over the sampler and stopped when it ends or is abandoned (``break``, an exception), so no process outlives
+    the loop that uses it.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_sampler: Sampler[list[int]],
+        num_workers: int = 0,
+        prefetch_factor: int = 2,
+        pin_memory: bool = False,
+    ):
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.dataset, self.batch_sampler, self.num_workers = dataset, batch_sampler, int(num_workers)
+        workers = self.num_workers > 0
+        self._loader = DataLoader(
+            _CollatedBatches(dataset),
+            batch_sampler=batch_sampler,
+            collate_fn=_as_collated,
+            num_workers=self.num_workers,
+            prefetch_factor=prefetch_factor if workers else None,
+            worker_init_fn=_leave_interrupts_to_main if workers else None,
+            pin_memory=pin_memory,
+            # the workers' base seed is drawn from this generator, not from torch's global one
+            generator=torch.Generator().manual_seed(0),
+        )
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[Batch]:
+        batches = iter(self._loader)
+        try:
+            for batch in batches:
+                if isinstance(batch, _WorkerFailure):
+                    raise batch.error
+                yield batch
+        finally:
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()

@@ -574,7 +574,23 @@ def rank_space_conv(
         x ``[N, C, d_in]``, A ``(d_in, R)``, Y_edge ``[E, d_sh]``, B ``(d_sh, R)``, w ``[E, C]``,
         src ``[E]``, dst ``[E]``, C_factor ``(R, d_out)`` -> ``[n_nodes, C, d_out]``.
     """
-    P = x @ A
+    P = _node_matmul(x, A)
     u = Y_edge @ B
     m = rank_message(P, u, w, src, dst, n_nodes, backend, graph=graph, **options)
-    return m @ C_factor
+    return _node_matmul(m, C_factor)
+
+
+def _node_matmul(x: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """``x @ M``, written out as the products ``matmul`` runs (so the same numbers): one ``mm`` over the
+    folded nodes and channels for a contiguous ``x`` (or an ``M`` that requires grad), else one ``bmm``
+    against ``M`` broadcast over the nodes.
+
+    ``matmul``'s own reshape of the broadcast ``M`` makes ``torch.export`` specialise the node count to
+    ``!= 1`` (:mod:`mlip_cli.export`); these two forms do not.
+
+    Shapes:
+        x ``[N, C, d]``, M ``(d, k)`` -> ``[N, C, k]``.
+    """
+    if x.is_contiguous() or M.requires_grad:
+        return (x.reshape(-1, x.shape[2]) @ M).view(x.shape[0], x.shape[1], M.shape[1])
+    return torch.bmm(x, M.expand(x.shape[0], -1, -1))

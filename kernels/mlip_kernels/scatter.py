@@ -66,6 +66,11 @@ def csr_from_index(index: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torc
     return perm, rowptr
 
 
+def _size(n) -> int:
+    """A node count as an int (a ``torch.SymInt`` while tracing with symbolic sizes is kept as it is)."""
+    return n if isinstance(n, torch.SymInt) else int(n)
+
+
 class MessageGraph:
     """Edges ``src -> dst`` between ``n_src`` sender and ``n_dst`` receiver rows.
 
@@ -88,7 +93,8 @@ class MessageGraph:
             raise ValueError(f"src on {src.device} but dst on {dst.device}")
         self.src = src if src.dtype == torch.long else src.long()
         self.dst = dst if dst.dtype == torch.long else dst.long()
-        self.n_src, self.n_dst = int(n_src), int(n_dst)
+        # Symbolic sizes stay symbolic (int() would fix them to the traced value in torch.export).
+        self.n_src, self.n_dst = _size(n_src), _size(n_dst)
         # One cache shared with the transposed view, keyed by which side the CSR is over.
         self._cache = {} if _cache is None else _cache
         self._flipped = False

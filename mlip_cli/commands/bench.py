@@ -101,7 +101,10 @@ def tp(
     repeats: Annotated[int, typer.Option(help="Timed calls per measurement (best is reported).")] = 3,
     quick: Annotated[bool, typer.Option(help="One timed call after one warm-up; at most 2 rotations.")] = False,
     e3nn: Annotated[bool, typer.Option("--e3nn/--no-e3nn", help="Measure the e3nn peer if installed.")] = True,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write all rows and metadata to this JSON.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write all rows and metadata to this JSON file.")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print all rows and metadata as JSON instead of a table.")
+    ] = False,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG of time and speed-up vs L.")] = None,
     check_edges: Annotated[int, typer.Option(help="Edges of the float64 sub-graph for the error checks.")] = 256,
     rotations: Annotated[int, typer.Option(help="Random rotations for the equivariance error.")] = 3,
@@ -120,7 +123,7 @@ def tp(
     if plot is not None and plot.suffix.lower() != ".png":
         raise UsageError(f"--plot {plot}: the figure is written as PNG; give a path ending in .png")
     from ..bench.tp import TPBenchConfig, run_tp_bench
-    from ..ui import console, err_console, table
+    from ..ui import console, err_console, print_json, table
 
     cfg = TPBenchConfig(
         l_min=l_min,
@@ -162,10 +165,16 @@ def tp(
         "CP fit err",
         "x e3nn",
     ]
-    if not console.is_terminal:  # piped output: keep the table whole rather than squeezed to 80 columns
-        from rich.console import Console
+    if out is not None:
+        _write_json(out, result)
+    if plot is not None:
+        from ..bench.plot import plot_tp
 
-        console = Console(width=130)
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        plot_tp(result, plot)
+    if as_json:
+        print_json(result)
+        return
     console.print(table(meta["caption"], columns, _table_rows(result["rows"])))
     console.print(
         "paths: 'all' = both parities (with the 1x1->1 cross product), 'even' = l1+l2+l3 even only. "
@@ -177,12 +186,6 @@ def tp(
     for r in result["rows"]:
         if r["status"] != "ok":
             console.print(f"L={r['L']} {r['method']}: {r['status']}: {r.get('note', '')}", highlight=False)
-    if json_out is not None:
-        _write_json(json_out, result)
-        console.print(f"wrote {json_out}")
-    if plot is not None:
-        from ..bench.plot import plot_tp
-
-        plot.parent.mkdir(parents=True, exist_ok=True)
-        plot_tp(result, plot)
-        console.print(f"wrote {plot}")
+    for written in (out, plot):
+        if written is not None:
+            console.print(f"wrote {written}")

@@ -7,31 +7,47 @@ from typing import Annotated
 
 import typer
 
+from .options import ChargeKey, EnergyKey, ForcesKey, SpinKey, StressKey, label_keys
+
 app = typer.Typer(help="Inspect, convert, summarise, split, validate and generate data sets.", no_args_is_help=True)
 
 FromOpt = Annotated[str | None, typer.Option("--from", help="Input format (default: detected).")]
 ToOpt = Annotated[str | None, typer.Option("--to", help="Output format (default: from the extension).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
-EnergyKey = Annotated[str, typer.Option("--energy-key", help="Key holding the energy label.")]
-ForcesKey = Annotated[str, typer.Option("--forces-key", help="Key holding the forces label.")]
-StressKey = Annotated[str, typer.Option("--stress-key", help="Key holding the stress label.")]
-ChargeKey = Annotated[str, typer.Option("--charge-key", help="Key holding the total charge.")]
-SpinKey = Annotated[str, typer.Option("--spin-key", help="Key holding the spin multiplicity.")]
+UnitsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--units",
+        help="Units of HDF5 values the file does not declare, e.g. energy=hartree,length=bohr "
+        "(kinds: length, energy, forces; forces default to energy/length).",
+    ),
+]
 
 
-def _open(path: Path, fmt: str | None, energy="energy", forces="forces", stress="stress", charge="charge", spin="spin"):
+def _open(path: Path, fmt: str | None, energy=None, forces=None, stress=None, charge=None, spin=None, *, units=None):
     from mlip_datasets.io import open_dataset
-    from mlip_datasets.keys import LabelKeys
+    from mlip_datasets.units import parse_units
 
-    keys = LabelKeys(energy=energy, forces=forces, stress=stress, charge=charge, spin=spin)
-    return open_dataset(path, fmt, keys)
+    from ..errors import UsageError
+
+    try:
+        units = parse_units(units) if units is not None else None
+    except ValueError as err:
+        raise UsageError(f"--units: {err}") from None
+    keys = label_keys(energy=energy, forces=forces, stress=stress, charge=charge, spin=spin)
+    return open_dataset(path, fmt, keys, units=units)
 
 
 def _stats(reader, description: str, cutoff: float | None = None):
-    from mlip_datasets.stats import compute_stats
+    """The data set's statistics: those a native store keeps from when it was written (no pass over a million
+    records), else one pass over every record."""
+    from mlip_datasets.stats import DatasetStats, compute_stats
 
     from ..ui import progress
 
+    stored = reader.stats() if cutoff is None and hasattr(reader, "stats") else None
+    if stored:
+        return DatasetStats.from_dict(stored)
     with progress(description, len(reader)) as update:
         return compute_stats(reader, cutoff=cutoff, progress=update)
 
@@ -60,17 +76,18 @@ def _energy_kind(metadata: dict, reader) -> str:
 def info(
     path: Path,
     fmt: FromOpt = None,
+    units: UnitsOpt = None,
     as_json: JsonOpt = False,
-    energy_key: EnergyKey = "energy",
-    forces_key: ForcesKey = "forces",
-    stress_key: StressKey = "stress",
-    charge_key: ChargeKey = "charge",
-    spin_key: SpinKey = "spin",
+    energy_key: EnergyKey = None,
+    forces_key: ForcesKey = None,
+    stress_key: StressKey = None,
+    charge_key: ChargeKey = None,
+    spin_key: SpinKey = None,
 ) -> None:
     """Detect the format and print size, elements, labels, periodicity and energy kind."""
     from ..ui import console, print_json, table
 
-    with _open(path, fmt, energy_key, forces_key, stress_key, charge_key, spin_key) as reader:
+    with _open(path, fmt, energy_key, forces_key, stress_key, charge_key, spin_key, units=units) as reader:
         stats = _stats(reader, "reading")
         metadata = reader.metadata()
         summary = {
@@ -107,25 +124,30 @@ def convert(
     dst: Path,
     to: ToOpt = None,
     fmt: FromOpt = None,
+    units: UnitsOpt = None,
     shards: Annotated[int, typer.Option(min=1, help="Number of output shards.")] = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace DST if it exists.")] = False,
-    energy_key: EnergyKey = "energy",
-    forces_key: ForcesKey = "forces",
-    stress_key: StressKey = "stress",
-    charge_key: ChargeKey = "charge",
-    spin_key: SpinKey = "spin",
+    energy_key: EnergyKey = None,
+    forces_key: ForcesKey = None,
+    stress_key: StressKey = None,
+    charge_key: ChargeKey = None,
+    spin_key: SpinKey = None,
 ) -> None:
     """Convert SRC to DST (format from DST's extension or --to); DST appears only when complete."""
-    from mlip_datasets.io import write_dataset
+    from mlip_datasets.io import output_format, write_dataset
 
     from ..ui import console, progress
 
     with (
-        _open(src, fmt, energy_key, forces_key, stress_key, charge_key, spin_key) as reader,
+        _open(src, fmt, energy_key, forces_key, stress_key, charge_key, spin_key, units=units) as reader,
         progress(f"{src.name} -> {dst.name}", len(reader)) as update,
     ):
         count = write_dataset(dst, reader, to, shards=shards, overwrite=overwrite, progress=update)
     console.print(f"wrote {count} structures to {dst}")
+    if dst.suffix.lower() == ".lmdb" and output_format(dst, to).name == "native":
+        from mlip_datasets.formats.native import FOREIGN_READERS_NOTE
+
+        console.print(f"note: {dst.name} is an {FOREIGN_READERS_NOTE}", highlight=False)
 
 
 @app.command()
@@ -133,18 +155,28 @@ def stats(
     path: Path,
     cutoff: Annotated[float | None, typer.Option(help="Also count neighbours within R.")] = None,
     fmt: FromOpt = None,
+    units: UnitsOpt = None,
     as_json: JsonOpt = False,
-    energy_key: EnergyKey = "energy",
-    forces_key: ForcesKey = "forces",
+    energy_key: EnergyKey = None,
+    forces_key: ForcesKey = None,
 ) -> None:
     """E0s by least squares, energy and force statistics, average neighbours within --cutoff."""
+    from mlip_datasets.label_kind import label_kind
+
     from ..ui import console, print_json, table
 
-    with _open(path, fmt, energy_key, forces_key) as reader:
+    with _open(path, fmt, energy_key, forces_key, units=units) as reader:
         result = _stats(reader, "statistics", cutoff)
+        energy_kind, _ = label_kind(reader)
     if as_json:
-        print_json(result.as_dict())
+        print_json({**result.as_dict(), "energy_kind": energy_kind})
         return
+    if energy_kind == "adsorption":
+        console.print(
+            "note: these are adsorption energies (OC20: slab and gas references already subtracted); the E0s "
+            "below are fitted to them and are not atomic reference energies",
+            highlight=False,
+        )
     rows = [
         [_symbol(z), result.element_counts[z], f"{result.e0s[z]:.6f}" if z in result.e0s else "-"]
         for z in result.element_counts
@@ -170,7 +202,13 @@ def split(
     out: Annotated[Path | None, typer.Option(help="Output directory (default: beside PATH).")] = None,
     to: ToOpt = None,
     fmt: FromOpt = None,
+    units: UnitsOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    energy_key: EnergyKey = None,
+    forces_key: ForcesKey = None,
+    stress_key: StressKey = None,
+    charge_key: ChargeKey = None,
+    spin_key: SpinKey = None,
 ) -> None:
     """Reproducible splits written as data sets, plus split.json with the indices; all appear or none."""
     from mlip_datasets.split import parse_fractions, split_indices, write_splits
@@ -187,7 +225,7 @@ def split(
         raise UsageError(f"--names has {len(labels)} names for {len(parts)} fractions")
     out = out or path.parent
     index_file = out / f"{path.stem}.split.json"
-    reader = _open(path, fmt)
+    reader = _open(path, fmt, energy_key, forces_key, stress_key, charge_key, spin_key, units=units)
     with reader:
         groups = None
         if group_by:
@@ -222,16 +260,20 @@ def _group_key(reader, i: int, key: str):
 def validate(
     path: Path,
     fmt: FromOpt = None,
+    units: UnitsOpt = None,
     min_distance: Annotated[float, typer.Option(help="Closest allowed distance between atoms (A).")] = 0.1,
     show: Annotated[int, typer.Option(help="How many problems to list.")] = 20,
     as_json: JsonOpt = False,
+    energy_key: EnergyKey = None,
+    forces_key: ForcesKey = None,
+    stress_key: StressKey = None,
 ) -> None:
     """Check every record; exit code 1 if any is bad."""
     from mlip_datasets.validate import validate as run_validation
 
     from ..ui import console, print_json, progress
 
-    with _open(path, fmt) as reader:
+    with _open(path, fmt, energy_key, forces_key, stress_key, units=units) as reader:
         with progress("validating", len(reader)) as update:
             problems, n_bad = run_validation(reader, min_distance, progress=update)
         total = len(reader)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from .options import EnergyKey, ForcesKey, StressKey, Threads, label_keys, set_threads
+
 
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="A checkpoint (.pt) or a run directory (uses best.pt)."),
@@ -25,22 +27,34 @@ def evaluate(
         help="transip: average the energy over principal frames (exactly O(3)-invariant); default: as trained.",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    energy_key: EnergyKey = None,
+    forces_key: ForcesKey = None,
+    stress_key: StressKey = None,
+    threads: Threads = None,
+    any_energy_kind: bool = typer.Option(
+        False, "--any-energy-kind", help="Score energies of another kind than trained on (e.g. total vs adsorption)."
+    ),
 ) -> None:
     """Score a trained model on a data set."""
-    from ..checkpoint import load_model
+    from ..checkpoint import load_model, trained_on
     from ..errors import UsageError
-    from ..evaluation import evaluate_model, open_graphs
+    from ..evaluation import check_energy_kind, evaluate_model, open_graphs
+    from ..train.metrics import QUANTITIES
     from ..train.plots import plot_parity
     from ..ui import console, print_json, progress, table
 
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    set_threads(threads)
     model = load_model(checkpoint, device=device, dtype=dtype, use_ema=not raw)
     if frame_averaging is not None:
         if not hasattr(model.config, "frame_averaging") or model.config.family != "transip":
             raise UsageError(f"--frame-averaging applies to transip models, not {model.config.family!r}")
         model.config.frame_averaging = frame_averaging
-    graphs = open_graphs(data, model.cutoff, model.dtype, limit)
+    trained = trained_on(checkpoint)
+    keys = label_keys(trained.keys, energy=energy_key, forces=forces_key, stress=stress_key)
+    graphs = open_graphs(data, model.cutoff, model.dtype, limit, keys=keys)
+    check_energy_kind(trained.energy_kind, graphs, data, allow=any_energy_kind)
     if len(graphs) == 0:
         raise UsageError(f"{data}: no structures to evaluate")
     if json_out:
@@ -49,7 +63,10 @@ def evaluate(
         with progress(f"eval {data.name}", len(graphs)) as update:
             report = evaluate_model(model, graphs, batch_size, device, rotations=rotations, progress=update)
     if not report.metrics:
-        raise UsageError(f"{data}: no energy or force labels to compare against")
+        raise UsageError(
+            f"{data}: no energy or force labels to compare against (looked for {keys.energy!r} and "
+            f"{keys.forces!r}; name them with --energy-key/--forces-key)"
+        )
     ckpt_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
     png = parity or ckpt_dir / f"{data.stem or data.name}_parity.png"
     plot_parity(report.parity, png, title=f"{checkpoint.name} on {data.name}")
@@ -57,10 +74,11 @@ def evaluate(
     if json_out:
         print_json(result)
         return
-    units = {"energy": "meV", "energy_per_atom": "meV/atom", "forces": "meV/A", "stress": "meV/A^3"}
+    names = {"forces": "forces, free atoms" if "forces_all_mae" in report.metrics else "forces"}
+    names["forces_all"] = "forces, all atoms"
     rows = [
-        [f"{q} ({u})", f"{report.metrics[q + '_mae']:.3f}", f"{report.metrics[q + '_rmse']:.3f}"]
-        for q, u in units.items()
+        [f"{names.get(q, q)} ({u})", f"{report.metrics[q + '_mae']:.3f}", f"{report.metrics[q + '_rmse']:.3f}"]
+        for q, u in QUANTITIES.items()
         if q + "_mae" in report.metrics
     ]
     console.print(table(f"{report.structures} structures, {report.atoms} atoms", ["quantity", "MAE", "RMSE"], rows))

@@ -8,7 +8,17 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError
-from .options import Device, Dtype, ModelPath, Skin, Threads, require_choice, require_positive, set_threads
+from .options import (
+    Device,
+    Dtype,
+    ModelPath,
+    Skin,
+    Threads,
+    require_choice,
+    require_new_output,
+    require_positive,
+    set_threads,
+)
 
 
 def md(
@@ -33,8 +43,12 @@ def md(
             help="Seed of the Maxwell-Boltzmann initial velocities (drawn at --temperature) and of the Langevin noise."
         ),
     ] = 0,
-    traj: Annotated[Path | None, typer.Option(help="Trajectory file (.traj, else extended XYZ).")] = None,
-    traj_interval: Annotated[int, typer.Option(min=1, help="Write a frame every N steps.")] = 10,
+    trajectory: Annotated[
+        Path | None, typer.Option("--trajectory", "--traj", help="Trajectory file (.traj, else extended XYZ).")
+    ] = None,
+    trajectory_interval: Annotated[
+        int, typer.Option("--trajectory-interval", "--traj-interval", min=1, help="Write a frame every N steps.")
+    ] = 10,
     log: Annotated[Path | None, typer.Option(help="ASE MD log (time, energies per atom, temperature).")] = None,
     log_interval: Annotated[int, typer.Option(min=1, help="Log every N steps.")] = 10,
     out: Annotated[Path | None, typer.Option(help="Write the final frame here.")] = None,
@@ -52,6 +66,7 @@ def md(
     dtype: Dtype = None,
     skin: Skin = 0.5,
     threads: Threads = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace --trajectory, --log and --out if they exist.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Run MD and report energy drift per atom per ps, steps/s and ns/day.
@@ -69,6 +84,8 @@ def md(
     ensemble = ensemble.lower()
     require_choice("--ensemble", ensemble, ENSEMBLES)
     require_positive("--timestep", timestep)
+    for option, path in (("trajectory", trajectory), ("log", log), ("output", out)):
+        require_new_output(path, overwrite, option)
     set_threads(threads)
     frames = read_structures(structure)
     if not -len(frames) <= index < len(frames):
@@ -92,8 +109,8 @@ def md(
                 pdamp_fs=pdamp,
                 seed=seed,
                 init_velocities=True,
-                trajectory=traj,
-                traj_interval=traj_interval,
+                trajectory=trajectory,
+                traj_interval=trajectory_interval,
                 log=log,
                 log_interval=log_interval,
                 max_force=max_force,

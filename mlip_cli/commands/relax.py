@@ -8,7 +8,17 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError
-from .options import Device, Dtype, ModelPath, Skin, Threads, require_choice, require_positive, set_threads
+from .options import (
+    Device,
+    Dtype,
+    ModelPath,
+    Skin,
+    Threads,
+    require_choice,
+    require_new_output,
+    require_positive,
+    set_threads,
+)
 
 OPTIMIZERS = ("FIRE", "BFGS", "LBFGS")
 _MAX_TABLE_ROWS = 50
@@ -76,7 +86,7 @@ def relax(
     dtype: Dtype = None,
     skin: Skin = 0.5,
     threads: Threads = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out and --trajectory if they exist.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the per-structure results as JSON.")] = False,
 ) -> None:
     """Relax every structure in STRUCTURES; exit code 0 only if all converged (1 otherwise)."""
@@ -94,8 +104,8 @@ def relax(
     require_positive("--fmax", fmax)
     tags = _parse_tags(fix_tags)
     out = out or structures.with_name(structures.name.split(".")[0] + "_relaxed.extxyz")
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out}: output already exists (pass --overwrite to replace it)")
+    require_new_output(out, overwrite)
+    require_new_output(trajectory, overwrite, "trajectory folder")
     set_threads(threads)
     frames = read_structures(structures)
     check_cells(frames, structures)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from .options import EnergyKey, ForcesKey, StressKey, Threads, given_keys
+
 
 def train(
     recipe: str | None = typer.Argument(
@@ -33,13 +35,29 @@ def train(
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this directory from its last.pt."),
     out: Path | None = typer.Option(None, "--out", help="Run directory (default: runs/<recipe name>)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or status lines."),
+    energy_key: EnergyKey = None,
+    forces_key: ForcesKey = None,
+    stress_key: StressKey = None,
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda or auto; overrides run.device."),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32 or float64; overrides run.dtype."),
+    threads: Threads = None,
 ) -> None:
     """Train a potential; writes best.pt, last.pt, metrics.csv, recipe.yaml, result.yaml and learning_curve.png."""
     from ..train import RecipeSettings, plan_run, run_training
     from ..train.trainer import TrainingInterrupted
     from ..ui import err_console
 
-    settings = RecipeSettings(train=data, valid=valid_data, test=test_data, time_budget=time_budget)
+    keys = given_keys(energy=energy_key, forces=forces_key, stress=stress_key)
+    settings = RecipeSettings(
+        train=data,
+        valid=valid_data,
+        test=test_data,
+        time_budget=time_budget,
+        keys=keys,
+        device=device,
+        dtype=dtype,
+        threads=threads,
+    )
     plan = plan_run(recipe, resume=resume, out=out, overrides=overrides, settings=settings)
     for note in plan.notes:
         err_console.print(note)
@@ -62,7 +80,8 @@ def train(
                 soft_wrap=True,
             )
         raise typer.Exit(128 + stop.signum) from None
-    _report(result, plan.recipe)
+    if result.is_main:  # with torchrun every process returns; rank 0 reports
+        _report(result, plan.recipe)
 
 
 def _report(result, recipe) -> None:

@@ -33,6 +33,10 @@ class ElementTable(nn.Module):
         table = torch.full((MAX_Z + 1,), -1, dtype=torch.long)
         table[torch.tensor(elements)] = torch.arange(len(elements))
         self.register_buffer("z_to_index", table, persistent=False)
+        # Whether forward() checks the numbers (data-dependent Python branches). mlip_cli.export turns it off to
+        # trace the model with symbolic sizes; unknown elements then map to species 0 and the exported graph
+        # makes the outputs NaN instead.
+        self.check_numbers = True
 
     @property
     def num_elements(self) -> int:
@@ -40,6 +44,8 @@ class ElementTable(nn.Module):
 
     def forward(self, numbers: torch.Tensor) -> torch.Tensor:
         numbers = numbers.long()
+        if not self.check_numbers:
+            return self.z_to_index[numbers].clamp(min=0)
         if numbers.numel() and (int(numbers.min()) < 0 or int(numbers.max()) > MAX_Z):
             raise ValueError(f"atomic numbers outside 0..{MAX_Z} in the input")
         idx = self.z_to_index[numbers]

@@ -123,9 +123,6 @@ def reverse_pairs(
         src ``[E]``, dst ``[E]``, vectors ``[E, 3]`` -> rep ``[U]``, group ``[E]`` (int64).
     """
     E = vectors.shape[0]
-    if E == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=vectors.device)
-        return empty, empty
     v = vectors.detach()
     sgn = torch.sign(v)
     first = torch.where(sgn[:, 0] != 0, sgn[:, 0], torch.where(sgn[:, 1] != 0, sgn[:, 1], sgn[:, 2]))
@@ -139,11 +136,11 @@ def reverse_pairs(
     perm = torch.arange(E, device=v.device)
     for c in cols:  # stable sorts, least significant key first: lexicographic order, ties by edge index
         perm = perm.index_select(0, torch.sort(c.index_select(0, perm), stable=True)[1])
-    same = torch.ones(E - 1, dtype=torch.bool, device=v.device)
+    # An edge starts a group unless every key equals the previous edge's (the first edge always starts one).
+    # No branch on E and no E - 1 sized tensor: the same code holds for E = 0, also when traced by torch.export.
+    new = torch.arange(E, device=v.device) == 0
     for c in cols:
         cs = c.index_select(0, perm)
-        same &= cs[1:] == cs[:-1]
-    new = torch.ones(E, dtype=torch.bool, device=v.device)
-    new[1:] = ~same
+        new |= cs != cs.roll(1)
     gid = torch.cumsum(new, 0) - 1
     return perm[new], torch.empty_like(gid).scatter_(0, perm, gid)

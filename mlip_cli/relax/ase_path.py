@@ -7,6 +7,7 @@ cell forces, so convergence covers the cell too) and for anyone who asks for it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -58,6 +59,14 @@ def _atoms(s: Structure, fixed: np.ndarray):
 
 def relax_one(calc: MLIPCalculator, s: Structure, index: int, settings: RelaxSettings) -> RelaxResult:
     """Relax one structure with an ASE optimizer (see :func:`relax_ase`)."""
+    with warnings.catch_warnings():
+        # FrechetCellFilter takes scipy's matrix logarithm of a near-identity deformation on every step, and
+        # scipy warns about its accuracy each time (harmless at these tolerances): dozens of lines per structure
+        warnings.filterwarnings("ignore", message="logm result may be inaccurate")
+        return _relax_one(calc, s, index, settings)
+
+
+def _relax_one(calc: MLIPCalculator, s: Structure, index: int, settings: RelaxSettings) -> RelaxResult:
     from ase.filters import FrechetCellFilter
 
     atoms = _atoms(s, fixed_mask(s, settings.fix_tags))

@@ -1,8 +1,16 @@
-"""Training data: readers from a recipe, the train/valid/test split, graph sets, batches and statistics."""
+"""Training data: readers from a recipe, the train/valid/test split, statistics, and the training batches.
+
+Every split is an :class:`~mlip_datasets.torch_data.AtomicGraphDataset` over its records; training batches come
+from a :class:`~mlip_datasets.torch_data.GraphLoader` (worker processes build the neighbour lists ahead of the
+step) packed by a :class:`~mlip_datasets.torch_data.SizeBatchSampler`. See :func:`plan_loading` for the knobs.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,92 +18,39 @@ import numpy as np
 import torch
 
 from mlip_datasets.errors import DataError
-from mlip_datasets.graph import AtomicGraph, Batch, collate_graphs, structure_to_graph
+from mlip_datasets.graph import AtomicGraph, Batch
 from mlip_datasets.io import open_dataset, write_dataset
+from mlip_datasets.label_kind import label_kind
 from mlip_datasets.split import split_indices
-from mlip_datasets.stats import fit_e0s
-from mlip_datasets.torch_data import SizeBatchSampler, natoms_of
+from mlip_datasets.stats import isolated_atoms
+from mlip_datasets.torch_data import (
+    AtomicGraphDataset,
+    GraphLoader,
+    SizeBatchSampler,
+    graph_bytes_estimate,
+    natoms_of,
+)
 
-from .recipe import DataSection, RecipeError
+from .e0s import resolve_e0s
+from .recipe import DataSection, LossSection, RecipeError
 
-__all__ = ["GraphSet", "TrainingData", "load_training_data", "fit_statistics", "iterate_batches"]
+__all__ = ["TrainingData", "TrainBatches", "load_training_data", "fit_statistics", "plan_loading"]
 
-_CACHE_AUTO_LIMIT = 50_000
+_CACHE_BUDGET_BYTES = 1 << 30  # cache_graphs: auto keeps graphs in memory up to about this much
+_MAX_AUTO_WORKERS = 4
 _STATS_MAX_STRUCTURES = 5_000
-
-
-class GraphSet:
-    """Neighbour graphs of ``reader[indices]`` at ``cutoff``, built on access and optionally kept in memory.
-
-    Args:
-        reader: any ``mlip_datasets`` reader.
-        indices: the records of ``reader`` that form this set (a split), in order.
-        cutoff: neighbour cutoff (the model's).
-        dtype: floating-point dtype of positions and labels.
-        cache: keep every graph after it is first built (small data sets: later epochs cost no data time).
-        source: the file ``reader`` reads, named in errors: a structure with non-finite positions or cell
-            (or labels, with ``check_labels``) raises :class:`DataError` naming it and the record.
-        check_labels: also reject non-finite energy, forces and stress (training: one such label would make
-            every step of its batches NaN).
-    """
-
-    def __init__(
-        self,
-        reader,
-        indices: Sequence[int],
-        cutoff: float,
-        dtype: torch.dtype,
-        cache: bool,
-        source: str | Path | None = None,
-        check_labels: bool = False,
-    ):
-        self.reader, self.source, self.check_labels = reader, source, check_labels
-        self.indices = np.asarray(indices, dtype=np.int64)
-        self.cutoff, self.dtype = float(cutoff), dtype
-        self._cache: dict[int, AtomicGraph] | None = {} if cache else None
-        self._natoms: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> AtomicGraph:
-        if self._cache is not None and i in self._cache:
-            return self._cache[i]
-        record = int(self.indices[i])
-        structure = self.reader[record]
-        _check_finite(structure, self.source, record, self.check_labels)
-        graph = structure_to_graph(structure, self.cutoff, self.dtype, index=record)
-        if self._cache is not None:
-            self._cache[i] = graph
-        return graph
-
-    def structure(self, i: int):
-        return self.reader[int(self.indices[i])]
-
-    def natoms(self) -> np.ndarray:
-        """Atom count per structure, read once (the batch sampler asks every epoch)."""
-        if self._natoms is None:
-            self._natoms = natoms_of(self.reader)[self.indices]
-        return self._natoms
-
-    def batch(self, positions: Sequence[int]) -> Batch:
-        return collate_graphs([self[int(i)] for i in positions])
-
-
-def _check_finite(structure, source, record: int, labels: bool) -> None:
-    """NaN/inf in positions or cell break the neighbour search, in labels every loss: name the record."""
-    for name in ("positions", "cell", *(("energy", "forces", "stress") if labels else ())):
-        value = getattr(structure, name, None)
-        if value is not None and not np.isfinite(np.asarray(value, dtype=np.float64)).all():
-            raise DataError(source, f"{name} has NaN or inf values; fix or drop this structure", record=record)
 
 
 @dataclass
 class TrainingData:
-    train: GraphSet
-    valid: GraphSet | None
-    test: GraphSet | None
+    train: AtomicGraphDataset
+    valid: AtomicGraphDataset | None
+    test: AtomicGraphDataset | None
     sources: dict[str, str]
+    isolated_e0s: dict[int, float] = dataclasses.field(default_factory=dict)
+    """Energies of the isolated atoms found in the training data (kept out of every split)."""
+    energy_kind: str | None = None
+    """What the training energies are (``total``, ``adsorption``, ``oc22_total``; None: not stated)."""
 
 
 def _generate(spec: dict, run_dir: Path, progress: Callable[[str, int], Callable] | None) -> Path:
@@ -123,16 +78,30 @@ def _generate(spec: dict, run_dir: Path, progress: Callable[[str, int], Callable
 def load_training_data(
     section: DataSection, cutoff: float, dtype: torch.dtype, run_dir: Path, progress=None
 ) -> TrainingData:
-    """Open the recipe's data, split it, and wrap each part in a :class:`GraphSet`."""
+    """Open the recipe's data, split it, and wrap each part in an :class:`AtomicGraphDataset` (graphs built on
+    access, every record checked for non-finite values; caching is decided by :func:`plan_loading`)."""
     train_path = Path(section.train) if section.train else _generate(section.generate or {}, run_dir, progress)
-    reader = open_dataset(train_path)
+    keys = section.label_keys()
+    reader = open_dataset(train_path, keys=keys, units=section.units)
     n = len(reader)
     if n == 0:
         raise RecipeError(f"{train_path}: the training data set is empty")
+    energy_kind, at_positions = label_kind(reader)
+    if not at_positions and not section.allow_is2re:
+        raise DataError(
+            train_path,
+            "IS2RE labels: the energies belong to the relaxed structures, not to the stored initial positions; "
+            "set data.allow_is2re: true to train a direct IS2RE model on them",
+        )
+    isolated = isolated_atoms(reader, natoms_of(reader))
     sources = {"train": str(train_path)}
     test = None
     if section.valid:
-        train_idx, valid_reader, valid_idx = np.arange(n), open_dataset(section.valid), None
+        train_idx, valid_reader, valid_idx = (
+            np.arange(n),
+            open_dataset(section.valid, keys=keys, units=section.units),
+            None,
+        )
         valid_idx = np.arange(len(valid_reader))
         sources["valid"] = str(section.valid)
     else:
@@ -142,49 +111,74 @@ def load_training_data(
         if len(parts) == 3:
             test = (reader, parts[2])
     if section.test:
-        test_reader = open_dataset(section.test)
+        test_reader = open_dataset(section.test, keys=keys, units=section.units)
         test = (test_reader, np.arange(len(test_reader)))
         sources["test"] = str(section.test)
+    if isolated:  # reference energies (E0s), not training data
+        drop = np.array([record for record, _ in isolated.values()])
+        train_idx = train_idx[~np.isin(train_idx, drop)]
+        if valid_reader is reader:
+            valid_idx = valid_idx[~np.isin(valid_idx, drop)]
+        if test is not None and test[0] is reader:
+            test = (reader, test[1][~np.isin(test[1], drop)])
     if section.max_train:
         train_idx = train_idx[: section.max_train]
     if section.max_valid:
         valid_idx = valid_idx[: section.max_valid]
     if len(train_idx) == 0:
         raise RecipeError(f"{train_path}: no training structures left after the split {section.split}")
-    cache = section.cache_graphs in ("yes", True) or (section.cache_graphs == "auto" and n <= _CACHE_AUTO_LIMIT)
-    valid_source = section.valid or train_path
-    test_source = section.test or train_path
+
+    def graphs(part_reader, indices, source) -> AtomicGraphDataset:
+        return AtomicGraphDataset(
+            part_reader,
+            cutoff,
+            dtype,
+            indices=indices,
+            check_labels=True,
+            source=source,
+            fixed_tags=section.fixed_tags,
+        )
+
     return TrainingData(
-        train=GraphSet(reader, train_idx, cutoff, dtype, cache, train_path, check_labels=True),
-        valid=GraphSet(valid_reader, valid_idx, cutoff, dtype, cache, valid_source, check_labels=True)
-        if len(valid_idx)
-        else None,
-        test=(
-            GraphSet(test[0], test[1], cutoff, dtype, cache, test_source, check_labels=True)
-            if test is not None and len(test[1])
-            else None
-        ),
+        train=graphs(reader, train_idx, train_path),
+        valid=graphs(valid_reader, valid_idx, section.valid or train_path) if len(valid_idx) else None,
+        test=graphs(test[0], test[1], section.test or train_path) if test is not None and len(test[1]) else None,
         sources=sources,
+        isolated_e0s={z: energy for z, (_, energy) in isolated.items()},
+        energy_kind=energy_kind,
     )
 
 
-def fit_statistics(train: GraphSet, elements: list[int] | None) -> dict:
-    """Elements, least-squares E0s, interaction-energy shift, force-RMS scale and neighbours per atom.
+def fit_statistics(
+    train: AtomicGraphDataset,
+    elements: list[int] | None,
+    data: DataSection | None = None,
+    loss: LossSection | None = None,
+    isolated_e0s: dict[int, float] | None = None,
+) -> dict:
+    """Elements, E0s (``data.e0s``), interaction-energy shift, force-RMS scale and neighbours per atom.
 
     Uses at most 5,000 structures spread evenly over the training set (every one for small sets).
 
     Raises:
-        DataError: none of those structures has an energy, forces or stress label (nothing to train on).
+        DataError: none of those structures has an energy, forces or stress label (nothing to train on), or
+            one lacks a label that ``loss`` weighs (naming the record and the key it was looked up under).
     """
+    data = data or DataSection()
     count = len(train)
     picks = np.unique(np.linspace(0, count - 1, min(count, _STATS_MAX_STRUCTURES)).round().astype(np.int64))
     graphs = [train[int(i)] for i in picks]
+    keys = data.label_keys()
     if not any(g.energy is not None or g.forces is not None or g.stress is not None for g in graphs):
         checked = "any" if len(graphs) == count else f"the {len(graphs)} sampled"
         raise DataError(
             train.source,
-            f"no energy, forces or stress labels on {checked} of the {count} training structures: nothing to train on",
+            f"no energy, forces or stress labels (keys {keys.energy!r}, {keys.forces!r}, {keys.stress!r}) on "
+            f"{checked} of the {count} training structures: nothing to train on; name the keys with --energy-key, "
+            "--forces-key, --stress-key or data.keys",
         )
+    if loss is not None:
+        _check_required_labels(graphs, train.source, loss, keys)
     present = sorted({int(z) for g in graphs for z in g.numbers.tolist()})
     if elements:
         missing = sorted(set(present) - set(elements))
@@ -195,16 +189,16 @@ def fit_statistics(train: GraphSet, elements: list[int] | None) -> dict:
     elements = list(elements) if elements else present
     col = {z: k for k, z in enumerate(elements)}
     labelled = [g for g in graphs if g.energy is not None]
-    stats: dict = {"elements": elements, "structures": len(graphs), "e0s": {}, "shift": 0.0, "scale": 1.0}
+    comp = np.zeros((len(labelled), len(elements)))
+    for r, g in enumerate(labelled):
+        for z in g.numbers.tolist():
+            comp[r, col[int(z)]] += 1
+    energies = np.array([float(g.energy) for g in labelled])
+    e0s, e0s_source = resolve_e0s(data.e0s, comp, energies, elements, isolated_e0s or {})
+    stats: dict = {"elements": elements, "structures": len(graphs), "shift": 0.0, "scale": 1.0}
+    stats["e0s"], stats["e0s_source"] = e0s, e0s_source
     if labelled:
-        comp = np.zeros((len(labelled), len(elements)))
-        for r, g in enumerate(labelled):
-            for z in g.numbers.tolist():
-                comp[r, col[int(z)]] += 1
-        energies = np.array([float(g.energy) for g in labelled])
-        e0s = fit_e0s(comp, energies, elements)
-        residual = (energies - comp @ np.array([e0s[z] for z in elements])) / comp.sum(axis=1)
-        stats["e0s"] = e0s
+        residual = (energies - comp @ np.array([e0s.get(z, 0.0) for z in elements])) / comp.sum(axis=1)
         stats["shift"] = float(residual.mean())
     forces = [g.forces for g in graphs if g.forces is not None]
     if forces:
@@ -215,30 +209,117 @@ def fit_statistics(train: GraphSet, elements: list[int] | None) -> dict:
     return stats
 
 
-def iterate_batches(
-    graphs: GraphSet,
-    batch_size: int,
-    shuffle: bool,
-    seed: int,
-    epoch: int,
-    rank: int = 0,
-    world: int = 1,
-    skip: int = 0,
-) -> Iterator[tuple[int, Batch, float]]:
-    """This process's batches for ``epoch``: ``(position in epoch, batch, seconds spent preparing it)``.
+def _check_required_labels(graphs: list[AtomicGraph], source, loss: LossSection, keys) -> None:
+    """Every sampled structure carries each label the loss weighs (stress: periodic ones only), so a wrong key
+    name is one line before training rather than a term that silently trains on nothing."""
+    from mlip_datasets.record import is_periodic
 
-    Packing depends only on (seed, epoch), so every process and every resumed run sees the same batches;
-    ``skip`` resumes in the middle of an epoch.
-    """
-    import time
-
-    sampler = SizeBatchSampler(
-        graphs.natoms(), max_structures=batch_size, shuffle=shuffle, seed=seed, num_replicas=world, rank=rank
-    )
-    sampler.set_epoch(epoch)
-    for k, positions in enumerate(sampler.batches()):
-        if k < skip:
+    for label in ("energy", "forces", "stress"):
+        weight = getattr(loss, label)
+        if not weight > 0:
             continue
-        start = time.perf_counter()
-        batch = graphs.batch(positions)
-        yield k, batch, time.perf_counter() - start
+        for g in graphs:
+            if label == "stress" and not is_periodic(g.cell.numpy(), g.pbc.numpy()):
+                continue
+            if not g.has(label):
+                key = getattr(keys, label)
+                raise DataError(
+                    source,
+                    f"no {label} label under the key {key!r}, which loss.{label} = {weight:g} needs; name the key "
+                    f"(--{label}-key or data.keys.{label}) or set loss.{label}: 0",
+                    record=g.index,
+                )
+
+
+def default_num_workers(world: int = 1) -> int:
+    """Worker processes per training process: half of the cores this process may use (its share when
+    ``LOCAL_WORLD_SIZE`` processes run on the node), at most 4; 0 on a single core."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    return max(0, min(_MAX_AUTO_WORKERS, cores // max(local, 1) // 2))
+
+
+def plan_loading(data: TrainingData, section: DataSection, stats: dict, world: int = 1) -> tuple[int, bool]:
+    """Decide ``(num_workers, cache)`` for the training set, and cache the validation set where it fits.
+
+    The in-memory graph cache lives in the process that builds the graphs, so the training set is cached only
+    with 0 workers: ``cache_graphs: yes`` implies 0 workers; ``auto`` caches (and, with ``num_workers: auto``,
+    uses 0 workers) when the training and validation graphs fit in about 1 GiB (estimated from the atom counts
+    and the neighbours per atom of ``stats``), and otherwise leaves the graphs to ``default_num_workers``
+    workers, rebuilt every epoch. The validation set is always evaluated in this process: it is cached under
+    the same rule whatever the workers. ``no`` never caches.
+    """
+    per_atom = float(stats.get("avg_num_neighbors", 1.0))
+
+    def size(part: AtomicGraphDataset | None) -> int:
+        return 0 if part is None else graph_bytes_estimate(part.natoms_array(), per_atom, part.dtype)
+
+    choice = section.cache_graphs
+    forced, never = choice in ("yes", True), choice in ("no", False)
+    fits = size(data.train) + size(data.valid) <= _CACHE_BUDGET_BYTES
+    if section.num_workers == "auto":
+        workers = 0 if forced or (fits and not never) else default_num_workers(world)
+    else:
+        workers = int(section.num_workers)
+    cache = workers == 0 and (forced or (fits and not never))
+    data.train.set_cache(cache)
+    if data.valid is not None:
+        data.valid.set_cache(forced or (not never and size(data.valid) <= _CACHE_BUDGET_BYTES))
+    return workers, cache
+
+
+class TrainBatches:
+    """This process's training batches, epoch by epoch, built by ``num_workers`` worker processes.
+
+    Packing (:class:`SizeBatchSampler`: at most ``max_structures``, and ``section.max_atoms`` /
+    ``section.max_edges`` per batch of this process) depends only on (seed, epoch), so every process, every
+    resumed run and every number of workers sees the same batches. ``max_edges`` packs on an estimate:
+    atoms x the mean neighbours per atom of ``stats`` (exact counts would need every graph built first).
+    """
+
+    def __init__(
+        self,
+        train: AtomicGraphDataset,
+        section: DataSection,
+        stats: dict,
+        max_structures: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        num_workers: int = 0,
+    ):
+        natoms = train.natoms_array()
+        num_edges = None
+        if section.max_edges:
+            num_edges = np.rint(natoms * float(stats.get("avg_num_neighbors", 1.0))).astype(np.int64)
+        self.sampler = SizeBatchSampler(
+            natoms,
+            max_atoms=section.max_atoms,
+            max_edges=section.max_edges,
+            max_structures=max_structures,
+            num_edges=num_edges,
+            shuffle=True,
+            seed=seed,
+            num_replicas=world,
+            rank=rank,
+        )
+        self.num_workers = num_workers
+        self.loader = GraphLoader(train, self.sampler, num_workers=num_workers)
+        # exact for packing by structure count; by atoms or edges the count varies a little between epochs
+        self.batches_per_epoch = len(self.sampler.batches())
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[int, Batch, float]]:
+        """Batches of ``epoch`` from position ``skip`` on (resuming mid-epoch): ``(position in epoch, batch,
+        seconds this process waited for it)``. Workers stop when the loop ends or is left."""
+        self.sampler.set_epoch(epoch, start=skip)
+        batches = iter(self.loader)
+        try:
+            start = time.perf_counter()
+            for k, batch in enumerate(batches, start=skip):
+                yield k, batch, time.perf_counter() - start
+                start = time.perf_counter()
+        finally:
+            batches.close()

@@ -19,6 +19,7 @@ __all__ = [
     "all_reduce_sum",
     "sync_gradients",
     "broadcast_model",
+    "wait_for_all",
     "shutdown_distributed",
 ]
 
@@ -77,6 +78,12 @@ def broadcast_model(model: torch.nn.Module, info: DistInfo) -> None:
     if info.active:
         for t in list(model.parameters()) + list(model.buffers()):
             dist.broadcast(t.data, src=0)
+
+
+def wait_for_all(info: DistInfo) -> None:
+    """Block until every process gets here (e.g. until rank 0 has written a checkpoint the others read)."""
+    if info.active:
+        dist.barrier()
 
 
 def shutdown_distributed(info: DistInfo) -> None:

@@ -6,14 +6,20 @@ import torch
 
 from .recipe import LossSection
 
-__all__ = ["label_counts", "weighted_loss"]
+__all__ = ["force_mask", "label_counts", "weighted_loss"]
 
 
-def label_counts(batch) -> torch.Tensor:
+def force_mask(batch, forces_on: str = "free") -> torch.Tensor:
+    """Atoms whose force labels count: every labelled atom (``all``) or those not held fixed (``free``, what
+    fairchem scores on OC20). Shapes: -> (N,) bool."""
+    return batch.forces_mask & ~batch.fixed if forces_on == "free" else batch.forces_mask
+
+
+def label_counts(batch, forces_on: str = "free") -> torch.Tensor:
     """Labelled structures (energy), force components and stress components in a batch, as float64 ``[3]``."""
+    forces = float(force_mask(batch, forces_on).sum())
     return torch.tensor(
-        [float(batch.energy_mask.sum()), 3.0 * float(batch.forces_mask.sum()), 9.0 * float(batch.stress_mask.sum())],
-        dtype=torch.float64,
+        [float(batch.energy_mask.sum()), 3.0 * forces, 9.0 * float(batch.stress_mask.sum())], dtype=torch.float64
     )
 
 
@@ -35,7 +41,7 @@ def weighted_loss(
         sse["energy"] = (err * err).sum()
         loss = loss + weights.energy * sse["energy"] / float(counts[0])
     if weights.forces > 0 and counts[1] > 0:
-        mask = batch.forces_mask
+        mask = force_mask(batch, weights.forces_on)
         err = out["forces"][mask] - batch.forces[mask].to(dtype)
         sse["forces"] = (err * err).sum()
         loss = loss + weights.forces * sse["forces"] / float(counts[1])

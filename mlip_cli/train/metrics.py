@@ -13,11 +13,20 @@ import numpy as np
 import torch
 
 from .distributed import DistInfo
+from .loss import force_mask
 
 __all__ = ["ErrorMetrics", "QUANTITIES", "evaluate_set"]
 
 # name -> unit, in summary order
-QUANTITIES = {"energy": "meV", "energy_per_atom": "meV/atom", "forces": "meV/A", "stress": "meV/A^3"}
+QUANTITIES = {
+    "energy": "meV",
+    "energy_per_atom": "meV/atom",
+    "forces": "meV/A",
+    "stress": "meV/A^3",
+    "forces_all": "meV/A",
+}
+"""``forces`` scores the atoms free to move (fairchem's convention on OC20, whose sub-surface slab is held fixed);
+``forces_all`` every labelled atom, reported only where some atoms are fixed."""
 
 
 class ErrorMetrics:
@@ -32,15 +41,15 @@ class ErrorMetrics:
         self.elements = [int(z) for z in elements]
         self._index = {z: i for i, z in enumerate(self.elements)}
         self.keep = keep
-        # rows: energy, energy_per_atom, forces, stress; columns: sum|e|, sum e^2, count
+        # rows: the QUANTITIES in order; columns: sum|e|, sum e^2, count
         self.sums = torch.zeros(len(QUANTITIES), 3, dtype=torch.float64)
         self.element_sums = torch.zeros(len(self.elements), 3, dtype=torch.float64)
         self.pairs: dict[str, list[np.ndarray]] = {k: [] for k in QUANTITIES}
 
-    def _add(self, row: int, name: str, ref: torch.Tensor, pred: torch.Tensor) -> None:
+    def _add(self, row: int, name: str, ref: torch.Tensor, pred: torch.Tensor, keep: bool = True) -> None:
         err = (pred.detach().double() - ref.detach().double()).reshape(-1).cpu()
         self.sums[row] += torch.stack([err.abs().sum(), (err * err).sum(), torch.tensor(float(err.numel()))])
-        if self.keep:
+        if self.keep and keep:
             self.pairs[name].append(
                 np.stack(
                     [ref.detach().double().reshape(-1).cpu().numpy(), pred.detach().double().reshape(-1).cpu().numpy()]
@@ -56,7 +65,9 @@ class ErrorMetrics:
             self._add(0, "energy", ref, pred)
             self._add(1, "energy_per_atom", ref / natoms[e_mask], pred / natoms[e_mask])
         if "forces" in out and bool(batch.forces_mask.any()):
-            f_mask = batch.forces_mask
+            every = batch.forces_mask
+            self._add(4, "forces_all", batch.forces[every], out["forces"][every], keep=False)
+            f_mask = force_mask(batch, "free")
             ref, pred = batch.forces[f_mask].double(), out["forces"][f_mask].double()
             self._add(2, "forces", ref, pred)
             err = (pred.detach() - ref.detach()).cpu()
@@ -85,8 +96,11 @@ class ErrorMetrics:
     def summary(self) -> dict[str, float]:
         """``{quantity_mae, quantity_rmse}`` in meV units for every quantity that had labels."""
         result: dict[str, float] = {}
+        free, every = self.sums[2, 2], self.sums[4, 2]
         for row, name in enumerate(QUANTITIES):
             s_abs, s_sq, n = self.sums[row].tolist()
+            if name == "forces_all" and not every > free:
+                continue  # no atom was fixed: the same numbers as "forces"
             if n > 0:
                 result[f"{name}_mae"] = 1000.0 * s_abs / n
                 result[f"{name}_rmse"] = 1000.0 * math.sqrt(s_sq / n)
@@ -121,8 +135,8 @@ def evaluate_set(
 ) -> ErrorMetrics:
     """Error metrics of ``model`` on a graph set; with ``info``, each process takes a slice and sums are shared.
 
-    ``graphs`` is a :class:`~mlip_cli.train.data.GraphSet`; ``progress(done)`` is called after each batch with
-    the number of structures scored so far.
+    ``graphs`` is an :class:`~mlip_datasets.torch_data.AtomicGraphDataset`; ``progress(done)`` is called after
+    each batch with the number of structures scored so far.
     """
     info = info or DistInfo()
     metrics = ErrorMetrics(model.config.elements, keep=keep)

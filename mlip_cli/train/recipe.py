@@ -90,7 +90,26 @@ class DataSection:
         batch_size: structures per optimizer step (global over all processes).
         valid_batch_size: structures per evaluation batch (default: 2 x batch_size).
         max_train, max_valid: use at most this many structures (first ones after the split).
-        cache_graphs: keep neighbour graphs in memory after the first epoch (``auto``: when under 50k structures).
+        max_atoms, max_edges: also close a batch before it would exceed this many atoms / edges (per process;
+            for data whose sizes vary, e.g. OC20 slabs). Edges are estimated as atoms x the mean neighbours per
+            atom of the training statistics. ``batch_size`` still caps the structures: raise it so that these bind.
+        num_workers: processes that read records and build neighbour lists ahead of the step (per training
+            process); ``auto``: 0 when the graphs are cached, else half the cores of this process, at most 4.
+        cache_graphs: keep neighbour graphs in memory after they are first built (``auto``: when the training and
+            validation graphs fit in about 1 GiB; the training set only with 0 workers, ``yes`` implies 0).
+        keys: where the labels are stored when not under their plain names, e.g. ``{energy: REF_energy, forces:
+            REF_forces}`` (MACE's convention); keys not given keep ``energy``, ``forces``, ``stress``, ``charge``,
+            ``spin``.
+        e0s: per-element reference energies: ``auto`` (isolated atoms found in the training data, least squares
+            for the other elements), ``least_squares``, ``average`` (the mean energy per atom for every element),
+            a file of isolated-atom calculations (any ``mlip data`` format), or ``{H: -13.6, C: -1029.5}``.
+            Isolated atoms (``config_type=IsolatedAtom`` or a single non-periodic atom) never enter training.
+        fixed_tags: atoms whose tag is in this list count as fixed where the data marks none (OC20: ``[0]``, the
+            sub-surface slab); fixed atoms leave the force loss unless ``loss.forces_on: all``.
+        units: units of HDF5 data that does not declare them, e.g. ``{energy: hartree, length: bohr}`` (as
+            ``mlip data --units``; every data file of the run must then be HDF5).
+        allow_is2re: train on data whose energies belong to another geometry than the stored positions (OC20
+            IS2RE: relaxed energies with initial structures), i.e. a direct IS2RE model; refused otherwise.
     """
 
     train: str | None = None
@@ -103,7 +122,24 @@ class DataSection:
     valid_batch_size: int | None = None
     max_train: int | None = None
     max_valid: int | None = None
+    max_atoms: int | None = None
+    max_edges: int | None = None
+    num_workers: Any = "auto"
     cache_graphs: str = "auto"
+    keys: dict[str, str] = field(default_factory=dict)
+    e0s: Any = "auto"
+    fixed_tags: list[int] | None = None
+    allow_is2re: bool = False
+    units: dict[str, str] | None = None
+
+    def label_keys(self):
+        """The :class:`~mlip_datasets.keys.LabelKeys` to open the data with."""
+        from mlip_datasets.keys import LabelKeys
+
+        return LabelKeys(**self.keys)
+
+
+E0_METHODS = ("auto", "least_squares", "average")
 
 
 @dataclass
@@ -113,6 +149,9 @@ class LossSection:
     energy: float = 1.0
     forces: float = 10.0
     stress: float = 0.0
+    forces_on: str = "free"
+    """``free``: atoms the data marks fixed (OC20 sub-surface slabs) leave the force loss, as fairchem scores
+    them; ``all``: every atom counts."""
     symmetry: Any = "auto"
     """TransIP only: weight of the learned-equivariance regularisers, a number or ``auto`` (enforced by dual
     ascent, released where the data breaks the symmetry; see ``AutoSymmetryWeights``)."""
@@ -224,6 +263,9 @@ class Recipe:
             value = getattr(self.data, key)
             if value and not Path(value).expanduser().is_absolute():
                 setattr(self.data, key, str((base / Path(value).expanduser()).resolve()))
+        e0s = self.data.e0s
+        if isinstance(e0s, str) and e0s not in E0_METHODS and not Path(e0s).expanduser().is_absolute():
+            self.data.e0s = str((base / Path(e0s).expanduser()).resolve())
 
     def validate(self) -> None:
         from ..models import config_class, registered_families
@@ -253,6 +295,30 @@ class Recipe:
             _positive(d.valid_batch_size, "data.valid_batch_size", int)
         if d.cache_graphs not in ("auto", "yes", "no", True, False):
             raise RecipeError(f"recipe: data.cache_graphs must be auto, yes or no, got {d.cache_graphs!r}")
+        for name in ("max_atoms", "max_edges"):
+            if getattr(d, name) is not None:
+                _positive(getattr(d, name), f"data.{name}", int)
+        if d.num_workers != "auto" and not (
+            isinstance(d.num_workers, int) and not isinstance(d.num_workers, bool) and d.num_workers >= 0
+        ):
+            raise RecipeError(f"recipe: data.num_workers must be auto or an integer >= 0, got {d.num_workers!r}")
+        if d.cache_graphs in ("yes", True) and d.num_workers not in ("auto", 0):
+            raise RecipeError(
+                f"recipe: data.cache_graphs: yes keeps the graphs in the training process and needs "
+                f"data.num_workers: 0 (or auto), got {d.num_workers}"
+            )
+        _check_keys(d.keys)
+        _check_e0s(d.e0s)
+        _check_units(d.units)
+        if d.fixed_tags is not None and (
+            not isinstance(d.fixed_tags, list)
+            or not all(isinstance(t, int) and not isinstance(t, bool) for t in d.fixed_tags)
+        ):
+            raise RecipeError(
+                f"recipe: data.fixed_tags must be a list of integer tags (OC20: [0]), got {d.fixed_tags!r}"
+            )
+        if lo.forces_on not in ("free", "all"):
+            raise RecipeError(f"recipe: loss.forces_on must be free or all, got {lo.forces_on!r}")
         _positive(o.lr, "optim.lr", float)
         if o.schedule not in ("cosine", "plateau", "constant"):
             raise RecipeError(f"recipe: optim.schedule must be one of cosine, plateau, constant; got {o.schedule!r}")
@@ -301,12 +367,18 @@ class RecipeSettings:
         train: ``data.train`` (relative: against the working directory); also drops ``data.generate``.
         valid, test: ``data.valid``, ``data.test`` (likewise).
         time_budget: ``run.time_budget``: a duration such as ``"20m"`` or seconds.
+        keys: entries of ``data.keys`` (``--energy-key`` etc.), e.g. ``{"energy": "REF_energy"}``.
+        device, dtype, threads: ``run.device``, ``run.dtype``, ``run.threads``.
     """
 
     train: str | Path | None = None
     valid: str | Path | None = None
     test: str | Path | None = None
     time_budget: str | float | None = None
+    keys: Mapping[str, str] | None = None
+    device: str | None = None
+    dtype: str | None = None
+    threads: int | None = None
 
     def apply(self, recipe: Recipe) -> None:
         """Set the fields on ``recipe`` (validated afterwards by :meth:`Recipe.validate`)."""
@@ -318,6 +390,11 @@ class RecipeSettings:
             recipe.data.test = str(Path(self.test).expanduser().resolve())
         if self.time_budget is not None:
             recipe.run.time_budget = self.time_budget
+        if self.keys:
+            recipe.data.keys = {**recipe.data.keys, **self.keys}
+        for name in ("device", "dtype", "threads"):
+            if getattr(self, name) is not None:
+                setattr(recipe.run, name, getattr(self, name))
 
 
 def _is_number(value: Any) -> bool:
@@ -328,6 +405,45 @@ def _is_number(value: Any) -> bool:
 def _positive(value: Any, name: str, kind: type) -> None:
     if not _is_number(value) or (kind is int and int(value) != value) or not value > 0:
         raise RecipeError(f"recipe: {name} must be a positive {'integer' if kind is int else 'number'}, got {value!r}")
+
+
+def _check_keys(keys: Any) -> None:
+    from mlip_datasets.record import LABELS
+
+    if not isinstance(keys, Mapping):
+        raise RecipeError(f"recipe: data.keys must map labels to key names, e.g. {{energy: REF_energy}}; got {keys!r}")
+    for label, name in keys.items():
+        if label not in LABELS:
+            raise RecipeError(f"recipe: unknown label data.keys.{label}; allowed: {', '.join(LABELS)}")
+        if not isinstance(name, str) or not name:
+            raise RecipeError(f"recipe: data.keys.{label} must be a key name (a non-empty string), got {name!r}")
+
+
+def _check_units(units: Any) -> None:
+    from mlip_datasets.units import parse_units
+
+    if units is None:
+        return
+    if not isinstance(units, Mapping) or not units:
+        raise RecipeError(f"recipe: data.units must map kinds to units, e.g. {{energy: hartree}}; got {units!r}")
+    try:
+        parse_units(",".join(f"{kind}={unit}" for kind, unit in units.items()))
+    except ValueError as err:
+        raise RecipeError(f"recipe: data.units: {err}") from None
+
+
+def _check_e0s(e0s: Any) -> None:
+    if isinstance(e0s, str) and e0s:
+        return  # a method name, or a file checked when it is read
+    if isinstance(e0s, Mapping) and e0s:
+        for element, value in e0s.items():
+            if not _is_number(value):
+                raise RecipeError(f"recipe: data.e0s.{element} must be a finite number in eV, got {value!r}")
+        return
+    raise RecipeError(
+        f"recipe: data.e0s must be one of {', '.join(E0_METHODS)}, a file of isolated atoms, or a mapping "
+        f"{{element: eV}}; got {e0s!r}"
+    )
 
 
 def _check_model(model: Mapping[str, Any]) -> None:

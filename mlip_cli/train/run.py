@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ RESUMABLE_KEYS = (
     "run.early_stopping",
     "run.device",
     "run.threads",
+    "data.num_workers",
     "data.test",
 )
 """Recipe keys a ``--resume`` may change from the run's ``recipe.yaml``: how long to go on, how often to
@@ -106,16 +108,23 @@ def run_training(recipe: Recipe, run_dir, resume: bool = False, log=None, progre
     from .plots import plot_learning_curve
 
     run_dir = Path(run_dir)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(recipe, run_dir, resume=resume, log=log, progress_factory=progress_factory)
-    # only rank 0 writes into the run directory, so only rank 0 holds it
-    with lock_run_dir(run_dir) if trainer.info.is_main else contextlib.nullcontext():
-        if trainer.info.is_main and not resume:
-            (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        result = trainer.run()
-        if trainer.info.is_main:
-            plot_learning_curve(run_dir / "metrics.csv", run_dir / "learning_curve.png")
-            (run_dir / "result.yaml").write_text(yaml.safe_dump(result.to_dict(), sort_keys=False))
+    try:
+        trainer = Trainer(recipe, run_dir, resume=resume, log=log, progress_factory=progress_factory)
+        # only rank 0 writes into the run directory, so only rank 0 holds it
+        with lock_run_dir(run_dir) if trainer.info.is_main else contextlib.nullcontext():
+            if trainer.info.is_main and not resume:
+                (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+            result = trainer.run()
+            if trainer.info.is_main:
+                plot_learning_curve(run_dir / "metrics.csv", run_dir / "learning_curve.png")
+                (run_dir / "result.yaml").write_text(yaml.safe_dump(result.to_dict(), sort_keys=False))
+    except Exception:
+        # a run that failed before its first checkpoint leaves nothing behind (the same --out works again)
+        if created and not (run_dir / "last.pt").exists() and int(os.environ.get("RANK", "0")) == 0:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     return result
 
 

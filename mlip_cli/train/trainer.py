@@ -31,8 +31,8 @@ import torch
 from ..checkpoint import load_checkpoint, resolve_dtype, save_checkpoint
 from ..errors import UsageError
 from ..models.symmetry import RENAMED_TYPES
-from .data import TrainingData, fit_statistics, iterate_batches, load_training_data
-from .distributed import all_reduce_sum, broadcast_model, setup_distributed, sync_gradients
+from .data import TrainBatches, TrainingData, fit_statistics, load_training_data, plan_loading
+from .distributed import all_reduce_sum, broadcast_model, setup_distributed, sync_gradients, wait_for_all
 from .ema import EMA
 from .loss import label_counts, weighted_loss
 from .metrics import evaluate_set
@@ -76,9 +76,16 @@ class TrainResult:
     valid: dict[str, float] = field(default_factory=dict)
     test: dict[str, float] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
+    e0s: dict[int, float] = field(default_factory=dict)
+    e0s_source: str = ""
+    energy_kind: str | None = None
+    is_main: bool = True
+    """Whether this process is rank 0, the one that reports (every process of a torchrun returns a result)."""
 
     def to_dict(self) -> dict:
         """What ``result.yaml`` holds."""
+        from ase.data import chemical_symbols
+
         return {
             "steps": self.steps,
             "epochs": self.epochs,
@@ -86,6 +93,9 @@ class TrainResult:
             "valid": self.valid,
             "test": self.test,
             "timing": self.timing,
+            "e0s": {chemical_symbols[z]: float(e) for z, e in self.e0s.items()},
+            "e0s_source": self.e0s_source,
+            "energy_kind": self.energy_kind,
         }
 
 
@@ -193,8 +203,12 @@ class Trainer:
         self.data: TrainingData = load_training_data(
             r.data, cutoff, self.dtype, self.run_dir, progress=self._data_progress()
         )
-        self.stats = fit_statistics(self.data.train, r.model.get("elements"))
+        self.stats = fit_statistics(
+            self.data.train, r.model.get("elements"), r.data, r.loss, isolated_e0s=self.data.isolated_e0s
+        )
+        self.stats["energy_kind"] = self.data.energy_kind
         self.model = self._build_model()
+        self.log(f"E0s: {self.stats['e0s_source']}")
         broadcast_model(self.model, self.info)
         self.model.train()
         o = r.optim
@@ -209,11 +223,17 @@ class Trainer:
             self.metric_columns = self.metric_columns + [
                 f"symmetry_{kind}/{t}" for t in self.symmetry.types for kind in ("weight", "violation", "gap", "holds")
             ]
-        self.batches_per_epoch = math.ceil(len(self.data.train) / r.data.batch_size)
+        workers, cached = plan_loading(self.data, r.data, self.stats, self.info.world)
+        self.log(f"data: {workers} loader workers, training graphs {'cached' if cached else 'built every epoch'}")
+        self.batches = TrainBatches(
+            self.data.train, r.data, self.stats, self.local_batch, r.run.seed, self.info.rank, self.info.world, workers
+        )
+        self.batches_per_epoch = self.batches.batches_per_epoch
         self.total_steps = r.run.max_steps
         if r.run.max_epochs is not None:
             by_epochs = r.run.max_epochs * self.batches_per_epoch
             self.total_steps = by_epochs if self.total_steps is None else min(self.total_steps, by_epochs)
+        self.schedule.horizon = {"steps": self.total_steps, "seconds": r.run.time_budget}
         self.state = TrainState()
 
     def _symmetry_weights(self) -> AutoSymmetryWeights | None:
@@ -235,6 +255,8 @@ class Trainer:
 
         config = dict(self.recipe.model)
         s = self.stats
+        if config.get("e0s"):
+            s["e0s_source"] = "model.e0s in the recipe"
         config["elements"] = s["elements"]
         # the constants the data sets, where the family has them and the recipe leaves them open
         fitted = {
@@ -297,6 +319,7 @@ class Trainer:
             self.model.load_state_dict(ckpt["model_state"])
             self.optimizer.load_state_dict(ts["optimizer"])
             self.schedule.load_state_dict(ts["schedule"])
+            self._continue_schedule(ts["schedule"].get("horizon"))
             if self.ema is not None and ckpt.get("ema_state") is not None:
                 self.ema.load_state_dict(ts["ema"], ckpt["ema_state"])
             if self.symmetry is not None and ts.get("symmetry"):
@@ -310,6 +333,21 @@ class Trainer:
         torch.set_rng_state(ts["rng"])
         self._truncate_metrics(self.state.step)
         self.log(f"resumed {self.run_dir} at step {self.state.step} (epoch {self.state.epoch})")
+
+    def _continue_schedule(self, saved: dict | None) -> None:
+        """A resume with another step or time limit continues the decay from the rate reached (never back up)."""
+        new = self.schedule.horizon
+        if saved is None or saved == new or self.schedule.kind != "cosine":
+            return
+        s = self.state
+        before = progress_fraction(s.step, s.elapsed, saved["steps"], saved["seconds"])
+        after = progress_fraction(s.step, s.elapsed, new["steps"], new["seconds"])
+        self.schedule.replan(before, after)
+        lr = self.schedule.lr(s.step, after)
+        self.log(
+            f"note: the run's limit changed on resume; the learning rate continues from {lr:.3g} and decays to "
+            f"{self.schedule.base_lr * self.schedule.min_lr_ratio:.3g} at the new end"
+        )
 
     # ----------------------------------------------------------------- metrics
     def _metrics_path(self) -> Path:
@@ -501,7 +539,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         w = self.recipe.loss
-        counts = all_reduce_sum(label_counts(batch), self.info)
+        counts = all_reduce_sum(label_counts(batch, self.recipe.loss.forces_on), self.info)
         out = self.model(batch, compute_forces=w.forces > 0, compute_stress=w.stress > 0, create_graph=True)
         loss, sse = weighted_loss(batch, out, w, counts)
         violations = None
@@ -581,16 +619,7 @@ class Trainer:
         bar = self.progress_factory(total, "steps" if self.total_steps else "s") if self.progress_factory else None
         with self._interrupt_handlers(), bar if bar is not None else contextlib.nullcontext() as update:
             while stop is None:
-                for k, batch, data_time in iterate_batches(
-                    self.data.train,
-                    self.local_batch,
-                    True,
-                    r.run.seed,
-                    s.epoch,
-                    self.info.rank,
-                    self.info.world,
-                    skip=s.batch_in_epoch,
-                ):
+                for k, batch, data_time in self.batches.epoch(s.epoch, skip=s.batch_in_epoch):
                     start = time.perf_counter()
                     batch = batch.to(self.device)
                     if r.run.augment_rotations:
@@ -655,6 +684,10 @@ class Trainer:
     def _finish(self, stop: str) -> TrainResult:
         s = self.state
         result = TrainResult(run_dir=self.run_dir, steps=s.step, epochs=s.epoch, stop_reason=stop, best_metric=s.best)
+        result.is_main = self.info.is_main
+        result.e0s = dict(self.model.config.e0s)
+        result.e0s_source = self.stats.get("e0s_source", "")
+        result.energy_kind = self.stats.get("energy_kind")
         result.timing = {
             "train_s": s.elapsed,
             "data_s": s.data_s,
@@ -665,6 +698,7 @@ class Trainer:
             # median over this process's steps after the first 10 (warm-up), data + compute
             "median_step_ms": 1000 * float(np.median(self._step_times[10:] or self._step_times or [0])),
         }
+        wait_for_all(self.info)  # rank 0 writes best.pt; the others read it only once it is complete
         best = self.run_dir / "best.pt"
         if best.exists():
             ckpt = load_checkpoint(best, map_location=self.device)

@@ -124,7 +124,7 @@ def test_exploding_run_through_the_cli(checkpoint, tmp_path):
     assert_good_frames(frames, EXPLODING_DT_FS, 5000.0)
     assert not out.exists()  # no final frame from a failed run
 
-    result = mlip(*args, "--max-displacement", 1e6, "--max-temperature", 2000, "--traj-interval", 1)
+    result = mlip(*args, "--max-displacement", 1e6, "--max-temperature", 2000, "--traj-interval", 1, "--overwrite")
     assert result.exit_code == 1
     (line,) = [ln for ln in result.output.splitlines() if "stopped" in ln]
     assert "K is above the limit 2000 K" in line

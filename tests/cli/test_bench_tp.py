@@ -37,7 +37,7 @@ HAS_E3NN = e3nn_version() is not None
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    result = runner.invoke(app, ["bench", "tp", *TINY, "--json", str(out / "tp.json"), "--plot", str(out / "tp.png")])
+    result = runner.invoke(app, ["bench", "tp", *TINY, "--out", str(out / "tp.json"), "--plot", str(out / "tp.png")])
     assert result.exit_code == 0, result.output
     return result, json.loads((out / "tp.json").read_text()), out
 
@@ -155,11 +155,10 @@ def test_no_e3nn_leaves_the_speedup_empty(tmp_path):
             "--methods",
             "e3nn,rank-gaunt",
             "--json",
-            str(tmp_path / "t.json"),
         ],
     )
     assert result.exit_code == 0, result.output
-    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    rows = json.loads(result.stdout)["rows"]  # --json: the JSON on stdout, nothing else
     assert [r["status"] for r in rows] == ["skipped", "ok"]
     assert rows[1]["speedup_vs_e3nn"] is None
 

@@ -168,23 +168,6 @@ def test_bad_atomic_number_in_a_file(tmp_path, fmt, z, record):
     assert f"atomic number {z} (atom 1)" in result.output and "1 of " in result.output
 
 
-def test_native_store_with_atomic_number_200(tmp_path):
-    """The native store keeps numbers as uint8 and builds records without ``Structure.__post_init__`` (speed), so
-    its reader does not refuse 119..255: ``data info`` shows them as ``Z=200`` (no IndexError) and ``data validate``
-    reports the record. (-3 cannot be written: the store has no negative numbers.)"""
-    path = tmp_path / "bad"
-    write_dataset(path, _bad(200), "native")
-    result = mlip("data", "info", path, "--json")
-    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
-    assert "Z=200" in result.output
-    with open_dataset(path) as reader:
-        problems, n_bad = validate(reader)
-    assert n_bad == 1 and problems[0].index == 1 and "unknown element numbers [200]" in problems[0].message
-    result = mlip("data", "validate", path)
-    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
-    assert "unknown element numbers [200]" in result.output and "1 of 3 records bad" in result.output
-
-
 def test_info_shows_dummy_atoms_and_validate_reports_them(tmp_path):
     path = tmp_path / "dummy.extxyz"
     records = [Structure(numbers=[0, 1], positions=[[0, 0, 0], [1, 0, 0]], energy=1.0)]

@@ -94,3 +94,53 @@ def test_check_structure_finds_each_problem():
     assert "shape" in check_structure(good.replace(forces=np.zeros((3, 3))))[0]
     periodic_no_cell = good.replace(pbc=[True, True, True])
     assert "cell vector is zero" in check_structure(periodic_no_cell)[0]
+
+
+@pytest.mark.parametrize("kinds", [("slab-adsorbate", "molecule"), ("molecule",)])
+def test_streamed_statistics_equal_the_direct_fit(kinds):
+    """compute_stats keeps sums, not every composition: its E0s and energy statistics equal the least-squares fit
+    and numpy statistics over all structures (mixed data, and data where compositions are nearly collinear)."""
+    from mlip_datasets.generate import generate
+
+    structures = [s for k, kind in enumerate(kinds) for s in generate(kind, 50, seed=k)]
+    stats = compute_stats(structures)
+    order = sorted(stats.element_counts)
+    comp = np.array([[np.sum(s.numbers == z) for z in order] for s in structures])
+    energies, natoms = np.array([s.energy for s in structures]), comp.sum(axis=1)
+    expected = fit_e0s(comp, energies, order)
+    residual = energies - comp @ np.array([expected[z] for z in order])
+    # the fitted prediction, not each E0, is what is unique where compositions are collinear
+    assert comp @ np.array([stats.e0s[z] for z in order]) == pytest.approx(energies - residual, rel=1e-10)
+    assert stats.energy_per_atom_mean == pytest.approx(np.mean(energies / natoms), rel=1e-12)
+    assert stats.energy_per_atom_std == pytest.approx(np.std(energies / natoms), rel=1e-9)
+    assert stats.interaction_energy_per_atom_mean == pytest.approx(np.mean(residual / natoms), abs=1e-9)
+    assert stats.interaction_energy_per_atom_std == pytest.approx(np.std(residual / natoms), rel=1e-6, abs=1e-9)
+    assert stats.element_counts == {z: int(comp[:, k].sum()) for k, z in enumerate(order)}
+
+
+def test_info_and_stats_of_a_native_store_use_its_stored_statistics(tmp_path, monkeypatch):
+    """A native store keeps the statistics computed while it was written: `mlip data info|stats` show them without
+    decoding a record (a million-structure store answers at once), and they equal a fresh pass."""
+    import json
+
+    from cli_runner import mlip
+
+    from mlip_datasets.formats import native
+    from mlip_datasets.generate import generate
+    from mlip_datasets.io import open_dataset, write_dataset
+
+    store = tmp_path / "store"
+    write_dataset(store, generate("slab-adsorbate", 12, seed=3), shards=2)
+    with open_dataset(store) as reader:
+        fresh = compute_stats(reader).as_dict()
+
+    def no_decoding(self, index):
+        raise AssertionError("a record was decoded")
+
+    monkeypatch.setattr(native.NativeReader, "__getitem__", no_decoding)
+    shown = mlip("data", "stats", store, "--json")
+    assert shown.exit_code == 0, shown.output
+    stats = json.loads(shown.stdout)
+    assert {k: v for k, v in stats.items() if k != "energy_kind"} == fresh
+    info = json.loads(mlip("data", "info", store, "--json").stdout)
+    assert info["structures"] == 12 and info["labels"] == fresh["label_counts"]

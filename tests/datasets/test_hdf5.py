@@ -88,9 +88,18 @@ def _ani_file(path):
 def test_ani_style_groups_read_with_their_values(tmp_path):
     path = tmp_path / "ani.h5"
     expected = _ani_file(path)
-    reader = HDF5.open(path, LabelKeys())
+    with pytest.raises(DataError, match="record /C1H4/mol0: no units for length, energy, forces"):
+        HDF5.open(path, LabelKeys())  # nothing says which units: refused rather than taken as eV
+    reader = Hdf5Reader(path, LabelKeys(), units={"length": "angstrom", "energy": "ev"})
     assert len(reader) == len(expected) == 2 + 3 + 4
-    assert reader.metadata()["layout"] == "ani/spice groups"
+    assert reader.metadata() == {
+        "layout": "groups of conformers",
+        "units": {
+            "length": "angstrom (given by the user)",
+            "energy": "ev (given by the user)",
+            "forces": "ev/angstrom (given by the user)",
+        },
+    }
     for i, (group, j, z, coords, energy, forces) in enumerate(expected):
         s = reader[i]
         assert s.numbers.tolist() == z and s.energy == energy
@@ -120,18 +129,24 @@ def test_spice_units_gradients_and_user_units(tmp_path):
         h["coordinates"] = coords
         h["wb97x_dz.energy"] = np.array([np.nan])
         h["wb97x_dz.forces"] = grad
-    s = HDF5.open(path, LabelKeys())[1]  # groups in name order: "ani1x/H2", "hydrogen molecule"
+    reader = HDF5.open(path, LabelKeys())
+    s = reader[1]  # groups in name order: "ani1x/H2", "hydrogen molecule"
     np.testing.assert_allclose(s.positions[1, 2], 2.0 * BOHR)
     assert s.energy == pytest.approx(-1.17 * HARTREE)
     np.testing.assert_allclose(s.forces, -grad[0] * HARTREE / BOHR)  # gradient = -forces
     assert s.charge == 0
-    reader = Hdf5Reader(
-        path, LabelKeys(energy="wb97x_dz.energy", forces="wb97x_dz.forces"), units={"energy": "hartree"}
-    )
-    ani = reader[0]
-    assert ani.energy is None  # NaN: this level of theory is missing for the conformer
-    np.testing.assert_allclose(ani.forces, grad[0] * HARTREE)  # Hartree/Angstrom, not negated
-    np.testing.assert_array_equal(ani.positions, coords[0])
+    assert reader.metadata()["units"] == {
+        "length": "angstrom (assumed: ANI-1x convention); bohr (declared by the file)",
+        "energy": "hartree (declared by the file)",
+        "forces": "hartree/bohr (declared by the file)",
+    }
+    # ANI-1x keeps Hartree and Hartree/Angstrom without saying so: recognised by its level-of-theory names
+    for units in (None, {"energy": "hartree"}):
+        reader = Hdf5Reader(path, LabelKeys(energy="wb97x_dz.energy", forces="wb97x_dz.forces"), units=units)
+        ani = reader[0]
+        assert ani.energy is None  # NaN: this level of theory is missing for the conformer
+        np.testing.assert_allclose(ani.forces, grad[0] * HARTREE)  # Hartree/Angstrom, not negated
+        np.testing.assert_array_equal(ani.positions, coords[0])
 
 
 @pytest.mark.parametrize(
@@ -146,7 +161,8 @@ def test_spice_units_gradients_and_user_units(tmp_path):
                 f.create_group("m").create_dataset("coordinates", data=np.zeros((2, 3, 3))),
                 f["m"].create_dataset("atomic_numbers", data=[1, 1]),
             ),
-            "record /m: coordinates has shape (2, 3, 3), expected (M, 2, 3)",
+            "record /m: 'atomic_numbers' has shape (2,), expected (3,) or (3, 1) or (2, 3) or (2, 3, 1) for 2 "
+            "conformers of 3 atoms ('coordinates' has shape (2, 3, 3))",
         ),
         (lambda f: f.create_group("empty"), "no structures found"),
     ],
@@ -171,8 +187,8 @@ def test_corrupt_files_and_records(tmp_path):
         g["coordinates"] = np.zeros((1, 1, 3))
         g["coordinates"].attrs["units"] = "furlong"
     with pytest.raises(DataError) as err:
-        HDF5.open(path, LabelKeys())[0]
-    assert "units.h5" in str(err.value) and "record /m[0]" in str(err.value) and "furlong" in str(err.value)
+        HDF5.open(path, LabelKeys())
+    assert str(err.value).startswith(f"{path}: record /m: 'coordinates': unknown length unit 'furlong'"), err.value
     write(tmp_path / "own.h5", _structures(3))
     with h5py.File(tmp_path / "own.h5", "a") as f:
         f["offsets"][-1] = 10_000

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import zlib
 from pathlib import Path
 
 import h5py
@@ -156,11 +157,13 @@ def test_huge_declared_shapes_are_refused_with_bounded_memory(tmp_path, corrupt,
     _refused(path, needle)
 
 
-def test_a_mask_or_label_of_the_wrong_length_is_refused(tmp_path):
+@pytest.mark.parametrize("name", ["energy", "forces"])
+def test_a_mask_or_label_of_the_wrong_length_is_refused(tmp_path, name):
     path = _good(tmp_path / "label.h5")
     with h5py.File(path, "a") as f:
-        _replace(f, "energy", data=np.zeros(2))
-    _refused(path, "'energy' has shape (2,)")
+        short = f[name][:-1]  # the issue-12 "short forces": one row fewer than the atoms (or structures)
+        _replace(f, name, data=short)
+    _refused(path, f"{name!r} has shape {short.shape}")
 
 
 # ---- 3. atomic numbers out of range get file and record ---------------------------------------------------
@@ -219,3 +222,138 @@ def test_convert_past_the_file_size_limit_is_refused_not_crashed(tmp_path):
     small = _good(tmp_path / "small.h5", n=3)
     out = _convert_under_file_size_limit(small, tmp_path / "copy.h5", 20_000_000)
     assert out.returncode == 0 and (tmp_path / "copy.h5").exists(), out.stderr + out.stdout
+
+
+# ---- 5. groups of conformers (ANI/SPICE/modelforge layout) ---------------------------------------------------
+
+
+def _group_file(path: Path, **replace) -> Path:
+    """One SPICE-like group of 3 conformers of 3 atoms with declared units; ``replace`` swaps datasets, given as
+    arrays or as ``h5py`` creation keyword dicts (a declared shape with nothing written)."""
+    rng = np.random.default_rng(5)
+    data = {
+        "atomic_numbers": np.array([8, 1, 1]),
+        "conformations": rng.normal(size=(3, 3, 3)) * 2,
+        "dft_total_energy": rng.normal(size=3),
+        "forces": rng.normal(size=(3, 3, 3)),
+    }
+    data.update(replace)
+    with h5py.File(path, "w") as f:
+        g = f.create_group("m")
+        for name, value in data.items():
+            if isinstance(value, dict):
+                g.create_dataset(name, **value)
+            else:
+                g[name] = value
+        for name, unit in (("conformations", "bohr"), ("dft_total_energy", "hartree"), ("forces", "hartree/bohr")):
+            g[name].attrs["units"] = unit
+    return path
+
+
+def test_the_group_file_itself_reads(tmp_path):
+    path = _group_file(tmp_path / "good.h5")
+    result = read_in_subprocess(path)
+    assert result["len"] == 3 and result["errors"] == [], result
+
+
+@pytest.mark.parametrize(
+    "forces, shape",
+    [(np.zeros((2, 3, 3)), "(2, 3, 3)"), (np.zeros((3, 2, 3)), "(3, 2, 3)"), (np.zeros((3, 3)), "(3, 3)")],
+    ids=["fewer-conformers", "fewer-atoms", "flat"],
+)
+def test_short_forces_in_a_group_are_refused_with_one_line(tmp_path, forces, shape):
+    path = _group_file(tmp_path / "short.h5", forces=forces)
+    _refused(path, "record /m", f"'forces' has shape {shape}, expected (3, 3, 3) for 3 conformers of 3 atoms")
+
+
+def test_species_and_conformer_counts_that_disagree_are_refused(tmp_path):
+    _refused(_group_file(tmp_path / "z.h5", atomic_numbers=np.array([8, 1])), "record /m", "'atomic_numbers' has")
+    _refused(_group_file(tmp_path / "e.h5", dft_total_energy=np.zeros(4)), "'dft_total_energy' has shape (4,)")
+    _refused(_group_file(tmp_path / "c.h5", charge=np.zeros(2)), "'charge' has shape (2,)")
+
+
+_UNWRITTEN = dict(dtype=np.float64, chunks=(1, 1, 3))
+
+
+@pytest.mark.parametrize(
+    "replace, needle",
+    [
+        (
+            dict(
+                conformations=dict(shape=(10**9, 3, 3), **_UNWRITTEN),
+                dft_total_energy=dict(shape=(10**9,), dtype=np.float64, chunks=(1,)),
+                forces=dict(shape=(10**9, 3, 3), **_UNWRITTEN),
+            ),
+            "'conformations' declares shape (1000000000, 3, 3)",
+        ),
+        (
+            dict(
+                conformations=dict(shape=(1, 10**10, 3), **_UNWRITTEN),
+                atomic_numbers=dict(shape=(10**10,), dtype=np.int64, chunks=(1024,)),
+                dft_total_energy=np.zeros(1),
+                forces=dict(shape=(1, 10**10, 3), **_UNWRITTEN),
+            ),
+            "declares shape",
+        ),
+        (dict(atomic_numbers=dict(shape=(3,), dtype="S400000000")), "'atomic_numbers' declares shape (3,)"),
+    ],
+    ids=["conformers", "atoms", "wide-species"],
+)
+def test_huge_declared_group_datasets_are_refused_with_bounded_memory(tmp_path, replace, needle):
+    path = _group_file(tmp_path / "huge.h5", **replace)
+    assert path.stat().st_size < 1_000_000
+    errors = read_in_subprocess(path)["errors"]
+    assert len(errors) == 1 and "huge.h5" in errors[0] and "record /m" in errors[0] and needle in errors[0], errors
+    _refused(path, needle)
+
+
+def test_links_to_other_files_are_not_followed(tmp_path):
+    good = _group_file(tmp_path / "good.h5")
+    path = tmp_path / "linked.h5"
+    with h5py.File(path, "w") as f:
+        f["elsewhere"] = h5py.ExternalLink(str(good), "/m")
+        f["loop"] = h5py.SoftLink("/")
+    _refused(path, "no structures found")
+
+
+# ---- 6. compressed chunks that inflate far beyond the file ----------------------------------------------------
+
+_BOMB_BYTES = 400_000_000  # one chunk; reading any element of it would inflate all of it
+
+
+def _deflated_zeros(nbytes: int) -> bytes:
+    """``nbytes`` zeros, deflated as HDF5's gzip filter stores them, without ever holding them in memory."""
+    packer, block = zlib.compressobj(1), bytes(1 << 20)
+    parts = [packer.compress(block) for _ in range(nbytes >> 20)]
+    return b"".join([*parts, packer.compress(bytes(nbytes % (1 << 20))), packer.flush()])
+
+
+def _chunk_bomb(f, name: str) -> None:
+    """Replace dataset ``name`` by one of the same shape whose single gzip chunk holds ``_BOMB_BYTES``."""
+    shape, attrs = f[name].shape, dict(f[name].attrs)
+    row = int(np.prod(shape[1:], dtype=np.int64)) * 8
+    rows = _BOMB_BYTES // row
+    del f[name]
+    ds = f.create_dataset(
+        name, shape=shape, maxshape=(None, *shape[1:]), chunks=(rows, *shape[1:]), dtype=np.float64, compression="gzip"
+    )
+    ds.attrs.update(attrs)
+    ds.id.write_direct_chunk((0,) * len(shape), _deflated_zeros(rows * row))
+
+
+@pytest.mark.parametrize("layout", ["mlip-hdf5", "groups"])
+def test_compressed_chunk_bombs_are_refused_with_bounded_memory(tmp_path, layout):
+    path = tmp_path / "bomb.h5"
+    if layout == "groups":
+        _group_file(path)
+        name, where = "m/conformations", "record /m: "
+    else:
+        _good(path)
+        name, where = "positions", ""
+    with h5py.File(path, "a") as f:
+        _chunk_bomb(f, name)
+    assert path.stat().st_size < _BOMB_BYTES // 100
+    needle = f"{where}{name.rsplit('/', 1)[-1]!r} is stored in compressed chunks of"
+    errors = read_in_subprocess(path)["errors"]
+    assert len(errors) == 1 and "bomb.h5" in errors[0] and needle in errors[0], errors
+    _refused(path, needle)

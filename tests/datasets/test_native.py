@@ -157,7 +157,7 @@ def test_refuses_to_write_over_existing_store(tmp_path):
 def test_unstorable_record_is_reported(tmp_path):
     bad = random_structures(3)
     bad[2].numbers = np.full(bad[2].natoms, 300)  # Structure() refuses 300; set it past the check
-    with pytest.raises(DataError, match="record 2: atomic numbers"):
+    with pytest.raises(DataError, match="record 2: atomic number 300 .atom 0. is not an element"):
         write(tmp_path / "s", bad)
 
 

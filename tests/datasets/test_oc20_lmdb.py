@@ -140,10 +140,13 @@ def test_legacy_is2re_fields(tmp_path):
     assert s.energy == -0.75 and s.forces is None and s.info["energy_key"] == "y_relaxed"
     assert s.info["y_init"] == 1.5 and s.info["y_relaxed"] == -0.75
     np.testing.assert_allclose(s.info["pos_relaxed"], s.positions + 0.5, atol=1e-6)
-    assert reader.metadata()["energy_kind"] == "adsorption"
+    # y_relaxed is the relaxed structure's energy: not a label of the stored (initial) positions
+    assert reader.metadata()["energy_kind"] == "adsorption" and reader.metadata()["labels_at_positions"] is False
+    assert s.info["labels_at_positions"] is False and s.info["energy_kind"] == "adsorption"
     # the user's key wins over the legacy mapping, and then the energy kind is not claimed
     custom = OC20Reader(reader.path, LabelKeys(energy="y_init"))
-    assert custom[0].energy == 1.5 and custom.metadata()["energy_kind"] == "unknown"
+    assert custom[0].energy == 1.5 and custom.metadata()["energy_kind"] is None
+    assert custom.metadata()["labels_at_positions"] is True and "energy_kind" not in custom[0].info
 
 
 class _Evil:
@@ -255,7 +258,7 @@ def test_round_trip(tmp_path, shards, legacy_names):
     assert not list(tmp_path.rglob("*-lock"))
     with OC20Reader(target) as reader:
         assert len(reader) == 5
-        assert reader.metadata()["energy_kind"] == "total"  # the oc22 flag came along in info
+        assert reader.metadata()["energy_kind"] == "oc22_total"  # the oc22 flag came along in info
         for s, r in zip(structures, reader):
             assert_same_structure(s, r, tolerance=FLOAT32, info=False)
             np.testing.assert_allclose(r.info["pos_relaxed"], s.info["pos_relaxed"], rtol=1e-6, atol=1e-6)
@@ -270,7 +273,7 @@ def test_write_dataset_and_partial_pbc(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h2.lmdb"]  # atomic: no temp or lock files left
     reader = open_dataset(tmp_path / "h2.lmdb", fmt="oc20")
     assert reader[0].pbc.tolist() == [True, True, False] and not reader[1].pbc.any()
-    assert reader[0].energy is None and reader.metadata()["energy_kind"] == "unknown"
+    assert reader[0].energy is None and reader.metadata()["energy_kind"] is None
 
 
 def test_errors_name_file_and_record(tmp_path):
@@ -344,10 +347,12 @@ def test_energy_kind_metadata(tmp_path):
         return OC20Reader(path).metadata()["energy_kind"]
 
     assert kind(y=1.0) == "adsorption"
-    assert kind(y=1.0, oc22=1) == "total"
+    assert kind(y=1.0, oc22=1) == "oc22_total"
+    assert kind(y=1.0, oc22=0) is None
     assert kind(energy=1.0) == "total"
     assert kind(y=1.0, energy_kind="total") == "total"
-    assert kind() == "unknown"
+    assert kind(y=1.0, oc22=1, energy_kind="oc22_total") == "oc22_total"
+    assert kind() is None
 
 
 def test_metadata_npz_natoms(tmp_path):

@@ -9,10 +9,11 @@ from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
 from torch.utils.data import DataLoader
 
+from mlip_datasets.errors import DataError
 from mlip_datasets.formats.native import NativeReader, write
 from mlip_datasets.graph import collate_graphs, structure_to_graph
 from mlip_datasets.record import Structure
-from mlip_datasets.torch_data import AtomicGraphDataset, SizeBatchSampler
+from mlip_datasets.torch_data import AtomicGraphDataset, GraphLoader, SizeBatchSampler
 
 CUTOFF = 4.0
 
@@ -199,3 +200,101 @@ def test_dataset_transform_and_edge_counts(store):
     assert torch.equal(g.positions, torch.from_numpy(structures[3].positions) + 1.0) and g.index == 3
     counts = AtomicGraphDataset(NativeReader(path), CUTOFF).num_edges()
     assert counts[3] == g.num_edges and counts.shape == (len(structures),)
+
+
+def test_subset_maps_items_to_records_and_caches_per_process(store):
+    path, structures = store
+    records = [7, 2, 19]
+    dataset = AtomicGraphDataset(NativeReader(path), CUTOFF, indices=records, cache=True)
+    assert len(dataset) == 3 and dataset.natoms_array().tolist() == [structures[r].natoms for r in records]
+    for item, record in enumerate(records):
+        g = dataset[item]
+        assert g.index == record and torch.equal(g.positions, torch.from_numpy(structures[record].positions))
+    assert dataset[1] is dataset[1]  # built once, then kept
+    assert dataset.batch([2, 0]).index.tolist() == [19, 7]
+    sampler = SizeBatchSampler(dataset, max_structures=2, shuffle=False)
+    assert list(sampler) == [[0, 1], [2]]  # positions in the subset, not record numbers
+    dataset.set_cache(False)
+    assert dataset[1] is not dataset[1]
+
+
+def test_non_finite_positions_always_and_labels_when_asked_name_file_and_record(tmp_path):
+    structures = emt_structures(4)
+    structures[1].positions = structures[1].positions.copy()
+    structures[1].positions[0, 2] = np.nan
+    structures[2].forces = np.full_like(structures[2].forces, np.inf)
+    path = tmp_path / "mixed"
+    write(path, structures)
+    plain = AtomicGraphDataset(NativeReader(path), CUTOFF)
+    assert plain[2].forces.isinf().all()  # evaluation-style: a non-finite label is the caller's to report
+    with pytest.raises(DataError, match=r"record 1: positions has NaN or inf values") as err:
+        plain[1]
+    assert err.value.path == str(path)
+    checked = AtomicGraphDataset(NativeReader(path), CUTOFF, indices=[3, 2], check_labels=True, source="named.xyz")
+    assert checked[0].natoms == structures[3].natoms
+    with pytest.raises(DataError, match=r"^named\.xyz: record 2: forces has NaN or inf values"):
+        checked[1]
+
+
+def test_sampler_start_resumes_inside_an_epoch():
+    natoms = np.random.default_rng(4).integers(1, 50, 100)
+    sampler = SizeBatchSampler(natoms, max_atoms=120, seed=2)
+    sampler.set_epoch(3)
+    full = list(sampler)
+    sampler.set_epoch(3, start=4)
+    assert list(sampler) == full[4:] and len(sampler) == len(full) - 4
+    assert sampler.batches() == full  # the packing itself does not move
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_graph_loader_same_batches_and_error_unchanged(tmp_path, store, workers):
+    path, _ = store
+    dataset = AtomicGraphDataset(NativeReader(path), CUTOFF, dtype=torch.float32)
+    sampler = SizeBatchSampler(dataset, max_atoms=48, seed=5)
+    sampler.set_epoch(1)
+    reference = [{k: v.clone() for k, v in vars(dataset.batch(b)).items()} for b in sampler]
+    rng_before = torch.get_rng_state()
+    got = _batches(GraphLoader(dataset, sampler, num_workers=workers))
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the global random stream is left alone
+    assert len(got) == len(reference) > 2
+    for a, b in zip(reference, got):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    structures = emt_structures(6)
+    structures[4].energy = float("nan")
+    bad = tmp_path / "bad"
+    write(bad, structures)
+    loader = GraphLoader(
+        AtomicGraphDataset(NativeReader(bad), CUTOFF, check_labels=True),
+        SizeBatchSampler([1] * 6, max_structures=2, shuffle=False),
+        num_workers=workers,
+    )
+    with pytest.raises(DataError) as err:
+        list(loader)
+    # the error itself, not torch's "Caught DataError in DataLoader worker process" wrapper
+    assert (
+        type(err.value) is DataError
+        and str(err.value) == f"{bad}: record 4: energy has NaN or inf values; fix or drop this structure"
+    )
+
+
+def _interrupt_own_worker(graph):
+    """Transform: a worker building record 3 gets SIGINT and SIGTERM (as from a terminal or batch scheduler that
+    signals the whole process group)."""
+    import os
+    import signal
+
+    from torch.utils.data import get_worker_info
+
+    if graph.index == 3 and get_worker_info() is not None:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+    return graph
+
+
+def test_graph_loader_workers_leave_interrupts_to_the_main_process(store):
+    path, structures = store
+    dataset = AtomicGraphDataset(NativeReader(path), CUTOFF, transform=_interrupt_own_worker)
+    sampler = SizeBatchSampler(dataset, max_structures=2, shuffle=False)
+    got = [b.index.tolist() for b in GraphLoader(dataset, sampler, num_workers=1)]
+    assert got == [list(range(k, min(k + 2, len(structures)))) for k in range(0, len(structures), 2)]

@@ -109,26 +109,3 @@ def test_non_finite_training_structure_names_file_and_record(tmp_path, small_dat
     line = _one_error_line(proc)
     assert f"{data}: record 5: {label} has NaN or inf values" in line, line
     _assert_nothing_trained(run_dir)
-
-
-def test_graph_set_rejects_non_finite_positions_and_only_checks_labels_when_asked(tmp_path, small_data):
-    import torch
-
-    from mlip_cli.train.data import GraphSet
-    from mlip_datasets.errors import DataError
-
-    structures = _slabs(small_data, 3)
-    structures[1].forces = np.full_like(structures[1].forces, np.inf)
-    structures[2].positions = np.where(np.arange(12)[:, None] == 4, np.nan, structures[2].positions)
-    data = tmp_path / "mixed.extxyz"
-    write_dataset(data, structures)
-    reader = open_dataset(data)
-    # evaluation-style (no label check): a non-finite label is the caller's to report, positions are not
-    plain = GraphSet(reader, [0, 1, 2], 4.0, torch.float64, cache=False, source=data)
-    assert plain[1].forces.isinf().all()
-    with pytest.raises(DataError, match=r"record 2: positions has NaN or inf values"):
-        plain[2]
-    checked = GraphSet(reader, [0, 1, 2], 4.0, torch.float64, cache=False, source=data, check_labels=True)
-    assert checked[0].natoms == 12
-    with pytest.raises(DataError, match=r"mixed\.extxyz: record 1: forces has NaN or inf values"):
-        checked[1]

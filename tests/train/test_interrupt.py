@@ -7,11 +7,13 @@ own process just before the step that should be the last one: the step must stil
 from __future__ import annotations
 
 import csv
+import os
 import signal
 import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from train_testlib import tiny_recipe, write_recipe
 
@@ -26,10 +28,11 @@ DRIVER = textwrap.dedent(
     from mlip_cli.train import trainer
 
     at, signals = int(sys.argv[1]), [getattr(signal, name) for name in sys.argv[2].split(",")]
+    chosen = os.environ.get("SIGNAL_RANK") in (None, os.environ.get("RANK"))  # under torchrun: only that rank
     step = trainer.Trainer._step
 
     def signalled_step(self, batch, window):
-        if self.state.step + 1 == at:  # signal arrives mid-step (before its forward pass)
+        if self.state.step + 1 == at and chosen:  # signal arrives mid-step (before its forward pass)
             for sig in signals:
                 os.kill(os.getpid(), sig)
         return step(self, batch, window)
@@ -107,3 +110,52 @@ def test_second_signal_aborts_at_once(tmp_path, small_data):
     assert aborted.returncode == -signal.SIGINT  # killed by the default handler, no step finished, nothing written
     assert load_checkpoint(run / "last.pt")["train_state"]["step"] == 5
     assert not list(run.glob(".last.pt.*"))
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
+def test_a_signal_to_one_torchrun_process_stops_all_at_one_step(tmp_path, small_data):
+    """Rank 1 alone is signalled: both processes stop after the same step, rank 0 writes last.pt and says so
+    once; resumed under torchrun, the run ends with the numbers of an uninterrupted single-process run."""
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        tiny_recipe(small_data, run={"max_steps": 12, "valid_every": 4, "dtype": "float64"}, optim={"ema_decay": None}),
+    )
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    run = tmp_path / "two"
+    stopped = subprocess.run(
+        [*torchrun, str(driver), "6", "SIGINT", "train", str(recipe), "--out", str(run), "--quiet"],
+        capture_output=True,
+        text=True,
+        env={**env, "SIGNAL_RANK": "1"},
+        timeout=300,
+    )
+    assert stopped.returncode != 0
+    # rank 0 saw no signal of its own: it reports the stop as a SIGTERM, once; rank 1 says nothing
+    assert stopped.stderr.count("mlip: ") == 1
+    assert (
+        f"mlip: SIGTERM at step 6: saved {run / 'last.pt'}; continue with: mlip train --resume {run}" in stopped.stderr
+    )
+    assert load_checkpoint(run / "last.pt")["train_state"]["step"] == 6
+    resumed = subprocess.run(
+        [*torchrun, "-m", "mlip_cli", "train", "--resume", str(run), "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    single = subprocess.run(
+        [sys.executable, "-m", "mlip_cli", "train", str(recipe), "--out", str(tmp_path / "one"), "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert single.returncode == 0, single.stderr
+    one, two = numbers(tmp_path / "one"), numbers(run)
+    assert [r["step"] for r in one] == [r["step"] for r in two] == ["4", "8", "12"]
+    for r1, r2 in zip(one, two):
+        for key in ("train_loss", "valid_forces_rmse", "valid_energy_per_atom_rmse"):
+            assert float(r2[key]) == pytest.approx(float(r1[key]), rel=1e-9), key

@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+import yaml
 from train_testlib import tiny_recipe, write_recipe
 
 from mlip_cli.checkpoint import load_checkpoint
@@ -112,3 +113,11 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, small_data
     a, b = load_checkpoint(tmp_path / "one" / "last.pt"), load_checkpoint(tmp_path / "two" / "last.pt")
     for key in a["model_state"]:
         torch.testing.assert_close(a["model_state"][key], b["model_state"][key], rtol=1e-9, atol=1e-12)
+    # one final report, from rank 0, whose numbers are the best validation logged, as with one process
+    assert ddp.stdout.count("stopped by") == 1 and single.stdout.count("stopped by") == 1
+    report_one = yaml.safe_load((tmp_path / "one" / "result.yaml").read_text())["valid"]
+    report_two = yaml.safe_load((tmp_path / "two" / "result.yaml").read_text())["valid"]
+    best = min(two, key=lambda r: float(r["valid_loss"]))
+    assert report_two["forces_rmse"] == pytest.approx(float(best["valid_forces_rmse"]), rel=1e-9)
+    for key, value in report_one.items():
+        assert report_two[key] == pytest.approx(value, rel=1e-9), key

@@ -82,3 +82,48 @@ def test_state_round_trip_continues_exactly():
         b.observe(0.85)
         assert b.lr(5, 0.0) == a.lr(5, 0.0)
     assert a.lr(5, 0.0) == 0.25
+
+
+def test_a_changed_horizon_on_resume_never_raises_the_rate():
+    s = LRSchedule(1.0, "cosine", warmup_steps=0, min_lr_ratio=0.1)
+    reached = s.lr(50, 0.5)  # half of a 100-step run
+    # the run is resumed at step 50 with max_steps 200: plain cosine would jump back up to lr(50/200)
+    assert s.lr(50, 0.25) > reached
+    s.replan(before=0.5, after=0.25)
+    assert s.lr(50, 0.25) == pytest.approx(reached, rel=1e-12)  # continuous at the resume point
+    rates = [s.lr(step, step / 200) for step in range(50, 201)]
+    assert all(b <= a for a, b in zip(rates, rates[1:]))  # never rises
+    assert rates[-1] == pytest.approx(0.1, rel=1e-12)  # reaches the floor at the new end
+    # halfway through what is left: the cosine's midpoint between the rate reached and the floor
+    assert s.lr(125, 125 / 200) == pytest.approx(0.1 + (reached - 0.1) * 0.5, rel=1e-12)
+    # a shorter horizon decays faster from the same rate, and its state survives a round trip
+    t = LRSchedule(1.0, "cosine", warmup_steps=0, min_lr_ratio=0.1)
+    t.replan(before=0.5, after=50 / 60)
+    u = LRSchedule(1.0, "cosine", warmup_steps=0, min_lr_ratio=0.1)
+    u.load_state_dict(t.state_dict())
+    assert u.lr(55, 55 / 60) == t.lr(55, 55 / 60) < reached
+    assert u.lr(60, 1.0) == pytest.approx(0.1, rel=1e-12)
+
+
+def test_resume_with_more_steps_continues_the_decay(tmp_path, small_data):
+    import csv
+    import subprocess
+    import sys
+
+    from train_testlib import tiny_recipe, write_recipe
+
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(small_data, run={"max_steps": 8, "valid_every": 4}))
+    run = tmp_path / "run"
+
+    def train(*args):
+        done = subprocess.run([sys.executable, "-m", "mlip_cli", "train", *args], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    train(str(recipe), "--out", str(run), "--quiet")
+    resumed = train("--resume", str(run), "--set", "run.max_steps=16")
+    assert "the learning rate continues from" in resumed.stderr
+    with open(run / "metrics.csv", newline="") as f:
+        rates = [float(row["lr"]) for row in csv.DictReader(f)]
+    assert len(rates) == 4  # validations at steps 4, 8 (first run), 12, 16 (resumed)
+    assert rates[2] <= rates[1] and rates[3] <= rates[2]

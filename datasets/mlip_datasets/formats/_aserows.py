@@ -28,6 +28,25 @@ _T2000 = 946681200.0
 _YEAR = 31557600.0
 # keys the writer puts in ``data``; the reader takes them out of ``info`` again
 _META = ("charge", "spin", "sid", "fid")
+# ase.calculators.calculator.all_properties in its order (rows list calculator results so); the labels
+# energy/forces/stress/free_energy are Structure fields, the rest travel in ``info`` under these names
+CALC_PROPERTIES = (
+    "energy",
+    "forces",
+    "stress",
+    "stresses",
+    "dipole",
+    "charges",
+    "magmom",
+    "magmoms",
+    "free_energy",
+    "energies",
+    "dielectric_tensor",
+    "born_effective_charges",
+    "polarization",
+)
+_PER_ATOM_PROPERTIES = ("stresses", "charges", "magmoms", "energies", "born_effective_charges")
+_EXTRA_PROPERTIES = tuple(p for p in CALC_PROPERTIES if p not in ("energy", "forces", "stress", "free_energy"))
 
 
 class RowError(ValueError):
@@ -258,7 +277,8 @@ def row_to_structure(row: dict, keys: LabelKeys) -> Structure:
         if stress.size not in (6, 9):
             raise RowError(f"{keys.stress} has shape {stress.shape}, expected (6,) or (3, 3)")
     taken = {keys.energy, keys.forces, keys.stress, keys.charge, keys.spin, "sid", "fid"}
-    info = {k: v for k, v in {**kvp, **data}.items() if k not in taken}
+    results = {k: row[k] for k in _EXTRA_PROPERTIES if row.get(k) is not None}  # magmoms, charges ...
+    info = {k: v for k, v in {**results, **kvp, **data}.items() if k not in taken}
     return Structure(
         numbers=numbers,
         positions=_array(row["positions"], "positions", np.float64, (n, 3)),
@@ -298,9 +318,25 @@ def _plain(obj):
     return obj
 
 
+def calculator_extras(s: Structure) -> dict:
+    """Entries of ``s.info`` that belong on an ASE calculator beside the labels (``magmoms``, ``dipole`` ...):
+    ASE property names, per-atom ones only with one row per atom."""
+    extras = {}
+    for name in _EXTRA_PROPERTIES:
+        value = s.info.get(name)
+        if value is None:
+            continue
+        if name in _PER_ATOM_PROPERTIES and (np.ndim(value) < 1 or np.shape(value)[0] != s.natoms):
+            continue
+        extras[name] = value
+    return extras
+
+
 def row_data(s: Structure) -> dict:
-    """The ``data`` dict for ``s``: its ``info`` plus charge, spin, sid and fid (where fairchem looks)."""
-    data = _plain(dict(s.info))
+    """The ``data`` dict for ``s``: its ``info`` plus charge, spin, sid and fid (where fairchem looks), less
+    what :func:`calculator_extras` puts on the calculator."""
+    on_calculator = calculator_extras(s)
+    data = _plain({k: v for k, v in s.info.items() if k not in on_calculator})
     for name in _META:
         value = _plain(getattr(s, name))
         if value is not None:
@@ -312,8 +348,8 @@ def structure_to_row(s: Structure, mtime: float | None = None, user: str | None 
     """The dict ase-db-backends' ``LMDBDatabase`` writes for ``s`` as Atoms with a SinglePointCalculator.
 
     Same fields in the same order: numbers, positions, unique_id, pbc/cell, tags, calculator,
-    calculator_parameters, energy, forces, stress (Voigt), free_energy, ctime, user, mtime,
-    [key_value_pairs], data, [constraints].
+    calculator_parameters, energy, forces, stress (Voigt), [other calculator results from ``info``: magmoms
+    ...], free_energy, ctime, user, mtime, [key_value_pairs], data, [constraints].
     """
     t = now() if mtime is None else mtime
     row: dict = {"numbers": s.numbers, "positions": s.positions, "unique_id": uuid.uuid4().hex}
@@ -324,17 +360,17 @@ def structure_to_row(s: Structure, mtime: float | None = None, user: str | None 
     row.setdefault("pbc", s.pbc)
     if s.tags is not None:
         row["tags"] = s.tags
-    if s.energy is not None or s.forces is not None or s.stress is not None:
+    results = calculator_extras(s)
+    if s.energy is not None:
+        results["energy"] = results["free_energy"] = s.energy
+    if s.forces is not None:
+        results["forces"] = s.forces
+    if s.stress is not None:
+        results["stress"] = stress_to_voigt(s.stress)
+    if results:
         row["calculator"] = "unknown"  # SinglePointCalculator.name
         row["calculator_parameters"] = {}
-        if s.energy is not None:
-            row["energy"] = s.energy
-        if s.forces is not None:
-            row["forces"] = s.forces
-        if s.stress is not None:
-            row["stress"] = stress_to_voigt(s.stress)
-        if s.energy is not None:
-            row["free_energy"] = s.energy
+        row.update((name, results[name]) for name in CALC_PROPERTIES if name in results)
     row["ctime"] = t
     row["user"] = os.getenv("USER") if user is None else user
     row["mtime"] = t
@@ -354,7 +390,9 @@ def check_structure_shapes(s: Structure, path: str | Path, record) -> None:
 
 
 __all__ = [
+    "CALC_PROPERTIES",
     "RowError",
+    "calculator_extras",
     "decode",
     "encode",
     "fixed_from_constraints",

@@ -2,9 +2,13 @@
 ``ase.io.read`` understands (read only).
 
 extxyz: energy/forces/stress under plain names sit on the SinglePointCalculator ASE attaches; other names
-(``REF_energy``, ``REF_forces``) stay in ``info``/``arrays``; pick them with :class:`LabelKeys`. The writer
-puts charge/spin/sid/fid in the comment line, tags as a per-atom column and ``fixed`` as ASE's
-``move_mask`` column (a FixAtoms constraint), which ASE reads back as FixAtoms.
+(``REF_energy``, ``REF_forces``) stay in ``info``/``arrays``; pick them with :class:`LabelKeys`. Other
+calculator results ASE knows (``magmoms``, ``charges``, ``magmom``, ``dipole`` ...) become ``info`` entries
+under their names, and the writer puts such entries back on the calculator (per-atom ones as columns). The
+writer puts charge/spin/sid/fid in the comment line, tags as a per-atom column and ``fixed`` as ASE's
+``move_mask`` column (a FixAtoms constraint), which ASE reads back as FixAtoms. ``info`` values that ASE's
+comment line would change (``None`` read back as ``True``, a one-element array as a scalar, a string such as
+``"T"`` or ``"1.5"`` as a bool or number) are written as ASE's ``_JSON`` values, which read back as they were.
 
 ASE SQLite (``.db``): the writer stores charge, spin, sid, fid and ``info`` in each row's ``data`` (as the
 aselmdb writer and OMol25 do); the reader looks in ``data`` and then ``key_value_pairs``.
@@ -12,22 +16,76 @@ aselmdb writer and OMol25 do); the reader looks in ``data`` and then ``key_value
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 
+import numpy as np
+
 from ..ase_convert import atoms_to_structure, structure_to_atoms
 from ..errors import DataError
 from ..keys import DEFAULT_KEYS, LabelKeys
+from ..label_kind import LabelKindTally, first_record_kind, from_metadata
 from ..record import Structure
-from ._aserows import check_structure_shapes, row_data
+from ._aserows import calculator_extras, check_structure_shapes, row_data
 from .base import Format, Reader
 
 
 def _one_file(path: Path, shards: int, name: str) -> None:
     if shards != 1:
         raise DataError(path, f"{name} writes a single file; sharding (shards={shards}) is not supported")
+
+
+# -- what ASE's calculator and extxyz comment line would lose -------------------------------------------------
+
+_LABEL_RESULTS = ("energy", "free_energy", "forces", "stress")  # Structure's own label slots
+
+
+def _calculator_extras(atoms, keys: LabelKeys) -> dict:
+    """Calculator results other than the labels (``magmoms``, ``charges`` ...), for ``info``."""
+    results = getattr(atoms.calc, "results", None) or {}
+    taken = {*_LABEL_RESULTS, *keys.as_dict().values()}
+    return {k: v for k, v in results.items() if k not in taken}
+
+
+def _calculator_atoms(s: Structure):
+    """``s`` as Atoms with the ``info`` entries that are calculator results (``magmoms`` ...) on the calculator."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms = structure_to_atoms(s)
+    extras = calculator_extras(s)
+    if extras:
+        for name in extras:
+            atoms.info.pop(name, None)
+        if atoms.calc is None:
+            atoms.calc = SinglePointCalculator(atoms)
+        atoms.calc.results.update(extras)
+    return atoms
+
+
+def _extxyz_atoms(s: Structure):
+    """``s`` as Atoms whose extxyz text ``ase.io.read`` turns back into the same values (module docstring)."""
+    atoms = _calculator_atoms(s)
+    for key, value in list(atoms.info.items()):
+        atoms.info[key] = _extxyz_info_value(key, value)
+    return atoms
+
+
+def _extxyz_info_value(key: str, value):
+    """``value``, or ASE's ``_JSON`` form of it where the plain comment-line form would read back changed."""
+    from ase.io.extxyz import key_val_dict_to_str, key_val_str_to_dict
+
+    if value is None:
+        return "_JSON null"
+    if isinstance(value, np.ndarray) and value.dtype.kind in "iufb" and value.ndim == 1 and value.size <= 1:
+        return "_JSON " + json.dumps(value.tolist())
+    if isinstance(value, str):
+        back = key_val_str_to_dict(key_val_dict_to_str({key: value})).get(key)
+        if not (isinstance(back, str) and back == value):
+            return "_JSON " + json.dumps(value)
+    return value
 
 
 # -- files read by ase.io -------------------------------------------------------------------------------------
@@ -77,6 +135,7 @@ class AseFileReader(Reader):
         atoms = frames[index]
         try:
             s = atoms_to_structure(atoms, self.keys)
+            s.info.update(_calculator_extras(atoms, self.keys))
         except (ValueError, TypeError, KeyError) as err:
             raise DataError(self.path, str(err), record=f"frame {index % len(frames)}") from None
         check_structure_shapes(s, self.path, f"frame {index % len(frames)}")
@@ -84,6 +143,13 @@ class AseFileReader(Reader):
 
     def natoms(self, index: int) -> int:
         return len(self._load()[index])
+
+    def metadata(self) -> dict:
+        """The label kind its frames' ``info`` states (:mod:`mlip_datasets.label_kind`); no header to ask."""
+        tally = LabelKindTally()
+        for atoms in self._load():
+            tally.add_info(atoms.info)
+        return tally.result().as_metadata()
 
 
 def write_extxyz(path: str | Path, structures: Iterable[Structure], *, shards: int = 1) -> int:
@@ -96,7 +162,7 @@ def write_extxyz(path: str | Path, structures: Iterable[Structure], *, shards: i
     with open(path, "w") as fd:
         for count, s in enumerate(structures, 1):
             check_structure_shapes(s, path, count - 1)
-            ase_write(fd, structure_to_atoms(s), format="extxyz")
+            ase_write(fd, _extxyz_atoms(s), format="extxyz")
     return count
 
 
@@ -146,6 +212,7 @@ class AseDbReader(Reader):
             atoms.info.update({k: vars(row)[k] for k in row._keys if k in vars(row)})
             atoms.info.update(row.data)
             s = atoms_to_structure(atoms, self.keys)
+            s.info.update(_calculator_extras(atoms, self.keys))
         except Exception as err:
             raise DataError(self.path, f"{type(err).__name__}: {err}", record=f"id {rid}") from None
         check_structure_shapes(s, self.path, f"id {rid}")
@@ -153,6 +220,14 @@ class AseDbReader(Reader):
 
     def record_name(self, index: int) -> str:
         return f"{self.path.name} id {self._ids[index]}"
+
+    def metadata(self) -> dict:
+        """The label kind the database metadata states (our writer's), else what record 0 says."""
+        try:
+            stated = from_metadata(self._conn().metadata)
+        except Exception:  # sqlite3/JSON errors in a foreign file: fall back to the records
+            stated = None
+        return (stated or first_record_kind(self)).as_metadata()
 
 
 def write_asedb(path: str | Path, structures: Iterable[Structure], *, shards: int = 1) -> int:
@@ -163,12 +238,15 @@ def write_asedb(path: str | Path, structures: Iterable[Structure], *, shards: in
     _one_file(path, shards, "asedb")
     db = ase.db.connect(str(path), type="db", append=False, use_lock_file=False)
     count = 0
+    label_kinds = LabelKindTally()
     with db:  # one transaction for the whole file
         for count, s in enumerate(structures, 1):
             check_structure_shapes(s, path, count - 1)
-            atoms = structure_to_atoms(s)
-            atoms.info.clear()  # ase.db ignores info; everything we keep is in data
+            atoms = _calculator_atoms(s)
+            atoms.info.clear()  # ase.db ignores info; everything else we keep is in data
             db.write(atoms, data=row_data(s))
+            label_kinds.add(s)
+    db.metadata = label_kinds.result().as_metadata()
     return count
 
 

@@ -8,25 +8,31 @@ keys, ``b"nextid"`` (int), ``b"deleted_ids"`` (list of int, only after deletions
 keys present, are indexed by scanning their keys. Values inflate and decode within the per-record budget of
 :mod:`mlip_datasets.safe_pickle` (zlib bombs and arrays whose dtype/shape promise more than is there are refused).
 
+Files written here also hold ``b"metadata"`` (ase-db-backends' database metadata) stating the data set's
+``energy_kind`` and ``labels_at_positions`` (:mod:`mlip_datasets.label_kind`); for other files the reader
+reports what record 0's ``data`` says. Calculator results beyond the labels (``magmoms`` ...) are row fields,
+as ASE writes them, and ``info`` entries when read.
+
 A data set is one file or a directory of shards read in sorted file order. This module needs only
 ``lmdb``; ase-db-backends is not required to read or write.
 """
 
 from __future__ import annotations
 
-import contextlib
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
 from ..keys import DEFAULT_KEYS, LabelKeys
+from ..label_kind import LabelKindTally, combine, first_record_kind, from_metadata
 from ..lmdb_handles import LmdbWriter, ShardEnvs, shard_files
 from ..record import Structure
 from ..safe_pickle import RECORD_ALLOWANCE, RECORD_FACTOR
 from ._aserows import RowError, check_structure_shapes, decode, encode, row_to_structure, structure_to_row
+from ._spool import write_contiguous
 from .base import Format, Reader
 
 SUFFIX = ".aselmdb"
@@ -195,61 +201,77 @@ class AseLmdbReader(Reader):
         k, rid = self._locate(int(index))
         return f"{self.shards[k].name} id {rid}"
 
+    def _database_metadata(self, k: int):
+        with self._env(k).begin() as txn:
+            raw = txn.get(b"metadata")
+        return None if raw is None else _decode_value(raw, self.shards[k], "metadata")
+
     def metadata(self) -> dict:
         meta: dict = {"shards": len(self.shards)}
-        with self._env(0).begin() as txn:
-            raw = txn.get(b"metadata")
-        if raw is not None:
-            meta["database_metadata"] = _decode_value(raw, self.shards[0], "metadata")
-        return meta
+        first = self._database_metadata(0)
+        if first is not None:
+            meta["database_metadata"] = first
+        # the writer states the label kind in every shard's metadata; files from elsewhere: ask record 0
+        stated = [from_metadata(first)] + [
+            from_metadata(self._database_metadata(k)) for k in range(1, len(self.shards))
+        ]
+        kind = combine(stated) if all(stated) else first_record_kind(self)
+        return {**meta, **kind.as_metadata()}
 
 
 # -- writer -------------------------------------------------------------------------------------------------
 
 
-class _ShardWriter:
-    """Rows of one new file under ids 1, 2, ...; :meth:`finish` records ``nextid`` as ase-db-backends does."""
-
-    def __init__(self, lmdb_writer: LmdbWriter):
-        self.lmdb = lmdb_writer
-        self.nextid = 1
-
-    def add(self, s: Structure, record) -> None:
-        check_structure_shapes(s, self.lmdb.path, record)
+def _rows(structures: Iterable[Structure], path: Path, label_kinds: LabelKindTally) -> Iterator[bytes]:
+    """Each structure as a stored row value (zlib-compressed ASE JSON), tallying label kinds on the way."""
+    for i, s in enumerate(structures):
+        check_structure_shapes(s, path, i)
         try:
             text = encode(structure_to_row(s))
         except TypeError as err:  # something in info that JSON cannot hold
-            raise DataError(self.lmdb.path, f"cannot store record: {err}", record=record) from None
-        self.lmdb.put(str(self.nextid).encode("ascii"), zlib.compress(text.encode("utf-8")))
-        self.nextid += 1
+            raise DataError(path, f"cannot store record: {err}", record=i) from None
+        label_kinds.add(s)
+        yield zlib.compress(text.encode("utf-8"))
 
-    def finish(self) -> None:
-        if self.nextid > 1:  # a shard that got no rows stays empty
-            self.lmdb.put(b"nextid", zlib.compress(encode(self.nextid).encode("utf-8")))
+
+def _write_shard(path: Path, rows: Iterable[bytes], metadata: Callable[[], dict]) -> int:
+    """One new file: rows under ids 1, 2, ..., ``nextid`` as ase-db-backends records it (not in a file that got
+    no rows), and ``metadata()`` (asked once the rows are written) as the database metadata. Returns the count."""
+    with LmdbWriter(path) as writer:  # commits and closes on success, only closes on error
+        nextid = 1
+        for value in rows:
+            writer.put(str(nextid).encode("ascii"), value)
+            nextid += 1
+        if nextid > 1:
+            writer.put(b"nextid", zlib.compress(encode(nextid).encode("utf-8")))
+        writer.put(b"metadata", zlib.compress(encode(metadata()).encode("utf-8")))
+    return nextid - 1
 
 
 def write(path: str | Path, structures: Iterable[Structure], *, shards: int = 1) -> int:
     """Write ``structures`` as an ASE LMDB database that ``ase.db.connect`` (ase-db-backends) opens.
 
-    ``shards > 1`` makes ``path`` a directory of ``data.0000.aselmdb`` ...; record ``i`` goes to shard
-    ``i % shards`` (round-robin, so a stream of unknown length spreads evenly). Returns the count written.
+    ``shards > 1`` makes ``path`` a directory of ``data.0000.aselmdb`` ... holding contiguous blocks of records
+    (sizes differ by at most one), so readers that walk shards in name order and ids in order, this module's
+    and fairchem's ``AseDBDataset``, see the input order; the rows are spooled to a temporary file first to
+    learn the count. Every file's database metadata states the label kind (:mod:`mlip_datasets.label_kind`).
+    Returns the count written.
     """
     path = Path(path)
     if shards < 1:
         raise DataError(path, f"shards must be at least 1, got {shards}")
+    label_kinds = LabelKindTally()
+    rows = _rows(structures, path, label_kinds)
+
+    def metadata() -> dict:
+        return label_kinds.result().as_metadata()
+
     if shards == 1:
-        targets = [path]
-    else:
-        path.mkdir(parents=True, exist_ok=True)
-        targets = [path / f"data.{k:04d}{SUFFIX}" for k in range(shards)]
-    count = 0
-    with contextlib.ExitStack() as opened:  # each file commits and closes on success, only closes on error
-        writers = [_ShardWriter(opened.enter_context(LmdbWriter(target))) for target in targets]
-        for count, s in enumerate(structures, 1):
-            writers[(count - 1) % shards].add(s, count - 1)
-        for writer in writers:
-            writer.finish()
-    return count
+        return _write_shard(path, rows, metadata)
+    path.mkdir(parents=True, exist_ok=True)
+    return write_contiguous(
+        path, rows, shards, lambda k, values: _write_shard(path / f"data.{k:04d}{SUFFIX}", values, metadata)
+    )
 
 
 def _open(path: Path, keys: LabelKeys) -> Reader:

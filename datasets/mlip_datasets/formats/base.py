@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import functools
+import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +17,19 @@ class Reader(abc.ABC):
     """Random-access, read-only view of a data set (one file or a directory of shards).
 
     ``reader[i]`` returns a :class:`Structure` or raises :class:`~mlip_datasets.errors.DataError` naming the
-    file and record. Readers must be safe to use from DataLoader worker processes: anything holding an OS handle
-    (LMDB environments, HDF5 files) is opened lazily and reopened after a fork.
+    file and record; negative ``i`` counts from the end and ``i`` out of range raises ``IndexError``.
+    ``reader[2:5]`` (any slice) returns a list of Structures. Subclasses implement ``__getitem__`` for one
+    index in ``0 <= i < len(self)``: :meth:`__init_subclass__` wraps it with the slicing and bounds checks, so
+    every format behaves the same. Readers must be safe to use from DataLoader worker processes: anything holding
+    an OS handle (LMDB environments, HDF5 files) is opened lazily and reopened after a fork.
     """
 
     format_name: str = "?"
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__getitem__" in cls.__dict__:
+            cls.__getitem__ = _indexed(cls.__dict__["__getitem__"])
 
     def __init__(self, path: str | Path, keys: LabelKeys = DEFAULT_KEYS):
         self.path = Path(path)
@@ -55,6 +65,25 @@ class Reader(abc.ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _indexed(get_one: Callable[[Reader, int], Structure]):
+    """Wrap a reader's one-record ``__getitem__``: slices give lists, negative indices count from the end."""
+
+    @functools.wraps(get_one)
+    def __getitem__(self: Reader, index):
+        if isinstance(index, slice):
+            return [get_one(self, i) for i in range(*index.indices(len(self)))]
+        try:
+            i = operator.index(index)  # ints and numpy integers; not floats or strings
+        except TypeError:
+            raise TypeError(f"reader indices must be integers or slices, not {type(index).__name__}") from None
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"record {i} out of range for {n} records in {self.path.name}")
+        return get_one(self, i + n if i < 0 else i)
+
+    return __getitem__
 
 
 Writer = Callable[..., int]

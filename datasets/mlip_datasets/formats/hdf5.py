@@ -19,16 +19,27 @@ tags, fixed         (A,) i8/bool  OC20 tags; 1 = fixed atom        }
 sid, fid, info      (S,) str      JSON text (``null`` when absent), so ids keep their type
 ==================  ============  ==================================================================
 
-**ANI/SPICE-style** (any file without that root attribute): groups, possibly nested (e.g. ANI-1x's one
-group per formula), each holding conformers of one molecule: ``coordinates`` or ``conformations``
-(M, N, 3), ``atomic_numbers`` (N,) or ``species`` (N,) element symbols, energies (M,) and forces
-(M, N, 3). Energies are looked up under ``keys.energy`` (default: ``energies``, ``energy``,
-``dft_total_energy``), forces under ``keys.forces`` (default: ``forces``, else SPICE's
-``dft_total_gradient`` negated; any dataset whose name ends in ``gradient(s)`` is negated). NaN energies
-(ANI-1x's missing levels of theory) count as missing. Values are taken as Angstrom/eV unless a dataset
-declares ``attrs["units"]`` (SPICE: ``bohr``, ``hartree``, ``hartree/bohr``) or the caller passes
-``units=`` to :class:`Hdf5Reader`; ANI-1x stores Hartree without saying so, so pass
-``units={"energy": "hartree"}`` for it. ``sid`` is the group path and ``fid`` the conformer index.
+**Groups of conformers** (any file without that root attribute: ANI-1x, ANI-2x, SPICE, modelforge): groups,
+possibly nested (ANI-1x's one group per formula), each holding the conformers of one molecule or, in the ANI-2x
+release, of all molecules with one atom count (groups ``/004``, ``/005``, ...). With C conformers of N atoms:
+``coordinates``, ``conformations`` or ``positions`` (C, N, 3); ``atomic_numbers``, ``numbers`` or ``species`` as
+(N,) or modelforge's (N, 1), or one row per conformer (C, N) as in ANI-2x, numbers or element symbols; energies
+(C,) or (C, 1) under ``keys.energy`` (default: ``energies``, ``energy``, ``dft_total_energy``); forces (C, N, 3)
+under ``keys.forces`` (default: ``forces``, ``dft_total_force``, else SPICE's ``dft_total_gradient``; a dataset
+whose name ends in ``gradient(s)`` is negated); charge and spin as a scalar, (C,) or (C, 1) dataset or a group
+attribute. Every shape is checked against C and N when the file opens, no dataset may declare more bytes than
+the file stores (beyond 16 MiB) and no compressed chunk may inflate past 32 MiB (in both layouts); a record reads
+only its own rows; links to other files are not followed. NaN labels (ANI-1x's missing levels of
+theory) count as missing. ``sid`` is the group path and ``fid`` the conformer index.
+
+Units come from the file where it declares them (a dataset attribute ``units``, as SPICE writes, or ``u``, as
+modelforge writes: ``bohr``, ``nanometer``, ``hartree``, ``kilojoule_per_mole``, ``hartree/bohr``, ...), else
+from ``units=`` (``mlip data ... --units``), else from the ANI convention (Angstrom, Hartree, Hartree/Angstrom)
+for a group recognisably from ANI-1x (labels named ``<level>.<quantity>`` with ANI-1x's levels, e.g.
+``wb97x_dz.energy``) or the ANI-2x release (groups named by atom count with per-conformer species rows and
+``energies``); forces default to the energy unit over the length unit. A unit that is still unknown, or a
+``units=`` entry contradicting the file, is refused with one line. :meth:`Hdf5Reader.metadata` says which units
+were used and where each came from.
 """
 
 from __future__ import annotations
@@ -37,17 +48,20 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from ..errors import DataError
 from ..keys import DEFAULT_KEYS, LabelKeys
 from ..record import Structure
+from ..units import BASE, KINDS, factor, same_unit
 from .base import Format, Reader
 
 FORMAT_TAG = "mlip-hdf5"
 VERSION = 1
-UNITS = "Angstrom, eV, eV/Angstrom, eV/Angstrom^3"
+_OWN_UNITS = ("Angstrom", "eV", "eV/Angstrom")
+UNITS = ", ".join((*_OWN_UNITS, "eV/Angstrom^3"))
 
 # name -> (per-atom?, dtype, trailing shape, fill value); the optional labels carry a has_<name> mask
 _OPTIONAL = {
@@ -62,55 +76,91 @@ _OPTIONAL = {
 _TEXT = ("sid", "fid", "info")
 _MAX_RATIO = 1100  # bytes a filtered (compressed) dataset may declare per stored byte
 
-_LENGTH = {"angstrom": 1.0, "a": 1.0, "ang": 1.0, "bohr": 0.529177210903, "a0": 0.529177210903, "nm": 10.0}
-_ENERGY = {
-    "ev": 1.0,
-    "hartree": 27.211386245988,
-    "ha": 27.211386245988,
-    "kcal/mol": 0.0433641043,
-    "kj/mol": 0.0103642688,
-    "mev": 1e-3,
-}
 _COORDS = ("coordinates", "conformations", "positions")
 _NUMBERS = ("atomic_numbers", "numbers", "species")
 _ENERGIES = ("energies", "energy", "dft_total_energy")
-_FORCES = ("forces", "dft_total_gradient")
+_FORCES = ("forces", "dft_total_force", "dft_total_gradient")
+_UNIT_ATTRS = ("units", "u")  # SPICE writes "units", modelforge "u"
+#: ANI-1x names its labels "<level of theory>.<quantity>" and stores Hartree and Angstrom without saying so
+_ANI1X_LEVELS = frozenset(
+    {
+        "wb97x_dz",
+        "wb97x_tz",
+        "ccsd(t)_cbs",
+        "hf_dz",
+        "hf_tz",
+        "hf_qz",
+        "mp2_dz",
+        "mp2_tz",
+        "mp2_qz",
+        "npno_ccsd(t)_dz",
+        "npno_ccsd(t)_tz",
+        "tpno_ccsd(t)_dz",
+    }
+)
+_ANI_UNITS = {"length": "angstrom", "energy": "hartree"}  # torchani: Angstrom, Hartree, Hartree/Angstrom
+_SMALL = 1 << 24  # bytes a dataset may declare without the file having to back them (reads stay this small)
+_MAX_CHUNK = 1 << 25  # bytes of one compressed chunk (h5py's own chunks stay under 1 MiB)
 
 
-def _factor(unit: str | None, kind: str) -> float:
-    """Multiplier into Angstrom / eV / eV per Angstrom for a declared unit string."""
-    if not unit:
-        return 1.0
-    u = unit.strip().lower().replace(" ", "")
-    if kind == "length" and u in _LENGTH:
-        return _LENGTH[u]
-    if kind == "energy" and u in _ENERGY:
-        return _ENERGY[u]
-    if kind == "forces" and "/" in u:
-        energy, length = u.rsplit("/", 1)
-        if energy in _ENERGY and length in _LENGTH:
-            return _ENERGY[energy] / _LENGTH[length]
-    raise ValueError(f"unknown {kind} unit {unit!r}")
+class _Group(NamedTuple):
+    """One group of conformers (ANI/SPICE/modelforge layout), as indexed."""
+
+    path: str
+    coords: str
+    numbers: str
+    per_conformer: bool  # numbers hold one row per conformer (ANI-2x) instead of one row for all
+    energy: str | None
+    forces: str | None
+    charge: str | None
+    spin: str | None
+    scale: tuple[float, float, float]  # length, energy, forces factors (forces negative for gradients)
 
 
-def _attr_unit(dataset) -> str | None:
-    unit = dataset.attrs.get("units")
-    return unit.decode() if isinstance(unit, bytes) else unit
+class _Meta(NamedTuple):
+    """What indexing needs of a dataset, read through h5py's low-level API (a third of the high-level cost, which
+    counts when a file holds 10^5 groups)."""
+
+    name: str  # within its group
+    path: str  # within the file
+    shape: tuple | None
+    dtype: np.dtype
+    id: object  # h5py.h5d.DatasetID
+
+
+def _declared_unit(ds: _Meta) -> str | None:
+    from h5py import h5a
+
+    for name in _UNIT_ATTRS:
+        if h5a.exists(ds.id, name.encode()):
+            attr = h5a.open(ds.id, name.encode())
+            value = np.empty(attr.shape, dtype=attr.dtype)
+            attr.read(value)
+            unit = value.reshape(-1)[0] if value.size == 1 else value
+            return unit.decode() if isinstance(unit, bytes) else str(unit)
+    return None
 
 
 class Hdf5Reader(Reader):
     """Either layout, chosen by the root attribute ``format``; the file opens lazily, once per process.
 
     Args:
-        units: ANI/SPICE layout only; overrides declared units, e.g. ``{"length": "bohr",
-            "energy": "hartree", "forces": "hartree/bohr"}`` (forces default to energy/length).
+        units: units of the values where the file does not declare them, e.g. ``{"length": "bohr",
+            "energy": "hartree"}`` (forces default to energy/length); an entry contradicting a unit the file
+            declares is refused (the mlip-hdf5 layout is always Angstrom/eV).
     """
 
     format_name = "hdf5"
+    takes_units = True  # open_dataset passes ``units=`` only to readers that say so
 
     def __init__(self, path: str | Path, keys: LabelKeys = DEFAULT_KEYS, units: dict | None = None):
         super().__init__(path, keys)
         self.units = dict(units or {})
+        for kind, unit in self.units.items():
+            try:
+                factor(unit, kind)
+            except ValueError as err:
+                raise DataError(self.path, f"units: {err}") from None
         self._h5 = None
         self._pid = None
         try:
@@ -121,6 +171,7 @@ class Hdf5Reader(Reader):
                 self.own = f.attrs.get("format") in (FORMAT_TAG, FORMAT_TAG.encode())
                 if self.own:
                     self._index_own(f)
+                    self._check_own_units()
                 else:
                     self._index_groups(f)
         except OSError as err:
@@ -168,17 +219,15 @@ class Hdf5Reader(Reader):
             raise DataError(self.path, f"{name!r} has shape {ds.shape}, expected {expect}")
         if ds.dtype.kind not in "biuf":
             raise DataError(self.path, f"{name!r} has dtype {ds.dtype}, expected numbers")
-        # a declared shape costs nothing on disk (unwritten chunks): trust it only as far as bytes back it, so a
-        # tiny file cannot make a read allocate terabytes (gzip, the strongest standard filter, packs < 1100:1)
-        declared = int(np.prod(ds.shape, dtype=np.float64) * ds.dtype.itemsize)
-        filtered = ds.id.get_create_plist().get_nfilters() > 0
-        stored = ds.id.get_storage_size()
-        if backed and declared > max(stored * (_MAX_RATIO if filtered else 1), 0):
-            raise DataError(
-                self.path,
-                f"{name!r} declares shape {ds.shape} ({declared:,} bytes) but the file stores only {stored:,}",
-            )
+        self._bounded(ds, name, backed=backed)
         return ds
+
+    def _check_own_units(self) -> None:
+        for kind, unit in self.units.items():
+            if not same_unit(unit, BASE[kind], kind):
+                raise DataError(
+                    self.path, f"mlip-hdf5 files hold Angstrom and eV; units= says {kind} is {unit!r}, drop it"
+                )
 
     def _check_own(self, f) -> None:
         raw = f.attrs.get("version", 0)
@@ -246,32 +295,60 @@ class Hdf5Reader(Reader):
             )
         self._natoms, self._offsets = natoms, offsets
 
+    def _bounded(self, ds, name: str, record=None, backed: bool = True) -> None:
+        """Refuse a dataset whose reads could cost far more memory than the file holds.
+
+        A declared shape costs nothing on disk (unwritten chunks): trust it only as far as stored bytes back it
+        (``backed``), so a tiny file cannot make a read allocate terabytes (gzip, the strongest standard filter,
+        packs < 1100:1); datasets of at most ``_SMALL`` declared bytes pass unasked. Reading any element of a
+        compressed chunk inflates the whole chunk, so compressed chunks are limited to ``_MAX_CHUNK`` bytes.
+        """
+        shape, dtype = ds.shape, ds.dtype  # h5py properties ask the library on every read
+        plist = ds.id.get_create_plist()
+        filtered = plist.get_nfilters() > 0
+        if filtered:
+            chunk = plist.get_chunk()
+            inflated = int(np.prod(chunk, dtype=np.float64) * dtype.itemsize)
+            if inflated > _MAX_CHUNK:
+                raise DataError(
+                    self.path,
+                    f"{name!r} is stored in compressed chunks of {chunk} ({inflated:,} bytes each; a read may "
+                    f"inflate at most {_MAX_CHUNK:,})",
+                    record=record,
+                )
+        declared = int(np.prod(shape, dtype=np.float64) * dtype.itemsize)
+        if not backed or declared <= _SMALL:
+            return
+        stored = ds.id.get_storage_size()
+        if declared > stored * (_MAX_RATIO if filtered else 1):
+            raise DataError(
+                self.path,
+                f"{name!r} declares shape {shape} ({declared:,} bytes) but the file stores only {stored:,}",
+                record=record,
+            )
+
     def _index_groups(self, f) -> None:
-        self._groups: list[tuple[str, str, str]] = []  # (group path, coordinates name, numbers name)
+        import h5py
+
+        self._groups: list[_Group] = []
+        self._units_seen: dict[str, dict[str, None]] = {kind: {} for kind in KINDS}
         counts, natoms = [], []
 
         def visit(group, depth: int) -> None:
-            coords = next((c for c in _COORDS if c in group and hasattr(group[c], "shape")), None)
+            names, where = set(group), group.name
+            coords = next((ds for ds in (_member(group, c, names, where) for c in _COORDS) if ds is not None), None)
             if coords is not None:
-                shape = group[coords].shape
-                znames = next((z for z in _NUMBERS if z in group), None)
-                if znames is None:
-                    raise DataError(self.path, "group has coordinates but no atomic_numbers/species", record=group.name)
-                if len(shape) != 3 or shape[2] != 3 or shape[1] != group[znames].shape[0]:
-                    raise DataError(
-                        self.path,
-                        f"{coords} has shape {shape}, expected (M, {group[znames].shape[0]}, 3)",
-                        record=group.name,
-                    )
-                self._groups.append((group.name, coords, znames))
-                counts.append(shape[0])
-                natoms.append(shape[1])
+                entry, c, n = self._index_group(group, coords, names)
+                self._groups.append(entry)
+                counts.append(c)
+                natoms.append(n)
                 return
             if depth < 3:
-                for key in group:
-                    child = group.get(key, getlink=False)
-                    if hasattr(child, "keys"):  # a group, not a dataset
-                        visit(child, depth + 1)
+                for key in sorted(names):
+                    if _hard_link(group, key):
+                        child = group[key]
+                        if isinstance(child, h5py.Group):
+                            visit(child, depth + 1)
 
         visit(f, 0)
         if not self._groups:
@@ -282,6 +359,104 @@ class Hdf5Reader(Reader):
             )
         self._offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
         self._group_natoms = np.asarray(natoms, dtype=np.int64)
+
+    def _group_dataset(self, where: str, ds: _Meta, shapes: tuple[tuple, ...], kinds: str = "biuf", why: str = ""):
+        """``ds`` of group ``where``, refused (naming the group) unless it has one of ``shapes`` and the file
+        stores it."""
+        if ds.shape not in shapes:
+            expect = " or ".join(str(s) for s in shapes)
+            raise DataError(self.path, f"{ds.name!r} has shape {ds.shape}, expected {expect}{why}", record=where)
+        if ds.dtype.kind not in kinds:
+            want = "numbers" if kinds == "biuf" else "integers or element symbols"
+            raise DataError(self.path, f"{ds.name!r} has dtype {ds.dtype}, expected {want}", record=where)
+        self._bounded(ds, ds.name, record=where)
+        return ds
+
+    def _index_group(self, group, coords, names: set[str]) -> tuple[_Group, int, int]:
+        """The group's entry and its conformer and atom counts, every dataset checked against them."""
+        where, coords_name, shape = group.name, coords.name, coords.shape
+        if shape is None or len(shape) != 3 or shape[2] != 3:
+            raise DataError(self.path, f"{coords_name!r} has shape {shape}, expected (C, N, 3)", record=where)
+        c, n = shape[:2]
+        self._group_dataset(where, coords, (shape,))
+        why = f" for {c} conformers of {n} atoms ({coords_name!r} has shape {shape})"
+        z = next((ds for ds in (_member(group, z, names, where) for z in _NUMBERS) if ds is not None), None)
+        if z is None:
+            raise DataError(self.path, "group has coordinates but no atomic_numbers/species", record=where)
+        self._group_dataset(where, z, ((n,), (n, 1), (c, n), (c, n, 1)), kinds="iuSUO", why=why)
+        per_conformer = z.shape[:2] == (c, n) and z.shape != (n, 1)  # ANI-2x: one species row per conformer
+        labels = {}
+        for kind, defaults, shapes in (
+            ("energy", _ENERGIES, ((c,), (c, 1))),
+            ("forces", _FORCES, ((c, n, 3),)),
+            ("charge", (), ((), (1,), (c,), (c, 1))),
+            ("spin", (), ((), (1,), (c,), (c, 1))),
+        ):
+            key = getattr(self.keys, kind)
+            candidates = (key, *defaults) if key == kind else (key,)
+            ds = next((ds for ds in (_member(group, x, names, where) for x in candidates) if ds is not None), None)
+            labels[kind] = None if ds is None else self._group_dataset(where, ds, shapes, why=why)
+        scale = self._group_scale(where, coords, labels["energy"], labels["forces"], per_conformer, names)
+        entry = _Group(
+            where,
+            coords_name,
+            z.name,
+            per_conformer,
+            *(None if labels[k] is None else labels[k].name for k in ("energy", "forces", "charge", "spin")),
+            scale,
+        )
+        return entry, c, n
+
+    def _group_scale(self, where: str, coords, energy, forces, per_conformer: bool, names: set[str]):
+        """Factors into Angstrom/eV for one group: the file's declared units, else ``units=``, else the ANI
+        convention where the group is recognisably ANI-1x or ANI-2x; anything still unknown is refused."""
+        datasets = {"length": coords, "energy": energy, "forces": forces}
+        chosen: dict[str, tuple[str, str]] = {}  # kind -> (unit, where it came from)
+        for kind, ds in datasets.items():
+            declared = None if ds is None else _declared_unit(ds)
+            given = self.units.get(kind)
+            if declared is not None:
+                try:
+                    factor(declared, kind)
+                    same = given is None or same_unit(declared, given, kind)
+                except ValueError as err:
+                    raise DataError(self.path, f"{ds.name!r}: {err}", record=where) from None
+                if not same:
+                    raise DataError(
+                        self.path,
+                        f"the file declares {kind} in {declared!r} ({ds.path}) but units= says {given!r}",
+                        record=where,
+                    )
+                chosen[kind] = (declared, "declared by the file")
+            elif given is not None:
+                chosen[kind] = (given, "given by the user")
+        needed = ["length"] + ["energy"] * (energy is not None) + ["forces"] * (forces is not None)
+        derive = "forces" in needed and "forces" not in chosen  # forces default to energy/length
+        missing = [k for k in ("length", "energy") if k not in chosen and (k in needed or derive)]
+        convention = _ani_convention(where, names, per_conformer) if missing else None
+        if convention is not None:
+            for kind in missing:
+                chosen[kind] = (_ANI_UNITS[kind], f"assumed: {convention} convention")
+        if "forces" not in chosen and "energy" in chosen and "length" in chosen:
+            (e, e_from), (l, l_from) = chosen["energy"], chosen["length"]
+            chosen["forces"] = (f"{e}/{l}", e_from if e_from == l_from else "from the energy and length units")
+        missing = [k for k in needed if k not in chosen]
+        if missing:
+            raise DataError(
+                self.path,
+                f"no units for {', '.join(missing)}: the file declares none (attribute 'units' or 'u'); "
+                "give them, e.g. --units length=angstrom,energy=hartree (units= in Python)",
+                record=where,
+            )
+        for kind in needed:
+            unit, source = chosen[kind]
+            self._units_seen[kind].setdefault(f"{unit} ({source})")
+        sign = -1.0 if forces is not None and forces.name.rstrip("s").endswith("gradient") else 1.0  # -gradient
+        return (
+            factor(chosen["length"][0], "length"),
+            factor(chosen["energy"][0], "energy") if energy is not None else 1.0,
+            sign * factor(chosen["forces"][0], "forces") if forces is not None else 1.0,
+        )
 
     # -- Reader -----------------------------------------------------------------------------------------
 
@@ -310,7 +485,12 @@ class Hdf5Reader(Reader):
         return f"{self.path.name} {self._groups[g][0]}[{j}]"
 
     def metadata(self) -> dict:
-        return {"layout": FORMAT_TAG if self.own else "ani/spice groups"}
+        """The layout and, per kind, the units read and where each came from (declared, given or assumed)."""
+        if self.own:
+            units = {kind: f"{unit} (declared by the file)" for kind, unit in zip(KINDS, _OWN_UNITS)}
+            return {"layout": FORMAT_TAG, "units": units}
+        units = {kind: "; ".join(seen) for kind, seen in self._units_seen.items() if seen}
+        return {"layout": "groups of conformers", "units": units}
 
     def __getitem__(self, index: int) -> Structure:
         index = self._check_index(index)
@@ -322,7 +502,7 @@ class Hdf5Reader(Reader):
             # e.g. record.AtomicNumberError, raised by Structure without knowing the file: add file and record
             record = index if self.own else self.record_name(index).split(" ", 1)[1]
             raise type(err)(self.path, err.message, record=record) from None
-        except (OSError, KeyError, ValueError, TypeError) as err:
+        except (OSError, KeyError, ValueError, TypeError, IndexError) as err:
             record = index if self.own else self.record_name(index).split(" ", 1)[1]
             raise DataError(self.path, f"{type(err).__name__}: {err}", record=record) from None
 
@@ -356,56 +536,81 @@ class Hdf5Reader(Reader):
             info=values.get("info") or {},
         )
 
-    def _unit(self, kind: str, dataset) -> float:
-        if kind in self.units:
-            return _factor(self.units[kind], kind)
-        if kind == "forces" and _attr_unit(dataset) is None and ("energy" in self.units or "length" in self.units):
-            return _factor(self.units.get("energy", "ev"), "energy") / _factor(
-                self.units.get("length", "angstrom"), "length"
-            )
-        return _factor(_attr_unit(dataset), kind)
-
-    def _label(self, group, key: str, defaults: tuple[str, ...]):
-        names = (key,) if key not in ("energy", "forces") else (key, *defaults)
-        return next((group[n] for n in names if n in group), None)
-
     def _read_group(self, index: int) -> Structure:
-        from ase.data import atomic_numbers
-
         g, j = self._locate(index)
-        path, coords_name, z_name = self._groups[g]
-        group = self._file()[path]
-        z = group[z_name][()]
+        entry = self._groups[g]
+        group = self._file()[entry.path]
+        z = np.asarray(group[entry.numbers][j] if entry.per_conformer else group[entry.numbers][()]).reshape(-1)
         if z.dtype.kind in "SUO":  # element symbols (ANI-1 "species")
-            z = np.array([atomic_numbers[s.decode() if isinstance(s, bytes) else str(s)] for s in z])
-        coords = group[coords_name]
+            z = self._symbols_to_numbers(z, entry.numbers)
+        length, energy_scale, forces_scale = entry.scale
         energy = forces = None
-        ds = self._label(group, self.keys.energy, _ENERGIES)
-        if ds is not None:
-            value = float(ds[j]) * self._unit("energy", ds)
-            energy = None if np.isnan(value) else value
-        ds = self._label(group, self.keys.forces, _FORCES)
-        if ds is not None:
-            sign = -1.0 if ds.name.rstrip("s").endswith("gradient") else 1.0  # gradient = -forces
-            forces = sign * self._unit("forces", ds) * np.asarray(ds[j], dtype=np.float64)
+        if entry.energy:
+            value = float(np.asarray(group[entry.energy][j]).reshape(())) * energy_scale
+            energy = None if np.isnan(value) else value  # NaN: ANI-1x's missing levels of theory
+        if entry.forces:
+            forces = forces_scale * np.asarray(group[entry.forces][j], dtype=np.float64)
             forces = None if np.isnan(forces).any() else forces
         extra = {}
-        for name in ("charge", "spin"):
+        for name, ds_name in (("charge", entry.charge), ("spin", entry.spin)):
             key = getattr(self.keys, name)
-            if key in group:
-                value = np.asarray(group[key][()])
-                extra[name] = (value.reshape(-1)[j] if value.size > 1 else value.reshape(())).item()
+            if ds_name:
+                ds = group[ds_name]
+                value = ds[()] if ds.ndim == 0 else ds[j if ds.shape[0] > 1 else 0]
+                extra[name] = np.asarray(value).reshape(()).item()
             elif key in group.attrs:
-                extra[name] = np.asarray(group.attrs[key]).item()
+                extra[name] = np.asarray(group.attrs[key]).reshape(()).item()
         return Structure(
             numbers=z,
-            positions=np.asarray(coords[j]) * self._unit("length", coords),
+            positions=np.asarray(group[entry.coords][j], dtype=np.float64) * length,
             energy=energy,
             forces=forces,
-            sid=path,
+            sid=entry.path,
             fid=j,
             **extra,
         )
+
+    @staticmethod
+    def _symbols_to_numbers(symbols: np.ndarray, name: str) -> np.ndarray:
+        from ase.data import atomic_numbers
+
+        out = []
+        for s in symbols:
+            symbol = s.decode() if isinstance(s, bytes) else str(s)
+            if symbol not in atomic_numbers:
+                raise DataError(None, f"{name!r} holds {symbol!r}, not an element symbol")
+            out.append(atomic_numbers[symbol])
+        return np.array(out, dtype=np.int64)
+
+
+def _hard_link(group, name: str) -> bool:
+    """Whether ``name`` is a hard link: an external link would open another file, a soft link could loop."""
+    from h5py import h5l
+
+    return group.id.links.get_info(name.encode()).type == h5l.TYPE_HARD
+
+
+def _member(group, name: str, names: set[str], where: str) -> _Meta | None:
+    """Dataset ``name`` of ``group`` (at ``where``) if it is one and is reached by a hard link, else None."""
+    from h5py import h5d
+
+    if name not in names or not _hard_link(group, name):
+        return None
+    try:
+        dsid = h5d.open(group.id, name.encode())
+    except (KeyError, ValueError, TypeError):  # a group or a named type, not a dataset
+        return None
+    return _Meta(name, f"{where.rstrip('/')}/{name}", dsid.shape, dsid.dtype, dsid)
+
+
+def _ani_convention(path: str, names: set[str], per_conformer: bool) -> str | None:
+    """``ANI-1x`` for a group holding ``<level>.<quantity>`` labels of ANI-1x's levels of theory, ``ANI-2x`` for
+    the release's groups named by atom count with one species row per conformer; else None."""
+    if per_conformer and path.rsplit("/", 1)[-1].isdigit() and "energies" in names:
+        return "ANI-2x"
+    if any(key.split(".", 1)[0] in _ANI1X_LEVELS for key in names if "." in key):
+        return "ANI-1x"
+    return None
 
 
 # -- writer -------------------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ one ``.lmdb`` file when a single shard is written to a path ending in ``.lmdb``.
 lives in shard ``i % S`` under the 8-byte big-endian key ``i // S`` (round-robin, so a writer that does not know
 the length in advance still keeps the input order and balanced shards). Reserved keys in every shard:
 
-- ``b"__mlip_native__"``: JSON header (schema, shard index, shard count, record count, total, layout).
+- ``b"__mlip_native__"``: JSON header (schema, shard index, shard count, record count, total, layout, and the
+  data set's ``energy_kind``/``labels_at_positions`` as :mod:`mlip_datasets.label_kind` defines them; stores
+  written before these keys existed report what record 0's ``info`` says).
 - ``b"__natoms__"``: little-endian int64 atom count per record of the shard, for size-aware batching.
 - ``b"__stats__"`` (shard 0 only, when computed): JSON data-set statistics (:mod:`mlip_datasets.stats`).
 
@@ -26,6 +28,11 @@ Record value, little-endian, every block 8-byte aligned up to the byte blocks at
     utf-8 JSON      {"sid", "fid", "info"} to the end of the value, if flags & 128
 
 Labels are kept in float64 so a round trip is exact; positions and forces dominate the size (48 bytes/atom).
+Atomic numbers above 118 (a uint8 holds up to 255) are refused when read, as every other format refuses them.
+
+A ``.lmdb`` store shares its extension with OC20 LMDBs, but fairchem's and torch_geometric's LMDB readers see
+no records in it (they look for pickled ``Data`` under integer keys): ``mlip data info`` and ``convert`` say so
+(:data:`FOREIGN_READERS_NOTE`); ``--to oc20`` writes what they read.
 """
 
 from __future__ import annotations
@@ -41,11 +48,17 @@ import numpy as np
 
 from ..errors import DataError
 from ..keys import DEFAULT_KEYS, LabelKeys
+from ..label_kind import LabelKindTally, first_record_kind, from_metadata
 from ..lmdb_handles import LmdbWriter, ShardEnvs, readonly, shard_files, sniff_first_shard
-from ..record import Structure
+from ..record import Structure, check_numbers
 from .base import Format, Reader
 
 SCHEMA = 1
+#: what ``mlip data info`` and ``convert`` say about a native ``.lmdb``, whose extension OC20 files share
+FOREIGN_READERS_NOTE = (
+    "mlip native store, not an OC20/PyG LMDB: fairchem and torch_geometric LMDB readers see no records in it "
+    "(write with --to oc20 for them)"
+)
 HEADER_KEY = b"__mlip_native__"
 NATOMS_KEY = b"__natoms__"
 STATS_KEY = b"__stats__"
@@ -82,8 +95,7 @@ def _json_hook(obj: dict):
 def encode(s: Structure) -> bytes:
     """Serialise one structure to the record layout in the module docstring; ValueError if it cannot be stored."""
     n = s.natoms
-    if n and (s.numbers.min() < 0 or s.numbers.max() > 255):
-        raise ValueError(f"atomic numbers must lie in 0..255, got {s.numbers.min()}..{s.numbers.max()}")
+    check_numbers(s.numbers)  # uint8 could hold 119..255, but they are no elements: refused as when reading
     flags = 0
     blocks = [np.ascontiguousarray(s.positions, "<f8").reshape(n, 3), np.ascontiguousarray(s.cell, "<f8")]
     for name, shape, dtype in (
@@ -163,6 +175,7 @@ def decode(value) -> Structure:
         fields["tags"] = take(n).view("<i8")
     u1 = np.frombuffer(buf, np.uint8, end - 16 - big, 16 + big)
     fields["numbers"] = u1[:n].astype(np.int64)
+    check_numbers(fields["numbers"])  # uint8 holds up to 255; Structure allows 0..118
     fields["pbc"] = u1[n : n + 3].astype(bool)
     if flags & 64:
         fields["fixed"] = u1[n + 3 : 2 * n + 3].astype(bool)
@@ -222,6 +235,7 @@ def write(path: str | Path, structures: Iterable[Structure], *, shards: int = 1,
         path.mkdir(parents=True, exist_ok=True)
         files = [path / _shard_name(k) for k in range(shards)]
     natoms: list[list[int]] = [[] for _ in range(shards)]
+    label_kinds = LabelKindTally()
     count = 0
     with contextlib.ExitStack() as opened:  # each writer commits and closes on success, only closes on error
         writers = [opened.enter_context(LmdbWriter(f)) for f in files]
@@ -236,6 +250,7 @@ def write(path: str | Path, structures: Iterable[Structure], *, shards: int = 1,
                     raise DataError(path, str(err), record=i) from None
                 writers[k].put(_key(local), value, append=True)  # keys ascend: LMDB packs its pages full
                 natoms[k].append(s.natoms)
+                label_kinds.add(s)
                 count = i + 1
                 yield s
 
@@ -257,6 +272,7 @@ def write(path: str | Path, structures: Iterable[Structure], *, shards: int = 1,
                 "byteorder": "little",
                 "layout": "record i is in shard i % shards under key (i // shards) as 8-byte big-endian",
                 "flags": FLAGS,
+                **label_kinds.result().as_metadata(),
             }
             writer.put(HEADER_KEY, json.dumps(header).encode())
             writer.put(NATOMS_KEY, np.asarray(natoms[k], dtype="<i8").tobytes())
@@ -304,6 +320,7 @@ class NativeReader(Reader):
             headers.append(header)
             natoms.append(np.frombuffer(raw_natoms, "<i8"))
         self._check_shards(headers, natoms)
+        self._label_kind = from_metadata(headers[0])  # None: written before the header stated it
         self.shards = len(self.files)
         self._natoms = np.empty(self._total, dtype=np.int64)
         for k, counts in enumerate(natoms):
@@ -350,6 +367,8 @@ class NativeReader(Reader):
             "shards": self.shards,
             "records": self._total,
             "has_stats": self._stats is not None,
+            **(self._label_kind or first_record_kind(self)).as_metadata(),
+            "note": FOREIGN_READERS_NOTE,
         }
 
     def record_name(self, index: int) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bisect
 import pickle
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,11 @@ import numpy as np
 from .. import safe_pickle
 from ..errors import DataError
 from ..keys import DEFAULT_KEYS, LabelKeys
+from ..label_kind import ENERGY_KINDS, LabelKind, record_label_kind
 from ..lmdb_handles import LmdbWriter, ShardEnvs, open_readonly, release, shard_files, sniff_first_shard
 from ..record import Structure, stress_to_matrix
 from ._pyg_pickle import encode_data
+from ._spool import write_contiguous
 from .base import Format, Reader
 
 NATIVE_KEY = b"__mlip_native__"  # the native store's header; such files belong to formats/native.py
@@ -91,7 +92,9 @@ class OC20Reader(Reader):
     Labels: the user's :class:`LabelKeys` names when they differ from the defaults (and only those); otherwise
     ``energy``/``y``/``y_relaxed``, ``forces``/``force``, ``stress``, ``charge``, ``spin``. IS2RE's
     ``y_init``, ``y_relaxed`` and ``pos_relaxed`` are also kept in ``info``; when ``y_relaxed`` is the energy,
-    ``info["energy_key"]`` says so, since it is the relaxed structure's energy, not that of ``positions``.
+    ``info["energy_key"]`` says so and ``info["labels_at_positions"]`` is False, since it is the relaxed
+    structure's energy, not that of ``positions``. Every record's ``info["energy_kind"]`` carries the data
+    set's energy kind (:mod:`mlip_datasets.label_kind`), so conversions keep it.
     """
 
     format_name = "oc20"
@@ -108,6 +111,7 @@ class OC20Reader(Reader):
         self._offsets = np.cumsum([0] + [n for n, _ in scans]).tolist()
         self._natoms = self._load_natoms()
         self._envs = ShardEnvs(self._files)  # opened on first read, reopened after a fork, dropped by pickle
+        self._kind: tuple[LabelKind, str, dict] | None = None  # from record 0, when first asked
 
     def _load_natoms(self) -> np.ndarray | None:
         # fairchem's metadata.npz (natoms per record) sits in the shard directory or beside the single file
@@ -156,9 +160,32 @@ class OC20Reader(Reader):
     def __getitem__(self, index: int) -> Structure:
         data, path, key = self._record(index)
         try:
-            return _to_structure(data.fields, self.keys)
+            s = _to_structure(data.fields, self.keys)
         except (ValueError, TypeError) as err:
             raise DataError(path, str(err), record=key) from None
+        return LabelKind(self._label_kind()[0].energy_kind).stamp(s)
+
+    def _label_kind(self) -> tuple[LabelKind, str, dict]:
+        """The data set's label kind as record 0 shows it, why, and record 0's pickle layout and field names."""
+        if self._kind is None:
+            if len(self) == 0:
+                self._kind = LabelKind(), "the data set is empty", {}
+            else:
+                try:
+                    data = self._record(0)[0]
+                    first = _to_structure(data.fields, self.keys)
+                except (DataError, ValueError, TypeError) as err:
+                    self._kind = LabelKind(), f"first record unreadable ({err})", {}
+                else:
+                    kind, reason = _energy_kind(data.fields, self.keys)
+                    layout = {"pyg1": "PyG 1.x (attributes in __dict__)", "pyg2": "PyG 2.x (_store)"}[data.layout]
+                    at_positions = record_label_kind(first).labels_at_positions
+                    self._kind = (
+                        LabelKind(kind, at_positions),
+                        reason,
+                        {"pickle_layout": layout, "fields": sorted(data.fields)},
+                    )
+        return self._kind
 
     def natoms(self, index: int) -> int:
         if self._natoms is not None:
@@ -172,42 +199,29 @@ class OC20Reader(Reader):
         meta: dict = {"shards": len(self._files), "natoms_source": "records"}
         if self._natoms is not None:
             meta["natoms_source"] = "metadata.npz"
-        if len(self) == 0:
-            return {**meta, "energy_kind": "unknown", "energy_kind_reason": "the data set is empty"}
-        try:
-            data = self._record(0)[0]
-        except DataError as err:
-            return {**meta, "energy_kind": "unknown", "energy_kind_reason": f"first record unreadable ({err})"}
-        kind, reason = _energy_kind(data.fields, self.keys)
-        layout = {"pyg1": "PyG 1.x (attributes in __dict__)", "pyg2": "PyG 2.x (_store)"}[data.layout]
-        return {
-            **meta,
-            "energy_kind": kind,
-            "energy_kind_reason": reason,
-            "pickle_layout": layout,
-            "fields": sorted(data.fields),
-        }
+        kind, reason, first = self._label_kind()
+        return {**meta, **kind.as_metadata(), "energy_kind_reason": reason, **first}
 
     def close(self) -> None:
         self._envs.close()  # environments shared with other readers of the same files stay open for them
 
 
-def _energy_kind(fields: dict, keys: LabelKeys) -> tuple[str, str]:
-    """Whether energies are OC20-style adsorption energies or total energies, and how we know (record 0)."""
-    declared = fields.get("energy_kind")
-    if declared in ("total", "adsorption"):
+def _energy_kind(fields: dict, keys: LabelKeys) -> tuple[str | None, str]:
+    """Adsorption, total or OC22 total energies (None: cannot tell), and how we know (record 0)."""
+    declared = _first(fields.get("energy_kind"))
+    if isinstance(declared, str) and declared in ENERGY_KINDS:
         return declared, f"records carry energy_kind={declared!r}"
     if fields.get("oc22") is not None:
         if _first(fields["oc22"]):
-            return "total", "records carry the oc22 flag (OC22 energies are total DFT energies)"
-        return "unknown", "oc22=0: OC20 data, but whether reference energies were added back is not recorded"
+            return "oc22_total", "records carry the oc22 flag (OC22 energies are total DFT energies)"
+        return None, "oc22=0: OC20 data, but whether reference energies were added back is not recorded"
     if keys.energy != DEFAULT_KEYS.energy:
-        return "unknown", f"energy read from the user-chosen key {keys.energy!r}; its reference is not recorded"
+        return None, f"energy read from the user-chosen key {keys.energy!r}; its reference is not recorded"
     if fields.get("y") is not None or fields.get("y_relaxed") is not None:
         return "adsorption", "legacy 'y' label and no oc22 flag: OC20 convention (minus slab and gas references)"
     if fields.get("energy") is not None:
         return "total", "label under 'energy', where fairchem's AtomsToGraphs puts the unreferenced DFT energy"
-    return "unknown", "records hold no energy label"
+    return None, "records hold no energy label"
 
 
 def _pick(fields: dict, wanted: str, default: str, fallbacks: tuple[str, ...] = ()) -> tuple[str | None, Any]:
@@ -272,8 +286,9 @@ def _to_structure(fields: dict, keys: LabelKeys) -> Structure:
             labels[label] = stress_to_matrix(value)
         else:
             labels[label] = _scalar(name, value)
-        if name == "y_relaxed":
+        if name == "y_relaxed":  # IS2RE: the relaxed structure's energy beside the initial positions
             info["energy_key"] = "y_relaxed"
+            info["labels_at_positions"] = False
     for name in ("y_init", "y_relaxed"):
         if fields.get(name) is not None:
             info[name] = _scalar(name, fields[name])
@@ -303,6 +318,9 @@ def _to_structure(fields: dict, keys: LabelKeys) -> Structure:
 # ---- writing -------------------------------------------------------------------------------------------
 
 
+_LABEL_FIELDS = ("y", "force", "energy", "forces", "energy_key")  # written from the labels (energy_key: see below)
+
+
 def _record_fields(s: Structure, legacy_names: bool) -> dict:
     """A Structure as OC20 record attributes, with the dtypes of the released files (float32, long tags)."""
     n = s.natoms
@@ -319,7 +337,10 @@ def _record_fields(s: Structure, legacy_names: bool) -> dict:
         if getattr(s, name) is not None:
             f[name] = _first(getattr(s, name))
     if s.energy is not None:
-        f["y" if legacy_names else "energy"] = float(s.energy)
+        # an IS2RE energy (the relaxed structure's, read from y_relaxed) goes back under y_relaxed, where IS2RE
+        # loaders look and S2EF loaders, which pair y with the positions, do not
+        relaxed = s.info.get("energy_key") == "y_relaxed"
+        f["y_relaxed" if relaxed else "y" if legacy_names else "energy"] = float(s.energy)
     if s.forces is not None:
         f["force" if legacy_names else "forces"] = np.asarray(s.forces).reshape(n, 3).astype(np.float32)
     if s.stress is not None:
@@ -329,7 +350,7 @@ def _record_fields(s: Structure, legacy_names: bool) -> dict:
             f[name] = float(getattr(s, name))
     for name, value in s.info.items():  # y_init, y_relaxed, pos_relaxed, oc22, energy_kind ... travel along
         value = _first(value)
-        if name in f or name in ("y", "force", "energy", "forces") or not name.isidentifier() or name[0] == "_":
+        if name in f or name in _LABEL_FIELDS or not name.isidentifier() or name[0] == "_":
             continue
         if isinstance(value, (bool, int, float, str)):
             f[name] = value
@@ -358,18 +379,8 @@ def write(path: str | Path, structures: Iterable[Structure], *, shards: int = 1,
     encoded = _encoded(structures, path, legacy_names)
     if shards <= 1:
         return _write_shard(path, encoded)
-    # contiguous shards keep the order, but need the count first: spool encoded records to a temporary file
     path.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=path) as spool:
-        sizes = []
-        for value in encoded:
-            spool.write(value)
-            sizes.append(len(value))
-        spool.seek(0)
-        bounds = [len(sizes) * k // shards for k in range(shards + 1)]
-        for k in range(shards):
-            _write_shard(path / f"data.{k:04d}.lmdb", (spool.read(sizes[i]) for i in range(bounds[k], bounds[k + 1])))
-    return len(sizes)
+    return write_contiguous(path, encoded, shards, lambda k, values: _write_shard(path / f"data.{k:04d}.lmdb", values))
 
 
 def _encoded(structures: Iterable[Structure], path: Path, legacy_names: bool) -> Iterator[bytes]:
