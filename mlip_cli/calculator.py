@@ -17,6 +17,7 @@ only the listed pairs closer than ``cutoff``; the model's envelope is exactly ze
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -185,6 +186,19 @@ class MLIPCalculator(Calculator):
         self.always_stress = bool(always_stress)
         self.model_calls = 0
         self._info_state: tuple | None = None
+        self._warned_charge_spin = False
+
+    def _warn_if_charge_spin_ignored(self, charge, spin) -> None:
+        """Say once that a model trained without charge and spin ignores the charged or open-shell state given."""
+        given = (charge is not None and float(charge) != 0.0) or (spin is not None and float(spin) != 1.0)
+        if given and not self._warned_charge_spin and not getattr(self.model.config, "charge_spin", False):
+            self._warned_charge_spin = True
+            warnings.warn(
+                f"this model was trained without charge and spin: charge {charge}, spin {spin} of this structure "
+                "are ignored (its prediction is the one for any charge and spin)",
+                UserWarning,
+                stacklevel=3,
+            )
 
     @classmethod
     def from_checkpoint(
@@ -243,6 +257,7 @@ class MLIPCalculator(Calculator):
             raise PropertyNotImplementedError("stress needs a periodic cell of nonzero volume; this structure has none")
         charge, spin = self._info(atoms)
         self._info_state = (charge, spin)
+        self._warn_if_charge_spin_ignored(charge, spin)
         positions = atoms.positions
         if not (np.isfinite(positions).all() and np.isfinite(cell).all()):
             # no neighbour list of NaN coordinates: answer NaN, which relax/md report as a failure

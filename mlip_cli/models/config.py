@@ -104,6 +104,8 @@ class ModelConfig:
         readout_hidden: width of the per-atom readout MLP.
         scale, shift: per-atom energy = scale * interaction energy + shift + E0[element].
         e0s: per-element reference energies ``{Z: eV}`` (e.g. fitted by least squares); missing ones are 0.
+        charge_spin: condition on each structure's total charge and spin multiplicity (a learned vector added to
+            every atom's initial features); training sets it when the data carries charge or spin.
     """
 
     family: ClassVar[str] = ""
@@ -120,6 +122,7 @@ class ModelConfig:
     scale: float = 1.0
     shift: float = 0.0
     e0s: dict[int, float] = field(default_factory=dict)
+    charge_spin: bool = False
 
     def __post_init__(self) -> None:
         if not type(self).family:
@@ -155,6 +158,8 @@ class ModelConfig:
         extra = sorted(set(self.e0s) - set(self.elements))
         if extra:
             raise ConfigError(f"model config: e0s given for elements {extra} not in elements {self.elements}")
+        if not isinstance(self.charge_spin, bool):
+            raise ConfigError(f"model config: charge_spin must be true or false, got {self.charge_spin!r}")
         for name in ("cutoff", "channels", "num_interactions", "num_radial", "radial_hidden", "readout_hidden"):
             self._check_positive(name)
         if self.radial_layers < 0:

@@ -205,12 +205,18 @@ class EquivariantPotential(Potential):
         return max((b.conv.rel_error for b in self.blocks), default=0.0)
 
     def interaction_energies(
-        self, species: torch.Tensor, vectors: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, num_atoms: int
+        self,
+        species: torch.Tensor,
+        vectors: torch.Tensor,
+        src: torch.Tensor,
+        dst: torch.Tensor,
+        num_atoms: int,
+        condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Per-atom interaction energies.
+        """Per-atom interaction energies (``condition``: see :meth:`Potential.interaction_energies`).
 
         Shapes:
-            species ``[N]``, vectors ``[E, 3]``, src ``[E]``, dst ``[E]`` -> ``[N]``.
+            species ``[N]``, vectors ``[E, 3]``, src ``[E]``, dst ``[E]``, condition ``[N, C]`` -> ``[N]``.
         """
         graph = MessageGraph(src, dst, num_atoms, num_atoms)  # built once, shared by every block
         Y = spherical_harmonics(vectors, self.lmax)
@@ -218,7 +224,10 @@ class EquivariantPotential(Potential):
         rep, edge_rows = reverse_pairs(src, dst, vectors, num_atoms)
         r = torch.linalg.vector_norm(vectors.index_select(0, rep), dim=-1)
         basis, envelope = self.basis(r), self.envelope(r)
-        x = self.embedding(species)[:, :, None]  # [N, C, 1]: only scalars before the first block
+        x = self.embedding(species)
+        if condition is not None:
+            x = x + condition
+        x = x[:, :, None]  # [N, C, 1]: only scalars before the first block
         for block in self.blocks:
             x = block(x, species, Y, basis, envelope, graph, edge_rows)
         return self.readout(x[:, :, 0])

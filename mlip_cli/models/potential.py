@@ -17,7 +17,7 @@ from torch import nn
 from mlip_datasets.graph import edge_vectors
 from mlip_datasets.record import MIN_CELL_VOLUME
 
-from ..nn.embedding import ElementTable
+from ..nn.embedding import ChargeSpinEmbedding, ElementTable
 from ..nn.readout import AtomicReference, ScaleShift
 from .config import ModelConfig
 from .hooks import TrainingHooks
@@ -46,6 +46,7 @@ class Potential(nn.Module):
         self.element_table = ElementTable(config.elements)
         self.scale_shift = ScaleShift(config.scale, config.shift)
         self.reference = AtomicReference(config.elements, config.e0s)
+        self.charge_spin = ChargeSpinEmbedding(config.channels) if config.charge_spin else None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -60,15 +61,31 @@ class Potential(nn.Module):
         return TrainingHooks()
 
     def interaction_energies(
-        self, species: torch.Tensor, vectors: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, num_atoms: int
+        self,
+        species: torch.Tensor,
+        vectors: torch.Tensor,
+        src: torch.Tensor,
+        dst: torch.Tensor,
+        num_atoms: int,
+        condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-atom interaction energies before scale/shift.
 
+        ``condition`` (models with ``charge_spin``): a vector per atom from its structure's charge and spin
+        (:meth:`node_condition`), added to the initial scalar features.
+
         Shapes:
             species ``[N]``, vectors ``[E, 3]`` (``pos[dst] - pos[src] + shifts @ cell``), src ``[E]``,
-            dst ``[E]`` -> ``[N]``.
+            dst ``[E]``, condition ``[N, channels]`` -> ``[N]``.
         """
         raise NotImplementedError
+
+    def node_condition(self, batch) -> torch.Tensor | None:
+        """Each atom's charge/spin vector (``[N, channels]``), or None for a model without ``charge_spin``."""
+        if self.charge_spin is None:
+            return None
+        per_structure = self.charge_spin(batch.charge, batch.spin, batch.charge_mask, batch.spin_mask)
+        return per_structure.index_select(0, batch.batch)
 
     def set_statistics(self, e0s=None, scale: float | None = None, shift: float | None = None) -> None:
         """Set the energy constants from data statistics (and record them in ``self.config``).
@@ -132,7 +149,9 @@ class Potential(nn.Module):
 
             species = self.element_table(batch.numbers)
             vectors = edge_vectors(pos, cell_s, shifts, batch.edge_index, node_graph)
-            e_int = self.interaction_energies(species, vectors, src, dst, positions.shape[0])
+            e_int = self.interaction_energies(
+                species, vectors, src, dst, positions.shape[0], condition=self.node_condition(batch)
+            )
             # Summed in float64: per-atom references of hundreds of eV would round a float32 total to ~1 meV.
             node_energy = self.scale_shift(e_int).double() + self.reference(species).double()
             energy = node_energy.new_zeros(num_graphs).index_add(0, node_graph, node_energy)

@@ -206,12 +206,20 @@ class TransIPPotential(Potential):
 
     # ------------------------------------------------------------------------------------- backbone
     def tokens(
-        self, species: torch.Tensor, vectors: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, num_atoms: int
+        self,
+        species: torch.Tensor,
+        vectors: torch.Tensor,
+        src: torch.Tensor,
+        dst: torch.Tensor,
+        num_atoms: int,
+        condition: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
-        """Token embeddings after each layer.
+        """Token embeddings after each layer (``condition``: added to the scalar columns, see
+        :meth:`Potential.interaction_energies`).
 
         Shapes:
-            species ``[N]``, vectors ``[E, 3]``, src ``[E]``, dst ``[E]`` -> list of ``[N, width]``.
+            species ``[N]``, vectors ``[E, 3]``, src ``[E]``, dst ``[E]``, condition ``[N, C]`` -> list of
+            ``[N, width]``.
         """
         r = torch.linalg.vector_norm(vectors, dim=-1)
         radial = self.radial(self.basis(r))
@@ -225,6 +233,8 @@ class TransIPPotential(Potential):
             spherical_harmonics(vectors, 1)[:, 1:],
         )
         h = self.embedding(species)
+        if condition is not None:
+            h = h + condition
         x = torch.cat([h, h.new_zeros(num_atoms, self.width - self.channels)], dim=1)
         out = []
         for block in self.blocks:
@@ -232,12 +242,18 @@ class TransIPPotential(Potential):
             out.append(x)
         return out
 
-    def _energies(self, species, vectors, src, dst, num_atoms) -> torch.Tensor:
-        x = self.tokens(species, vectors, src, dst, num_atoms)[-1]
+    def _energies(self, species, vectors, src, dst, num_atoms, condition=None) -> torch.Tensor:
+        x = self.tokens(species, vectors, src, dst, num_atoms, condition)[-1]
         return self.readout(self.readout_norm(x[:, : self.channels]))
 
     def interaction_energies(
-        self, species: torch.Tensor, vectors: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, num_atoms: int
+        self,
+        species: torch.Tensor,
+        vectors: torch.Tensor,
+        src: torch.Tensor,
+        dst: torch.Tensor,
+        num_atoms: int,
+        condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-atom interaction energies, frame-averaged when ``config.frame_averaging``.
 
@@ -248,7 +264,7 @@ class TransIPPotential(Potential):
             species ``[N]``, vectors ``[E, 3]``, src ``[E]``, dst ``[E]`` -> ``[N]``.
         """
         if not self.config.frame_averaging:
-            return self._energies(species, vectors, src, dst, num_atoms)
+            return self._energies(species, vectors, src, dst, num_atoms, condition)
         edge_graph, num_graphs = self._edge_graph or (torch.zeros_like(src), 1)
         if edge_graph.shape != src.shape:
             edge_graph, num_graphs = torch.zeros_like(src), 1
@@ -264,6 +280,7 @@ class TransIPPotential(Potential):
             (src[None] + offsets).reshape(-1),
             (dst[None] + offsets).reshape(-1),
             f * num_atoms,
+            None if condition is None else condition.repeat(f, 1),
         )
         return e.view(f, num_atoms).mean(0)
 
@@ -293,7 +310,8 @@ class TransIPPotential(Potential):
         vectors = edge_vectors(
             batch.positions.to(dtype), batch.cell.to(dtype), batch.shifts.to(dtype), batch.edge_index, batch.batch
         )
-        xs = self.tokens(self.element_table(batch.numbers), vectors, src, dst, int(batch.numbers.shape[0]))
+        species, num_atoms = self.element_table(batch.numbers), int(batch.numbers.shape[0])
+        xs = self.tokens(species, vectors, src, dst, num_atoms, self.node_condition(batch))
         if layers == "last":
             return xs[-1], self.irreps
         if layers == "all":

@@ -55,6 +55,32 @@ class ElementTable(nn.Module):
         return idx
 
 
+class ChargeSpinEmbedding(nn.Module):
+    """Total charge and spin multiplicity of each structure -> a vector added to every atom's initial scalar
+    features, so one model fits the same geometry at several charge and spin states (OMol25's labels depend on both).
+
+    The last layer starts at zero: a new model predicts as its charge-blind counterpart until training says
+    otherwise. A structure that gives no charge counts as neutral, one that gives no spin as a singlet.
+
+    Shapes:
+        charge, spin ``[B]``, charge_mask, spin_mask ``[B]`` bool -> ``[B, channels]``.
+    """
+
+    def __init__(self, channels: int, hidden: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, hidden), nn.SiLU(), nn.Linear(hidden, channels))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(
+        self, charge: torch.Tensor, spin: torch.Tensor, charge_mask: torch.Tensor, spin_mask: torch.Tensor
+    ) -> torch.Tensor:
+        dtype = self.net[0].weight.dtype
+        q = torch.where(charge_mask, charge.to(dtype), torch.zeros_like(charge, dtype=dtype))
+        s = torch.where(spin_mask, spin.to(dtype), torch.ones_like(spin, dtype=dtype))
+        return self.net(torch.stack([q, s - 1.0], dim=-1))
+
+
 class ElementEmbedding(nn.Module):
     """Learned initial scalar features per species (a linear map of the one-hot species).
 

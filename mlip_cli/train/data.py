@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mlip_datasets.errors import DataError
-from mlip_datasets.graph import AtomicGraph, Batch
+from mlip_datasets.graph import Batch
 from mlip_datasets.io import open_dataset, write_dataset
 from mlip_datasets.label_kind import label_kind
 from mlip_datasets.split import split_indices
@@ -156,79 +156,87 @@ def fit_statistics(
     loss: LossSection | None = None,
     isolated_e0s: dict[int, float] | None = None,
 ) -> dict:
-    """Elements, E0s (``data.e0s``), interaction-energy shift, force-RMS scale and neighbours per atom.
+    """Elements, E0s (``data.e0s``), interaction-energy shift, force-RMS scale, neighbours per atom and whether
+    the data carries charge or spin (``charge_spin``).
 
-    Uses at most 5,000 structures spread evenly over the training set (every one for small sets).
+    Uses at most 5,000 structures spread evenly over the training set (every one for small sets), one graph at a
+    time (a sample of large OC20 graphs would otherwise hold hundreds of MB at once).
 
     Raises:
         DataError: none of those structures has an energy, forces or stress label (nothing to train on), or
-            one lacks a label that ``loss`` weighs (naming the record and the key it was looked up under).
+            one lacks a label that ``loss`` weighs (naming the record and the key it was looked up under: every
+            sampled structure must carry it; stress only periodic ones).
     """
+    from mlip_datasets.record import is_periodic
+
     data = data or DataSection()
+    keys = data.label_keys()
+    needed = [label for label in ("energy", "forces", "stress") if loss is not None and getattr(loss, label) > 0]
     count = len(train)
     picks = np.unique(np.linspace(0, count - 1, min(count, _STATS_MAX_STRUCTURES)).round().astype(np.int64))
-    graphs = [train[int(i)] for i in picks]
-    keys = data.label_keys()
-    if not any(g.energy is not None or g.forces is not None or g.stress is not None for g in graphs):
-        checked = "any" if len(graphs) == count else f"the {len(graphs)} sampled"
+    lacking: dict[str, int] = {}  # the first sampled record without each needed label
+    labelled_any = charge_spin = False
+    compositions: list[dict[int, int]] = []
+    energies: list[float] = []
+    present: set[int] = set()
+    force_sq, force_n, atoms, edges = 0.0, 0, 0, 0
+    for i in picks:
+        g = train[int(i)]
+        labelled_any |= g.energy is not None or g.forces is not None or g.stress is not None
+        charge_spin |= g.charge is not None or g.spin is not None
+        for label in needed:
+            missing = label not in lacking and not g.has(label)
+            if missing and (label != "stress" or is_periodic(g.cell.numpy(), g.pbc.numpy())):
+                lacking[label] = g.index
+        z, n = np.unique(g.numbers.numpy(), return_counts=True)
+        present.update(z.tolist())
+        if g.energy is not None:
+            compositions.append(dict(zip(z.tolist(), n.tolist())))
+            energies.append(float(g.energy))
+        if g.forces is not None:
+            force_sq += float(g.forces.double().pow(2).sum())
+            force_n += g.forces.numel()
+        atoms, edges = atoms + g.natoms, edges + g.num_edges
+    if not labelled_any:
+        checked = "any" if len(picks) == count else f"the {len(picks)} sampled"
         raise DataError(
             train.source,
             f"no energy, forces or stress labels (keys {keys.energy!r}, {keys.forces!r}, {keys.stress!r}) on "
             f"{checked} of the {count} training structures: nothing to train on; name the keys with --energy-key, "
             "--forces-key, --stress-key or data.keys",
         )
-    if loss is not None:
-        _check_required_labels(graphs, train.source, loss, keys)
-    present = sorted({int(z) for g in graphs for z in g.numbers.tolist()})
+    for label in needed:  # so a wrong key name is one line before training, not a term that trains on nothing
+        if label in lacking:
+            weight, key = getattr(loss, label), getattr(keys, label)
+            raise DataError(
+                train.source,
+                f"no {label} label under the key {key!r}, which loss.{label} = {weight:g} needs; name the key "
+                f"(--{label}-key or data.keys.{label}) or set loss.{label}: 0",
+                record=lacking[label],
+            )
     if elements:
-        missing = sorted(set(present) - set(elements))
+        missing = sorted(present - set(elements))
         if missing:
             raise RecipeError(
                 f"recipe: the training data has elements {missing} that model.elements {sorted(elements)} does not list"
             )
-    elements = list(elements) if elements else present
-    col = {z: k for k, z in enumerate(elements)}
-    labelled = [g for g in graphs if g.energy is not None]
-    comp = np.zeros((len(labelled), len(elements)))
-    for r, g in enumerate(labelled):
-        for z in g.numbers.tolist():
-            comp[r, col[int(z)]] += 1
-    energies = np.array([float(g.energy) for g in labelled])
-    e0s, e0s_source = resolve_e0s(data.e0s, comp, energies, elements, isolated_e0s or {})
-    stats: dict = {"elements": elements, "structures": len(graphs), "shift": 0.0, "scale": 1.0}
+    elements = list(elements) if elements else sorted(present)
+    comp = np.array([[c.get(z, 0) for z in elements] for c in compositions], dtype=np.float64).reshape(
+        -1, len(elements)
+    )
+    energy = np.array(energies)
+    e0s, e0s_source = resolve_e0s(data.e0s, comp, energy, elements, isolated_e0s or {})
+    stats: dict = {"elements": elements, "structures": len(picks), "shift": 0.0, "scale": 1.0}
     stats["e0s"], stats["e0s_source"] = e0s, e0s_source
-    if labelled:
-        residual = (energies - comp @ np.array([e0s.get(z, 0.0) for z in elements])) / comp.sum(axis=1)
+    if len(energy):
+        residual = (energy - comp @ np.array([e0s.get(z, 0.0) for z in elements])) / comp.sum(axis=1)
         stats["shift"] = float(residual.mean())
-    forces = [g.forces for g in graphs if g.forces is not None]
-    if forces:
-        rms = float(torch.cat([f.reshape(-1) for f in forces]).double().pow(2).mean().sqrt())
+    if force_n:
+        rms = float(np.sqrt(force_sq / force_n))
         stats["scale"] = rms if rms > 1e-8 else 1.0
-    atoms = sum(g.natoms for g in graphs)
-    stats["avg_num_neighbors"] = max(sum(g.num_edges for g in graphs) / max(atoms, 1), 1.0)
+    stats["avg_num_neighbors"] = max(edges / max(atoms, 1), 1.0)
+    stats["charge_spin"] = charge_spin
     return stats
-
-
-def _check_required_labels(graphs: list[AtomicGraph], source, loss: LossSection, keys) -> None:
-    """Every sampled structure carries each label the loss weighs (stress: periodic ones only), so a wrong key
-    name is one line before training rather than a term that silently trains on nothing."""
-    from mlip_datasets.record import is_periodic
-
-    for label in ("energy", "forces", "stress"):
-        weight = getattr(loss, label)
-        if not weight > 0:
-            continue
-        for g in graphs:
-            if label == "stress" and not is_periodic(g.cell.numpy(), g.pbc.numpy()):
-                continue
-            if not g.has(label):
-                key = getattr(keys, label)
-                raise DataError(
-                    source,
-                    f"no {label} label under the key {key!r}, which loss.{label} = {weight:g} needs; name the key "
-                    f"(--{label}-key or data.keys.{label}) or set loss.{label}: 0",
-                    record=g.index,
-                )
 
 
 def default_num_workers(world: int = 1) -> int:

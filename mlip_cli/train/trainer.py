@@ -264,6 +264,7 @@ class Trainer:
             "e0s": {z: e for z, e in s["e0s"].items()},
             "shift": s["shift"],
             "scale": s["scale"],
+            "charge_spin": s.get("charge_spin", False),  # condition on charge and spin where the data has them
         }
         keys = config_class(config["family"]).allowed_keys()
         for key, value in fitted.items():

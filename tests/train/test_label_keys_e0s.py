@@ -171,3 +171,21 @@ def test_hdf5_units_from_the_recipe(tmp_path):
     # the mean energy per atom of the training split, in eV (frames differ by ~1e-5 relative, so any split agrees)
     expected = energies.mean() * ase_units.Hartree / 3
     assert e0s[8] == pytest.approx(expected, rel=2e-4) and e0s[1] == e0s[8]
+
+
+def test_the_shipped_mace_recipe_reads_mace_files_as_they_come(mace_files, tmp_path):
+    run = tmp_path / "run"
+    small = (
+        "--set",
+        "model.channels=4",
+        "--set",
+        "model.lmax=1",
+        "--set",
+        "run.max_steps=2",
+        "--set",
+        "run.time_budget=null",
+    )
+    result = mlip("train", "mace/tdn", "--data", mace_files / "train.xyz", "--out", run, "-q", *small)
+    assert result.exit_code == 0, result.output
+    out = yaml.safe_load((run / "result.yaml").read_text())
+    assert out["e0s"] == {"Cu": emt_isolated_energy("Cu"), "Au": emt_isolated_energy("Au")}

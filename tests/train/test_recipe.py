@@ -98,3 +98,14 @@ def test_cli_bad_key_is_one_line_and_exit_2(tmp_path, small_data):
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "run.max_stepz" in proc.stderr and "allowed: max_steps" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "name",
+    sorted(str(p.relative_to(builtin_recipes_dir()).with_suffix("")) for p in builtin_recipes_dir().rglob("*.yaml")),
+)
+def test_every_shipped_recipe_is_valid_with_its_data(name, tmp_path):
+    from mlip_cli.train import RecipeSettings
+
+    recipe = load_recipe(name, settings=RecipeSettings(train=tmp_path / "train.xyz"))
+    assert recipe.name and recipe.model["family"]
