@@ -187,11 +187,12 @@ class MLIPCalculator(Calculator):
         self.model_calls = 0
         self._info_state: tuple | None = None
         self._warned_charge_spin = False
+        self._uses_charge_spin = bool(getattr(model.config, "charge_spin", False))
 
     def _warn_if_charge_spin_ignored(self, charge, spin) -> None:
         """Say once that a model trained without charge and spin ignores the charged or open-shell state given."""
         given = (charge is not None and float(charge) != 0.0) or (spin is not None and float(spin) != 1.0)
-        if given and not self._warned_charge_spin and not getattr(self.model.config, "charge_spin", False):
+        if given and not self._warned_charge_spin and not self._uses_charge_spin:
             self._warned_charge_spin = True
             warnings.warn(
                 f"this model was trained without charge and spin: charge {charge}, spin {spin} of this structure "

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import UsageError
+from .distributed import shutdown_distributed, wait_for_all
 from .recipe import Recipe, RecipeSettings, load_recipe
 from .trainer import Trainer, TrainResult
 
@@ -110,6 +111,7 @@ def run_training(recipe: Recipe, run_dir, resume: bool = False, log=None, progre
     run_dir = Path(run_dir)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = None
     try:
         trainer = Trainer(recipe, run_dir, resume=resume, log=log, progress_factory=progress_factory)
         # only rank 0 writes into the run directory, so only rank 0 holds it
@@ -120,11 +122,17 @@ def run_training(recipe: Recipe, run_dir, resume: bool = False, log=None, progre
             if trainer.info.is_main:
                 plot_learning_curve(run_dir / "metrics.csv", run_dir / "learning_curve.png")
                 (run_dir / "result.yaml").write_text(yaml.safe_dump(result.to_dict(), sort_keys=False))
+        wait_for_all(trainer.info)  # every process leaves together
     except Exception:
         # a run that failed before its first checkpoint leaves nothing behind (the same --out works again)
         if created and not (run_dir / "last.pt").exists() and int(os.environ.get("RANK", "0")) == 0:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    finally:
+        # a gloo group left to the interpreter's exit can abort the process ("terminate called without an active
+        # exception") while its threads are torn down: destroy it here
+        if trainer is not None:
+            shutdown_distributed(trainer.info)
     return result
 
 
