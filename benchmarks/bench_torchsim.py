@@ -34,9 +34,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from report import load_average, provenance, write_report  # noqa: E402  (benchmarks/report.py)
 
-# benchmarks/tables.py would shadow PyTables (``tables``), which torch_sim imports: drop this folder again
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-
 ELEMENTS = [1, 6, 7, 8, 16, 17]  # what the G2 molecules of 10-14 atoms contain
 FORCE_SCALE = 0.004  # interaction-energy scale of the untrained model (main)
 MODEL = {

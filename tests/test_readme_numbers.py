@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _load_tables():
     # benchmarks/ is a folder of scripts, not a package: load the module from its file
-    spec = importlib.util.spec_from_file_location("benchmark_tables", ROOT / "benchmarks" / "tables.py")
+    spec = importlib.util.spec_from_file_location("benchmark_tables", ROOT / "benchmarks" / "readme_tables.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
@@ -30,7 +30,7 @@ def test_every_table_is_marked_once_in_the_readme():
 def test_readme_table_equals_its_json(name):
     assert tables.blocks(README)[name] == tables.render(name), (
         f"README table {name!r} differs from {', '.join(tables.TABLES[name].sources)}; "
-        "run `python benchmarks/tables.py --write`"
+        "run `python benchmarks/readme_tables.py --write`"
     )
 
 

@@ -5,9 +5,9 @@ which JSON files it comes from, which function renders it and which command rege
 measured on code that has changed since carries a note saying so (``stale``) until that command is rerun.
 ``tests/test_readme_numbers.py`` checks that every marked block equals what its JSON renders to.
 
-    python benchmarks/tables.py            # list the tables whose README block differs from its JSON
-    python benchmarks/tables.py --write    # rewrite those blocks
-    python benchmarks/tables.py --commands # the commands that regenerate the stale tables' JSON
+    python benchmarks/readme_tables.py            # list the tables whose README block differs from its JSON
+    python benchmarks/readme_tables.py --write    # rewrite those blocks
+    python benchmarks/readme_tables.py --commands # the commands that regenerate the stale tables' JSON
 """
 
 from __future__ import annotations
