@@ -264,13 +264,22 @@ class Trainer:
             "e0s": {z: e for z, e in s["e0s"].items()},
             "shift": s["shift"],
             "scale": s["scale"],
-            "charge_spin": s.get("charge_spin", False),  # condition on charge and spin where the data has them
+            "charge_spin": self._resumed_charge_spin(s.get("charge_spin", False)),
         }
         keys = config_class(config["family"]).allowed_keys()
         for key, value in fitted.items():
             if key in keys:
                 config.setdefault(key, value)
         return build_model(config, dtype=self.dtype, device=self.device)
+
+    def _resumed_charge_spin(self, data_has_them: bool) -> bool:
+        """Condition on charge and spin where the data has them; a resumed run keeps what its checkpoint was built
+        with (a run started before models read charge and spin has none, whatever the data)."""
+        last = self.run_dir / "last.pt"
+        if not self.resume or not last.exists():
+            return data_has_them
+        saved = load_checkpoint(last).get("model_config") or {}
+        return bool(saved.get("charge_spin", False))
 
     # ------------------------------------------------------------- checkpoints
     def _payload(self, with_train_state: bool, window: LossWindow | None = None) -> dict:

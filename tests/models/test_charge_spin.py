@@ -147,3 +147,41 @@ def test_the_exported_model_takes_charge_and_spin():
     assert neutral == pytest.approx(float(python(*inputs(0.0, 1.0))[0]), rel=1e-12)
     assert cation == pytest.approx(float(python(*inputs(1.0, 2.0))[0]), rel=1e-12)
     assert abs(cation - neutral) > 1e-3
+
+
+def test_a_run_from_before_charge_and_spin_resumes_as_it_was_built(tmp_path):
+    """A checkpoint written before models read charge and spin has no ``charge_spin``: resuming it on data that
+    carries charge and spin keeps the charge-blind model instead of refusing its weights."""
+    import yaml
+
+    from mlip_cli.checkpoint import load_checkpoint, save_checkpoint
+    from mlip_cli.train import plan_run, run_training
+    from mlip_datasets.generate import generate
+    from mlip_datasets.io import write_dataset
+
+    path = tmp_path / "mols.extxyz"
+    write_dataset(path, generate("molecule", 12, seed=0))  # charge and spin on every record
+    recipe = {
+        "name": "old",
+        "model": {"family": "tdn", "cutoff": 4.0, "channels": 4, "lmax": 1, "num_radial": 4, "charge_spin": False},
+        "data": {"train": str(path), "split": [0.75, 0.25], "batch_size": 4},
+        "run": {"max_steps": 2, "valid_every": 2, "threads": 1},
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    run = tmp_path / "run"
+    plan = plan_run(tmp_path / "r.yaml", out=run)
+    run_training(plan.recipe, plan.run_dir)
+    # make it look like a run of the older code: no charge_spin anywhere
+    for name in ("last.pt", "best.pt"):
+        ckpt = load_checkpoint(run / name)
+        ckpt.pop("path", None)
+        del ckpt["model_config"]["charge_spin"]
+        del ckpt["recipe"]["model"]["charge_spin"]
+        save_checkpoint(run / name, ckpt)
+    old = yaml.safe_load((run / "recipe.yaml").read_text())
+    del old["model"]["charge_spin"]
+    (run / "recipe.yaml").write_text(yaml.safe_dump(old))
+    resumed = plan_run(None, resume=run, overrides=["run.max_steps=4"])
+    result = run_training(resumed.recipe, resumed.run_dir, resume=True)
+    assert result.steps == 4
+    assert load_checkpoint(run / "last.pt")["model_config"]["charge_spin"] is False

@@ -163,7 +163,7 @@ def driven(tmp_path, at: int, *args, sampled: int = 0, sig: str = "SIGINT") -> s
 
 
 def test_a_data_error_in_a_worker_is_one_line(tmp_path, small_data):
-    from conftest import rattled_metal_slabs
+    from train_testlib import rattled_metal_slabs
 
     structures = rattled_metal_slabs(10, seed=2)
     structures[5].forces[3, 1] = np.nan

@@ -8,8 +8,7 @@ import json
 import torch
 import yaml
 from cli_runner import mlip
-from conftest import rattled_metal_slabs
-from train_testlib import tiny_recipe, write_recipe
+from train_testlib import rattled_metal_slabs, tiny_recipe, write_recipe
 
 from mlip_datasets.io import write_dataset
 

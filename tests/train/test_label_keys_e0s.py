@@ -12,8 +12,7 @@ import yaml
 from ase import Atoms
 from ase.calculators.emt import EMT
 from cli_runner import mlip
-from conftest import rattled_metal_slabs
-from train_testlib import tiny_recipe, write_recipe
+from train_testlib import rattled_metal_slabs, tiny_recipe, write_recipe
 
 from mlip_cli.train import Recipe
 from mlip_cli.train.e0s import resolve_e0s
