@@ -72,7 +72,8 @@ class Potential(nn.Module):
         """Per-atom interaction energies before scale/shift.
 
         ``condition`` (models with ``charge_spin``): a vector per atom from its structure's charge and spin
-        (:meth:`node_condition`), added to the initial scalar features.
+        (:meth:`node_condition`), added to the initial scalar features. It is passed only to models with
+        ``charge_spin``, so a family that does not support them may leave the keyword out.
 
         Shapes:
             species ``[N]``, vectors ``[E, 3]`` (``pos[dst] - pos[src] + shifts @ cell``), src ``[E]``,
@@ -149,9 +150,10 @@ class Potential(nn.Module):
 
             species = self.element_table(batch.numbers)
             vectors = edge_vectors(pos, cell_s, shifts, batch.edge_index, node_graph)
-            e_int = self.interaction_energies(
-                species, vectors, src, dst, positions.shape[0], condition=self.node_condition(batch)
-            )
+            condition = self.node_condition(batch)
+            # a family without charge and spin need not take the keyword (new families start that simple)
+            extra = {} if condition is None else {"condition": condition}
+            e_int = self.interaction_energies(species, vectors, src, dst, positions.shape[0], **extra)
             # Summed in float64: per-atom references of hundreds of eV would round a float32 total to ~1 meV.
             node_energy = self.scale_shift(e_int).double() + self.reference(species).double()
             energy = node_energy.new_zeros(num_graphs).index_add(0, node_graph, node_energy)

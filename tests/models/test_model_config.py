@@ -293,6 +293,12 @@ def test_a_new_family_registers_from_its_own_module_alone(monkeypatch):
 
     model = build_model({"family": "pair", "elements": [1, 8], "strength": 3})
     assert type(model) is PairPotential and type(model.config) is PairConfig and model.config.strength == 3.0
+    from mlip_datasets.graph import collate_graphs, structure_to_graph
+    from mlip_datasets.record import Structure
+
+    water = Structure(numbers=[8, 1, 1], positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]], charge=1.0)
+    out = model(collate_graphs([structure_to_graph(water, model.cutoff, torch.float32)]))  # the plain signature runs
+    assert torch.isfinite(out["energy"]).all() and out["forces"].shape == (3, 3)
     assert "pair" in registered_families(exactly_equivariant=True) and config_class("pair") is PairConfig
     with pytest.raises(ConfigError, match="unknown key 'lmax' for family 'pair'"):
         build_model({"family": "pair", "elements": [1], "lmax": 2})
