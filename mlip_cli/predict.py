@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlip_datasets.errors import DataError
 from mlip_datasets.formats import get_format
+from mlip_datasets.formats.ase_files import write_extxyz
 from mlip_datasets.formats.base import Reader
 from mlip_datasets.graph import collate_graphs, structure_to_graph
 from mlip_datasets.io import check_output, commit_staged, discard_staged, open_dataset, output_format, stage_dataset
 from mlip_datasets.keys import DEFAULT_KEYS, LabelKeys
-from mlip_datasets.record import Structure, is_periodic, stress_to_voigt
+from mlip_datasets.record import Structure, is_periodic
 from mlip_datasets.torch_data import SizeBatchSampler, natoms_of
 
 from .errors import UsageError
@@ -164,31 +164,6 @@ def _run(model: torch.nn.Module, structures: list[Structure], device: torch.devi
         )
 
 
-def write_extxyz_under_keys(path: str | Path, structures, *, shards: int = 1, keys: LabelKeys) -> int:
-    """Extended XYZ with the labels under ``keys`` names (``info[keys.energy]``, ``arrays[keys.forces]``,
-    ``info[keys.stress]`` as a Voigt 6-vector) instead of on a calculator, as ``mace_eval_configs`` writes
-    ``MACE_energy``/``MACE_forces``/``MACE_stress``. Read back with ``open_dataset(path, keys=keys)``.
-    """
-    from ase.io import write as ase_write
-
-    path = Path(path)
-    if shards != 1:
-        raise DataError(path, f"extxyz writes a single file; sharding (shards={shards}) is not supported")
-    count = 0
-    with open(path, "w") as fd:
-        for s in structures:
-            atoms = s.replace(energy=None, forces=None, stress=None).to_atoms()  # no calculator: plain names
-            if s.energy is not None:
-                atoms.info[keys.energy] = s.energy
-            if s.forces is not None:
-                atoms.arrays[keys.forces] = s.forces
-            if s.stress is not None:
-                atoms.info[keys.stress] = stress_to_voigt(s.stress)
-            ase_write(fd, atoms, format="extxyz")
-            count += 1
-    return count
-
-
 def label_format(out: str | Path, fmt: str | None, keys: LabelKeys):
     """The output format: ``fmt`` or the extension's; for extxyz with non-default ``keys``, one that writes
     under those names. Other formats store labels under fixed names, so other keys there are a UsageError."""
@@ -200,7 +175,7 @@ def label_format(out: str | Path, fmt: str | None, keys: LabelKeys):
             f"--energy-key/--forces-key/--stress-key apply to extxyz output; {target.name} stores labels "
             "under fixed names"
         )
-    return dataclasses.replace(get_format("extxyz"), write=partial(write_extxyz_under_keys, keys=keys))
+    return dataclasses.replace(get_format("extxyz"), write=partial(write_extxyz, keys=keys))
 
 
 def predict_file(

@@ -140,8 +140,9 @@ class _EnergySums:
         elements, counts = np.unique(numbers, return_counts=True)
         c, n, e = counts.astype(np.float64), float(len(numbers)), float(energy)
         block = np.ix_(elements, elements)
-        self.G[block] += np.outer(c, c)
-        self.H[block] += np.outer(c, c) / (n * n)
+        outer = np.outer(c, c)
+        self.G[block] += outer
+        self.H[block] += outer / (n * n)
         self.b[elements] += c * e
         self.u[elements] += c / n
         self.w[elements] += c * e / (n * n)

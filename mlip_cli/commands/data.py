@@ -64,14 +64,6 @@ def _symbols(numbers) -> str:
     return " ".join(_symbol(z) for z in numbers)
 
 
-def _energy_kind(metadata: dict, reader) -> str:
-    """The format's statement if it makes one, else what the first record's ``info`` says."""
-    kind = metadata.get("energy_kind")
-    if kind is None and len(reader):
-        kind = reader[0].info.get("energy_kind")
-    return kind or "unknown"
-
-
 @app.command()
 def info(
     path: Path,
@@ -85,6 +77,8 @@ def info(
     spin_key: SpinKey = None,
 ) -> None:
     """Detect the format and print size, elements, labels, periodicity and energy kind."""
+    from mlip_datasets.label_kind import label_kind
+
     from ..ui import console, print_json, table
 
     with _open(path, fmt, energy_key, forces_key, stress_key, charge_key, spin_key, units=units) as reader:
@@ -100,7 +94,7 @@ def info(
             "elements": _symbols(stats.element_counts),
             "labels": stats.label_counts,
             "periodicity": stats.periodicity,
-            "energy_kind": _energy_kind(metadata, reader),
+            "energy_kind": label_kind(reader)[0] or "unknown",
             **{k: v for k, v in metadata.items() if k != "energy_kind"},
         }
     if as_json:

@@ -28,7 +28,7 @@ from ..ase_convert import atoms_to_structure, structure_to_atoms
 from ..errors import DataError
 from ..keys import DEFAULT_KEYS, LabelKeys
 from ..label_kind import LabelKindTally, first_record_kind, from_metadata
-from ..record import Structure
+from ..record import Structure, stress_to_voigt
 from ._aserows import calculator_extras, check_structure_shapes, row_data
 from .base import Format, Reader
 
@@ -152,8 +152,15 @@ class AseFileReader(Reader):
         return tally.result().as_metadata()
 
 
-def write_extxyz(path: str | Path, structures: Iterable[Structure], *, shards: int = 1) -> int:
-    """Write extended XYZ with ``ase.io.write``: labels on the calculator, charge/spin/sid/fid in info."""
+def write_extxyz(
+    path: str | Path, structures: Iterable[Structure], *, shards: int = 1, keys: LabelKeys = DEFAULT_KEYS
+) -> int:
+    """Write extended XYZ with ``ase.io.write``: labels on the calculator, charge/spin/sid/fid in info.
+
+    With other ``keys`` the labels go under those names instead, in ``info`` (energy, stress as a Voigt
+    6-vector) and ``arrays`` (forces), as ``mace_eval_configs`` writes ``MACE_energy``/``MACE_forces``; read them
+    back with ``open_dataset(path, keys=keys)``.
+    """
     from ase.io import write as ase_write
 
     path = Path(path)
@@ -162,7 +169,17 @@ def write_extxyz(path: str | Path, structures: Iterable[Structure], *, shards: i
     with open(path, "w") as fd:
         for count, s in enumerate(structures, 1):
             check_structure_shapes(s, path, count - 1)
-            ase_write(fd, _extxyz_atoms(s), format="extxyz")
+            if keys.is_default():
+                atoms = _extxyz_atoms(s)
+            else:  # no calculator: the labels under the given names
+                atoms = _extxyz_atoms(s.replace(energy=None, forces=None, stress=None))
+                if s.energy is not None:
+                    atoms.info[keys.energy] = s.energy
+                if s.forces is not None:
+                    atoms.arrays[keys.forces] = s.forces
+                if s.stress is not None:
+                    atoms.info[keys.stress] = stress_to_voigt(s.stress)
+            ase_write(fd, atoms, format="extxyz")
     return count
 
 
