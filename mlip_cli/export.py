@@ -151,9 +151,9 @@ class DeployedPotential(nn.Module):
 
 def why_not_exportable(model: nn.Module) -> str | None:
     """Why ``model`` cannot be exported (one line), or None when it can."""
-    from .models import Potential
+    from .models import Potential, is_ensemble
 
-    if not isinstance(model, Potential):
+    if not (isinstance(model, Potential) or is_ensemble(model)):
         return f"not an mlip potential ({type(model).__name__})"
     return None
 
@@ -163,9 +163,12 @@ def _tracing_copy(model: nn.Module) -> nn.Module:
     from .nn.conv import EdgeConvolution
 
     # Weights as constants: the traced forces and stress are explicit ops, and outputs should not require grad.
+    from .nn.embedding import ElementTable
+
     model = copy.deepcopy(model).cpu().eval().requires_grad_(False)
-    model.element_table.check_numbers = False
-    for module in model.modules():
+    for module in model.modules():  # every member's, in an ensemble
+        if isinstance(module, ElementTable):
+            module.check_numbers = False
         if isinstance(module, EdgeConvolution):
             module.backend = "naive"
     if hasattr(model.config, "message_backend"):
@@ -248,6 +251,7 @@ def _metadata(model: nn.Module, fmt: str) -> dict[str, Any]:
         "mlip_version": __version__,
         "torch_version": torch.__version__,
         "family": model.family,
+        "ensemble": int(model.config.ensemble),  # > 1: the outputs are the members' mean
         "elements": [int(z) for z in model.config.elements],
         "cutoff": float(model.config.cutoff),
         "dtype": str(model.dtype).removeprefix("torch."),

@@ -9,6 +9,7 @@ import importlib
 import pkgutil
 
 from .config import ConfigError, ModelConfig
+from .ensemble import EnsemblePotential, is_ensemble
 from .equivariant import CGPotential, EquivariantPotential, GauntPotential, TDNPotential
 from .potential import Potential
 from .registry import MODELS, build_model, config_class, get_model_class, register_model, registered_families
@@ -25,6 +26,7 @@ __all__ = [
     "MODELS",
     "CGPotential",
     "ConfigError",
+    "EnsemblePotential",
     "EquivariantPotential",
     "GauntPotential",
     "ModelConfig",
@@ -34,6 +36,7 @@ __all__ = [
     "build_model",
     "config_class",
     "get_model_class",
+    "is_ensemble",
     "random_rotate_batch",
     "register_model",
     "registered_families",

@@ -18,6 +18,9 @@ from ..errors import UsageError
 
 __all__ = ["ModelConfig", "ConfigError", "DEFAULT_FAMILY", "FLAT_CONFIG_FIELDS", "migrate_flat_config"]
 
+#: Most members an ensemble may have (each is a whole model in memory and in every step).
+MAX_ENSEMBLE = 64
+
 #: The family of a config mapping without a ``family`` key.
 DEFAULT_FAMILY = "tdn"
 
@@ -106,6 +109,8 @@ class ModelConfig:
         e0s: per-element reference energies ``{Z: eV}`` (e.g. fitted by least squares); missing ones are 0.
         charge_spin: condition on each structure's total charge and spin multiplicity (a learned vector added to
             every atom's initial features); training sets it when the data carries charge or spin.
+        ensemble: number of independently initialised members trained and run together (1: a plain model;
+            more: :class:`~mlip_cli.models.ensemble.EnsemblePotential`, whose spread is the uncertainty).
     """
 
     family: ClassVar[str] = ""
@@ -123,6 +128,7 @@ class ModelConfig:
     shift: float = 0.0
     e0s: dict[int, float] = field(default_factory=dict)
     charge_spin: bool = False
+    ensemble: int = 1
 
     def __post_init__(self) -> None:
         if not type(self).family:
@@ -166,6 +172,8 @@ class ModelConfig:
             raise ConfigError(f"model config: radial_layers must be >= 0, got {self.radial_layers}")
         if self.envelope_p < 2:
             raise ConfigError(f"model config: envelope_p must be >= 2, got {self.envelope_p}")
+        if not 1 <= self.ensemble <= MAX_ENSEMBLE:
+            raise ConfigError(f"model config: ensemble must be 1..{MAX_ENSEMBLE} members, got {self.ensemble}")
 
     def _check_positive(self, name: str) -> None:
         value = getattr(self, name)

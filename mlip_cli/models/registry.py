@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from .config import ConfigError, ModelConfig
+from .ensemble import EnsemblePotential
 
 __all__ = ["MODELS", "register_model", "get_model_class", "config_class", "registered_families", "build_model"]
 
@@ -79,7 +80,8 @@ def build_model(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> torch.nn.Module:
-    """Build the model a config describes (float32 by default; ``torch.float64`` for exact checks).
+    """Build the model a config describes (float32 by default; ``torch.float64`` for exact checks): an
+    :class:`~mlip_cli.models.ensemble.EnsemblePotential` of ``config.ensemble`` members when that is above 1.
 
     Args:
         config: a family's config or its plain-dict form (e.g. ``model.config.to_dict()`` from a
@@ -89,5 +91,7 @@ def build_model(
     """
     if not isinstance(config, ModelConfig):
         config = ModelConfig.from_dict(config)
-    model = get_model_class(config.family)(config)
-    return model.to(dtype=dtype, device=device)
+    model_class = get_model_class(config.family)
+    if config.ensemble > 1:
+        return EnsemblePotential(config, model_class).to(dtype=dtype, device=device)
+    return model_class(config).to(dtype=dtype, device=device)

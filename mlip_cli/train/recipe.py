@@ -110,6 +110,8 @@ class DataSection:
             ``mlip data --units``; every data file of the run must then be HDF5).
         allow_is2re: train on data whose energies belong to another geometry than the stored positions (OC20
             IS2RE: relaxed energies with initial structures), i.e. a direct IS2RE model; refused otherwise.
+        bootstrap: ensembles (``model.ensemble`` > 1): each member sees its own bootstrap resample of the
+            training set, drawn as a Poisson(1) weight per member and structure (same weight every epoch).
     """
 
     train: str | None = None
@@ -131,6 +133,7 @@ class DataSection:
     fixed_tags: list[int] | None = None
     allow_is2re: bool = False
     units: dict[str, str] | None = None
+    bootstrap: bool = False
 
     def label_keys(self):
         """The :class:`~mlip_datasets.keys.LabelKeys` to open the data with."""
@@ -317,6 +320,10 @@ class Recipe:
             raise RecipeError(
                 f"recipe: data.fixed_tags must be a list of integer tags (OC20: [0]), got {d.fixed_tags!r}"
             )
+        if not isinstance(d.bootstrap, bool):
+            raise RecipeError(f"recipe: data.bootstrap must be true or false, got {d.bootstrap!r}")
+        if d.bootstrap and int(self.model.get("ensemble", 1)) < 2:
+            raise RecipeError("recipe: data.bootstrap resamples the data per ensemble member; set model.ensemble >= 2")
         if lo.forces_on not in ("free", "all"):
             raise RecipeError(f"recipe: loss.forces_on must be free or all, got {lo.forces_on!r}")
         _positive(o.lr, "optim.lr", float)

@@ -30,11 +30,12 @@ import torch
 
 from ..checkpoint import load_checkpoint, resolve_dtype, save_checkpoint
 from ..errors import UsageError
+from ..models.ensemble import is_ensemble
 from ..models.symmetry import RENAMED_TYPES
 from .data import TrainBatches, TrainingData, fit_statistics, load_training_data, plan_loading
 from .distributed import all_reduce_sum, broadcast_model, setup_distributed, sync_gradients, wait_for_all
 from .ema import EMA
-from .loss import label_counts, weighted_loss
+from .loss import bootstrap_weights, label_counts, weighted_loss
 from .metrics import evaluate_set
 from .recipe import OptimSection, Recipe
 from .schedule import LRSchedule, progress_fraction
@@ -551,13 +552,14 @@ class Trainer:
         w = self.recipe.loss
         counts = all_reduce_sum(label_counts(batch, self.recipe.loss.forces_on), self.info)
         out = self.model(batch, compute_forces=w.forces > 0, compute_stress=w.stress > 0, create_graph=True)
-        loss, sse = weighted_loss(batch, out, w, counts)
+        loss, sse = self._data_loss(batch, out, counts)
         violations = None
         if self.symmetry is not None:
-            regs = self.hooks.regularizers(batch, out)
+            regs = self.hooks.regularizers(batch, out)  # an ensemble's add up over its members
             # each process's share of the mean over processes, like the data loss
             loss = loss + self.symmetry.weighted_sum(regs) / self.info.world
             violations = torch.stack([regs[t].detach().double() for t in self.symmetry.types]) / self.info.world
+            violations = violations / self.num_members  # the mean member's violation steers the weights
         finite = torch.tensor([float(torch.isfinite(loss)), 1.0], dtype=torch.float64)
         all_reduce_sum(finite, self.info)
         self.optimizer.zero_grad(set_to_none=True)
@@ -566,8 +568,9 @@ class Trainer:
             loss.backward()
             sync_gradients(self.model, self.info)
             clip = self.recipe.optim.clip_norm
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else math.inf)
-            ok = bool(torch.isfinite(norm))  # identical on every process after the sum
+            # each member clips its own gradient, as it would alone
+            norms = [torch.nn.utils.clip_grad_norm_(m.parameters(), clip if clip else math.inf) for m in self.members]
+            ok = all(bool(torch.isfinite(n)) for n in norms)  # identical on every process after the sum
         if not ok:
             self.optimizer.zero_grad(set_to_none=True)
             return False
@@ -578,6 +581,7 @@ class Trainer:
             all_reduce_sum(violations, self.info)
             self.symmetry.update(dict(zip(self.symmetry.types, violations.tolist())))
         # per-process loss shares add up to the global loss; squared-error sums add up; counts are global
+        loss = loss / self.num_members  # what is logged: the mean member's
         shares = torch.tensor(
             [float(loss.detach()), float(sse.get("energy", 0.0)), float(sse.get("forces", 0.0))], dtype=torch.float64
         )
@@ -590,6 +594,29 @@ class Trainer:
             forces_count=float(counts[1]),
         )
         return True
+
+    @property
+    def members(self) -> list[torch.nn.Module]:
+        """The separately trained models: an ensemble's members, else the model itself."""
+        return list(self.model.members) if is_ensemble(self.model) else [self.model]
+
+    @property
+    def num_members(self) -> int:
+        return len(self.members)
+
+    def _data_loss(self, batch, out: dict, counts: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The data loss summed over ensemble members (each member's gradient is its own loss's, as if trained
+        alone; bootstrap weights per member with ``data.bootstrap``) and the mean member's squared-error sums."""
+        outputs = out.get("member_outputs", [out])
+        bootstrap = self.recipe.data.bootstrap
+        loss, sse = None, {}
+        for k, member_out in enumerate(outputs):
+            weights = bootstrap_weights(batch.index, k, self.recipe.run.seed) if bootstrap else None
+            member_loss, member_sse = weighted_loss(batch, member_out, self.recipe.loss, counts, weights)
+            loss = member_loss if loss is None else loss + member_loss
+            for key, value in member_sse.items():
+                sse[key] = sse.get(key, 0.0) + value / len(outputs)
+        return loss, sse
 
     def _should_stop(self) -> str | None:
         r, s = self.recipe.run, self.state
@@ -613,8 +640,11 @@ class Trainer:
         elif self.info.is_main:
             self._metrics_path().unlink(missing_ok=True)  # a fresh run starts a fresh log
         r = self.recipe
+        members = f"ensemble of {self.num_members} " if self.num_members > 1 else ""
+        bootstrap = " (bootstrap)" if r.data.bootstrap else ""
         self.log(
-            f"model {r.model['family']}: {sum(p.numel() for p in self.model.parameters()):,} parameters, "
+            f"model {members}{r.model['family']}{bootstrap}: {sum(p.numel() for p in self.model.parameters()):,} "
+            "parameters, "
             f"{len(self.data.train)} train / {len(self.data.valid) if self.data.valid else 0} valid "
             f"structures, batch {r.data.batch_size}, {self.dtype}, {self.device}"
             + (f", {self.info.world} processes" if self.info.active else "")

@@ -92,6 +92,13 @@ def models(tmp_path_factory):
         state = {"model_config": model.config.to_dict(), "dtype": "float64", "model_state": model.state_dict()}
         path = save_checkpoint(tmp_path_factory.mktemp(family) / "best.pt", {**state, "ema_state": None})
         out[family] = (model, path)
+    torch.manual_seed(0)
+    ensemble = build_model({**tiny_config("tdn"), "ensemble": 2}, dtype=torch.float64).eval()
+    state = {"model_config": ensemble.config.to_dict(), "dtype": "float64", "model_state": ensemble.state_dict()}
+    out["tdn-ensemble"] = (
+        ensemble,
+        save_checkpoint(tmp_path_factory.mktemp("ens") / "best.pt", {**state, "ema_state": None}),
+    )
     return out
 
 
@@ -167,7 +174,7 @@ def _run_program(path: Path, atoms: Atoms):
     return [x.numpy() for x in program(*args)]
 
 
-@pytest.mark.parametrize("family", registered_families())
+@pytest.mark.parametrize("family", [*registered_families(), "tdn-ensemble"])
 def test_sizes_are_dynamic_down_to_one_atom_and_no_edges(family, models, artifacts):
     """One atom alone (N = 1, E = 0), a dimer (E = 2), a one-atom fcc cell (only self-image edges)."""
     model, _ = models[family]
@@ -237,3 +244,18 @@ def test_aoti_without_a_compiler_says_so_in_one_line_and_writes_nothing(models, 
     assert "C++ compiler" in result.output and "--format program" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_ensemble_exports_its_members_mean(models, artifacts):
+    """The exported ensemble gives the mean of its members (each run alone as a plain model) and says so."""
+    ensemble, _ = models["tdn-ensemble"]
+    extra = {"mlip_export.json": ""}
+    torch.export.load(artifacts("tdn-ensemble", "program"), extra_files=extra)
+    assert json.loads(extra["mlip_export.json"])["ensemble"] == 2
+    for atoms in structures().values():
+        energy, forces, stress = _run_program(artifacts("tdn-ensemble", "program"), atoms)
+        members = [python_model_outputs(ensemble.member(k), atoms) for k in range(2)]
+        assert_relative(energy, np.mean([m["energy"] for m in members], axis=0))
+        assert_relative(forces, np.mean([m["forces"] for m in members], axis=0))
+        assert_relative(stress, np.mean([m["stress"] for m in members], axis=0))
+        assert np.abs(members[0]["forces"] - members[1]["forces"]).max() > 1e-4  # the mean is not one member

@@ -46,6 +46,7 @@ COMMON_KEYS = {
     "shift",
     "e0s",
     "charge_spin",
+    "ensemble",
 }
 BACKBONE_KEYS = COMMON_KEYS | {"lmax", "avg_num_neighbors", "message_backend"}
 FAMILY_KEYS = {
@@ -256,7 +257,7 @@ def test_migrated_flat_config_builds_the_same_model(family):
     assert (len(state), sum(t.numel() for t in state.values())) == (entries, elements)
     fresh = build_model(migrated, dtype=torch.float64)
     fresh.load_state_dict(state)  # strict: same keys and shapes
-    assert fresh.config.to_dict() == {**migrated, "charge_spin": False}  # fields added since take their defaults
+    assert fresh.config.to_dict() == {**migrated, "charge_spin": False, "ensemble": 1}  # fields added since take their defaults
 
 
 def test_migration_keeps_keys_that_were_never_config_fields():
