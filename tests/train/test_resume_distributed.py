@@ -74,12 +74,16 @@ def test_existing_run_is_not_overwritten(tmp_path, small_data):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path, small_data):
-    # 24 training structures, global batch 4: every step is 4 structures in both runs (2 + 2 with torchrun)
-    recipe = write_recipe(
-        tmp_path / "r.yaml",
-        tiny_recipe(small_data, run={"max_steps": 8, "valid_every": 4, "dtype": "float64"}, optim={"ema_decay": None}),
+@pytest.mark.parametrize("members", [1, 3])
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, small_data, members):
+    # 24 training structures, global batch 4: every step is 4 structures in both runs (2 + 2 with torchrun);
+    # an ensemble resamples its data by record (bootstrap), so each process weighs its share as one process would
+    data = {"bootstrap": True} if members > 1 else {}
+    recipe = tiny_recipe(
+        small_data, run={"max_steps": 8, "valid_every": 4, "dtype": "float64"}, optim={"ema_decay": None}, data=data
     )
+    recipe["model"]["ensemble"] = members
+    recipe = write_recipe(tmp_path / "r.yaml", recipe)
     single = mlip("train", str(recipe), "--out", str(tmp_path / "one"), "--quiet")
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
