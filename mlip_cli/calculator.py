@@ -3,6 +3,7 @@
     from mlip_cli import MLIPCalculator
     atoms.calc = MLIPCalculator("run/best.pt", device="cpu", dtype="float64")  # or a model object
     atoms.get_potential_energy(); atoms.get_forces(); atoms.get_stress()
+    atoms.calc.get_property("forces_uncertainty")  # ensembles only: per-atom spread of the members' forces
 
 Units and signs are ASE's: eV, eV/A, and stress in eV/A^3 as a Voigt 6-vector ``xx yy zz yz xz xy`` with
 ``sigma = (1/V) dE/d(strain)`` (positive under tension, the sign ``ase.Atoms.get_stress`` uses).
@@ -29,11 +30,23 @@ from mlip_datasets.neighbors import neighbor_list
 from mlip_datasets.record import is_periodic, stress_to_voigt
 
 from .checkpoint import load_model, resolve_dtype
+from .models import is_ensemble
 
-__all__ = ["MLIPCalculator", "SkinNeighborList", "DEFAULT_SKIN", "single_batch"]
+__all__ = ["MLIPCalculator", "SkinNeighborList", "DEFAULT_SKIN", "ENSEMBLE_PROPERTIES", "single_batch"]
 
 #: Default skin in Angstrom: the list is rebuilt once some atom has moved 0.25 A (tens of MD steps).
 DEFAULT_SKIN = 0.5
+
+#: Extra results of an ensemble model (MLIPCalculator's docstring); the stress ones for periodic structures only.
+ENSEMBLE_PROPERTIES = (
+    "energy_std",
+    "energy_members",
+    "forces_std",
+    "forces_uncertainty",
+    "forces_members",
+    "stress_std",
+    "stress_members",
+)
 
 
 class SkinNeighborList:
@@ -154,6 +167,13 @@ class MLIPCalculator(Calculator):
     ``(N, 3)`` eV/A, ``stress`` Voigt 6-vector eV/A^3 (periodic structures only; asking for the stress of a
     non-periodic structure raises :class:`PropertyNotImplementedError`, as ASE's own calculators do).
 
+    With an ensemble (``model.ensemble: K``) ``energy``/``forces``/``stress`` are the members' mean, and the
+    results (and ``implemented_properties``, so ``calc.get_property(name, atoms)`` works) add the spread, as
+    population standard deviations over members: ``energy_std`` (eV), ``energy_members`` ``(K,)`` eV,
+    ``forces_std`` ``(N, 3)`` per component, ``forces_uncertainty`` ``(N,)`` per atom
+    ``sqrt(mean_k |F_k - F|^2)`` (eV/A, rotation invariant), ``forces_members`` ``(K, N, 3)``, and for
+    periodic structures ``stress_std`` and ``stress_members`` ``(K, 6)`` in the Voigt order of ``stress``.
+
     A new calculation runs only when positions, cell, pbc, atomic numbers or the charge/spin in
     ``atoms.info`` changed (other ``info`` keys do not reach the model).
     """
@@ -188,6 +208,8 @@ class MLIPCalculator(Calculator):
         self._info_state: tuple | None = None
         self._warned_charge_spin = False
         self._uses_charge_spin = bool(getattr(model.config, "charge_spin", False))
+        if is_ensemble(model):
+            self.implemented_properties = [*type(self).implemented_properties, *ENSEMBLE_PROPERTIES]
 
     def _warn_if_charge_spin_ignored(self, charge, spin) -> None:
         """Say once that a model trained without charge and spin ignores the charged or open-shell state given."""
@@ -254,7 +276,8 @@ class MLIPCalculator(Calculator):
         atoms = self.atoms
         cell, pbc = atoms.cell.array, atoms.pbc
         periodic = is_periodic(cell, pbc)
-        if "stress" in properties and not periodic:
+        wants_stress = "stress" in properties or "stress_std" in properties or "stress_members" in properties
+        if wants_stress and not periodic:
             raise PropertyNotImplementedError("stress needs a periodic cell of nonzero volume; this structure has none")
         charge, spin = self._info(atoms)
         self._info_state = (charge, spin)
@@ -264,12 +287,23 @@ class MLIPCalculator(Calculator):
             # no neighbour list of NaN coordinates: answer NaN, which relax/md report as a failure
             nan = np.full((len(atoms), 3), np.nan)
             self.results = {"energy": np.nan, "free_energy": np.nan, "forces": nan}
-            if periodic or "stress" in properties:
+            if periodic or wants_stress:
                 self.results["stress"] = np.full(6, np.nan)
+            if is_ensemble(self.model):
+                members = self.model.num_members
+                self.results.update(
+                    energy_std=np.nan,
+                    energy_members=np.full(members, np.nan),
+                    forces_std=nan.copy(),
+                    forces_uncertainty=np.full(len(atoms), np.nan),
+                    forces_members=np.full((members, len(atoms), 3), np.nan),
+                )
+                if "stress" in self.results:
+                    self.results.update(stress_std=np.full(6, np.nan), stress_members=np.full((members, 6), np.nan))
             return
         edges = self.neighbors.edges(positions, cell, pbc, atoms.numbers)
         batch = single_batch(atoms.numbers, positions, cell, pbc, edges, self.dtype, self.device, charge, spin)
-        want_stress = periodic and ("stress" in properties or self.always_stress)
+        want_stress = periodic and (wants_stress or self.always_stress)
         out = self.model(batch, compute_forces=True, compute_stress=want_stress)
         self.model_calls += 1
         energy = float(out["energy"][0])
@@ -279,4 +313,25 @@ class MLIPCalculator(Calculator):
             "forces": out["forces"].detach().to("cpu", torch.float64).numpy().copy(),
         }
         if want_stress:
-            self.results["stress"] = stress_to_voigt(out["stress"][0].detach().to("cpu", torch.float64).numpy())
+            self.results["stress"] = stress_to_voigt(_numpy(out["stress"][0]))
+        if "energy_std" in out:
+            self.results.update(_ensemble_results(out, want_stress))
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float64).numpy().copy()
+
+
+def _ensemble_results(out: dict, stress: bool) -> dict:
+    """The spread of an ensemble's output on one structure, as :class:`MLIPCalculator` results."""
+    results = {
+        "energy_std": float(out["energy_std"][0]),
+        "energy_members": _numpy(out["energy_members"][:, 0]),
+        "forces_std": _numpy(out["forces_std"]),
+        "forces_uncertainty": _numpy(out["forces_uncertainty"]),
+        "forces_members": _numpy(out["forces_members"]),
+    }
+    if stress:
+        results["stress_std"] = stress_to_voigt(_numpy(out["stress_std"][0]))
+        results["stress_members"] = np.stack([stress_to_voigt(m) for m in _numpy(out["stress_members"][:, 0])])
+    return results

@@ -87,6 +87,9 @@ def _register() -> None:
     from .commands import lammps
 
     app.command("lammps")(lammps.lammps)
+    from .commands import select
+
+    app.command("select")(select.select)
 
 
 _register()

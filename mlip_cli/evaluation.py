@@ -1,4 +1,5 @@
-"""Evaluate a trained model on a data set: errors, per-element force errors, parity data, equivariance error."""
+"""Evaluate a trained model on a data set: errors, per-element force errors, parity data, equivariance error,
+and for an ensemble the calibration of its uncertainty (:mod:`mlip_cli.uncertainty`)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .models import is_ensemble
 from .models.symmetry import ROTATION, SYMMETRY_TYPES, draw, transform_batch
 from .train.metrics import evaluate_set
+from .uncertainty import CalibrationAccumulator, CalibrationReport
 
 __all__ = ["EvalReport", "evaluate_model", "equivariance_error"]
 
 
 @dataclasses.dataclass
 class EvalReport:
-    """What ``mlip eval`` prints (all errors in meV units; see :mod:`mlip_cli.train.metrics`)."""
+    """What ``mlip eval`` prints (all errors in meV units; see :mod:`mlip_cli.train.metrics`); ``calibration``:
+    an ensemble's (errors are those of the members' mean), None for a plain model."""
 
     structures: int
     atoms: int
@@ -25,15 +29,19 @@ class EvalReport:
     per_element: dict[int, dict[str, float]]
     equivariance: dict[str, float]
     parity: dict[str, np.ndarray] = dataclasses.field(repr=False, default_factory=dict)
+    calibration: CalibrationReport | None = None
 
     def as_dict(self) -> dict:
-        return {
+        result = {
             "structures": self.structures,
             "atoms": self.atoms,
             "metrics": self.metrics,
             "per_element": {str(z): v for z, v in self.per_element.items()},
             "equivariance": self.equivariance,
         }
+        if self.calibration is not None:
+            result["calibration"] = self.calibration.as_dict()
+        return result
 
 
 def equivariance_error(model, graphs, device, rotations: int = 3, max_structures: int = 32, seed: int = 0) -> dict:
@@ -81,9 +89,17 @@ def evaluate_model(
     model, graphs, batch_size: int = 16, device="cpu", compute_stress: bool = True, rotations: int = 3, progress=None
 ) -> EvalReport:
     """Errors of ``model`` on every structure of ``graphs`` (an
-    :class:`~mlip_datasets.torch_data.AtomicGraphDataset`)."""
+    :class:`~mlip_datasets.torch_data.AtomicGraphDataset`); for an ensemble also its calibration."""
+    calibration = CalibrationAccumulator(model.num_members) if is_ensemble(model) else None
     metrics = evaluate_set(
-        model, graphs, batch_size, torch.device(device), compute_stress=compute_stress, keep=True, progress=progress
+        model,
+        graphs,
+        batch_size,
+        torch.device(device),
+        compute_stress=compute_stress,
+        keep=True,
+        progress=progress,
+        on_batch=calibration.update if calibration is not None else None,
     )
     equivariance = equivariance_error(model, graphs, device, rotations=rotations) if rotations > 0 else {}
     return EvalReport(
@@ -93,6 +109,7 @@ def evaluate_model(
         per_element=metrics.per_element(),
         equivariance=equivariance,
         parity=metrics.parity_data(),
+        calibration=calibration.report() if calibration is not None else None,
     )
 
 

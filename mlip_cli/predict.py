@@ -6,8 +6,15 @@
 
 Every structure gets the model's energy (eV) and forces (eV/A), and, where it is periodic with a cell of nonzero
 volume, the stress (eV/A^3, ASE's sign); these replace any labels it had, everything else (charge, spin, tags,
-fixed atoms, ids, info) is kept. Structures are packed into model calls of at most ``batch_atoms`` atoms in file
-order (:class:`~mlip_datasets.torch_data.SizeBatchSampler`, the packing training uses) and streamed to the output,
+fixed atoms, ids, info) is kept. An ensemble model (``model.ensemble: K``) predicts the members' mean and adds
+its spread to each structure's ``info`` (:func:`uncertainty_names`): ``energy_std`` (eV), ``forces_std``
+``(N, 3)`` and ``forces_uncertainty`` ``(N,)`` (eV/A), ``stress_std`` (Voigt 6-vector, periodic only), under
+names built from the label keys (``--energy-key MACE_energy`` gives ``MACE_energy_std``). Every output format
+that keeps ``info`` keeps them; extxyz writes them in the comment line (per-atom ones as ASE ``_JSON``
+arrays), where ``ase.io.read`` gives them back in ``atoms.info``.
+
+Structures are packed into model calls of at most ``batch_atoms`` atoms in file order
+(:class:`~mlip_datasets.torch_data.SizeBatchSampler`, the packing training uses) and streamed to the output,
 so memory holds one batch (plus whatever the input reader keeps: ``ase.io`` files are parsed whole).
 
 Structures the model cannot run are skipped and reported (:class:`Skipped`), not fatal: elements the model was
@@ -27,19 +34,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlip_datasets.formats import get_format
 from mlip_datasets.formats.ase_files import write_extxyz
 from mlip_datasets.formats.base import Reader
 from mlip_datasets.graph import collate_graphs, structure_to_graph
 from mlip_datasets.io import check_output, commit_staged, discard_staged, open_dataset, output_format, stage_dataset
 from mlip_datasets.keys import DEFAULT_KEYS, LabelKeys
-from mlip_datasets.record import Structure, is_periodic
+from mlip_datasets.record import Structure, is_periodic, stress_to_voigt
 from mlip_datasets.torch_data import SizeBatchSampler, natoms_of
 
 from .errors import UsageError
 from .structures import check_cells
 
-__all__ = ["DEFAULT_BATCH_ATOMS", "PredictReport", "Skipped", "predict_file", "predict_labels", "skipped_summary"]
+__all__ = [
+    "DEFAULT_BATCH_ATOMS",
+    "PredictReport",
+    "Skipped",
+    "predict_file",
+    "predict_labels",
+    "skipped_summary",
+    "uncertainty_names",
+]
 
 #: Atoms per model call (as ``mlip relax --batch-atoms``): large enough to amortise the per-call overhead.
 DEFAULT_BATCH_ATOMS = 4096
@@ -92,6 +106,17 @@ def _why_skipped(structure: Structure, index: int, known: set[int]) -> Skipped |
     return None
 
 
+def uncertainty_names(keys: LabelKeys = DEFAULT_KEYS) -> dict[str, str]:
+    """Where an ensemble's spread goes in ``info``: ``{output key: info name}``, the names built from ``keys``
+    (``energy_std``, ``forces_std``, ``forces_uncertainty``, ``stress_std`` for the default keys)."""
+    return {
+        "energy_std": f"{keys.energy}_std",
+        "forces_std": f"{keys.forces}_std",
+        "forces_uncertainty": f"{keys.forces}_uncertainty",
+        "stress_std": f"{keys.stress}_std",
+    }
+
+
 def predict_labels(
     model: torch.nn.Module,
     structures: Reader | Sequence[Structure],
@@ -99,8 +124,10 @@ def predict_labels(
     source: str | Path | None = None,
     skipped: list[Skipped] | None = None,
     progress: Callable[[int], None] | None = None,
+    keys: LabelKeys = DEFAULT_KEYS,
 ) -> Iterator[Structure]:
-    """Each structure with the model's energy, forces and (periodic only) stress as its labels, in input order.
+    """Each structure with the model's energy, forces and (periodic only) stress as its labels, in input order;
+    with an ensemble model, also its uncertainties in ``info`` under :func:`uncertainty_names` of ``keys``.
 
     Args:
         model: a :class:`mlip_cli.models.Potential` (e.g. from :func:`mlip_cli.checkpoint.load_model`); runs on
@@ -122,12 +149,15 @@ def predict_labels(
     was_training = model.training
     model.eval()
     try:
-        yield from _predict_batches(model, structures, packing, source, known, device, skipped, progress)
+        names = uncertainty_names(keys)
+        yield from _predict_batches(model, structures, packing, source, known, device, skipped, progress, names)
     finally:
         model.train(was_training)
 
 
-def _predict_batches(model, structures, packing, source, known, device, skipped, progress) -> Iterator[Structure]:
+def _predict_batches(
+    model, structures, packing, source, known, device, skipped, progress, names
+) -> Iterator[Structure]:
     done = 0
     for positions in packing:
         batch_structures = [structures[i] for i in positions]
@@ -140,42 +170,60 @@ def _predict_batches(model, structures, packing, source, known, device, skipped,
             elif skipped is not None:
                 skipped.append(why)
         if runnable:
-            yield from _run(model, runnable, device)
+            yield from _run(model, runnable, device, names)
         done += len(positions)
         if progress is not None:
             progress(done)
 
 
-def _run(model: torch.nn.Module, structures: list[Structure], device: torch.device) -> Iterator[Structure]:
+def _run(
+    model: torch.nn.Module, structures: list[Structure], device: torch.device, names: dict[str, str]
+) -> Iterator[Structure]:
     """One model call on ``structures``: forces always, stress only when some structure is periodic."""
     periodic = [is_periodic(s.cell, s.pbc) for s in structures]
     graphs = [structure_to_graph(s, model.cutoff, model.dtype) for s in structures]
     batch = collate_graphs(graphs).to(device)
     out = model(batch, compute_forces=True, compute_stress=any(periodic))
-    energy = out["energy"].detach().to("cpu", torch.float64).numpy()
-    forces = out["forces"].detach().to("cpu", torch.float64).numpy()
-    stress = out["stress"].detach().to("cpu", torch.float64).numpy() if any(periodic) else None
+
+    def numpy(key: str) -> np.ndarray:
+        return out[key].detach().to("cpu", torch.float64).numpy()
+
+    energy, forces = numpy("energy"), numpy("forces")
+    stress = numpy("stress") if any(periodic) else None
+    spread = {key: numpy(key) for key in names if key in out}  # an ensemble's; empty for one model
     ptr = batch.ptr.tolist()
     for k, s in enumerate(structures):
+        info = dict(s.info)
+        if spread:
+            atoms = slice(ptr[k], ptr[k + 1])
+            info[names["energy_std"]] = float(spread["energy_std"][k])
+            info[names["forces_std"]] = spread["forces_std"][atoms].copy()
+            info[names["forces_uncertainty"]] = spread["forces_uncertainty"][atoms].copy()
+            if periodic[k]:
+                info[names["stress_std"]] = stress_to_voigt(spread["stress_std"][k])
         yield s.replace(
             energy=float(energy[k]),
             forces=forces[ptr[k] : ptr[k + 1]].copy(),
             stress=stress[k].copy() if periodic[k] else None,
+            info=info,
         )
 
 
 def label_format(out: str | Path, fmt: str | None, keys: LabelKeys):
-    """The output format: ``fmt`` or the extension's; for extxyz with non-default ``keys``, one that writes
-    under those names. Other formats store labels under fixed names, so other keys there are a UsageError."""
+    """The output format: ``fmt`` or the extension's; for extxyz, one that writes the labels under ``keys`` and
+    an ensemble's per-atom spreads as per-atom columns. Other formats store labels under fixed names, so other
+    keys there are a UsageError (they keep the spreads in each structure's info)."""
     target = output_format(out, fmt)
-    if keys == DEFAULT_KEYS:
-        return target
-    if target.name != "extxyz":
+    if target.name == "extxyz":
+        names = uncertainty_names(keys)
+        per_atom = (names["forces_std"], names["forces_uncertainty"])
+        return dataclasses.replace(target, write=partial(write_extxyz, keys=keys, per_atom=per_atom))
+    if keys != DEFAULT_KEYS:
         raise UsageError(
             f"--energy-key/--forces-key/--stress-key apply to extxyz output; {target.name} stores labels "
             "under fixed names"
         )
-    return dataclasses.replace(get_format("extxyz"), write=partial(write_extxyz, keys=keys))
+    return target
 
 
 def predict_file(
@@ -209,7 +257,7 @@ def predict_file(
     with opened as reader:
         if len(reader) == 0:
             raise UsageError(f"{reader.path}: holds no structures")
-        labelled = predict_labels(model, reader, batch_atoms, reader.path, skipped, progress)
+        labelled = predict_labels(model, reader, batch_atoms, reader.path, skipped, progress, keys)
         tmp, count = stage_dataset(out, labelled, target)
     if count == 0:
         discard_staged([tmp])

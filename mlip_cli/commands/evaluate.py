@@ -1,4 +1,5 @@
-"""``mlip eval CHECKPOINT DATA``: errors, per-element force errors, parity plot, equivariance error."""
+"""``mlip eval CHECKPOINT DATA``: errors, per-element force errors, parity plot, equivariance error; for an
+ensemble also the calibration of its uncertainty and a calibration plot."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ def evaluate(
     parity: Path | None = typer.Option(
         None, "--parity", help="Parity-plot PNG path (default: <data name>_parity.png next to the checkpoint)."
     ),
+    calibration: Path | None = typer.Option(
+        None,
+        "--calibration",
+        help="Ensembles: calibration-plot PNG path (default: <data name>_calibration.png next to the checkpoint).",
+    ),
     raw: bool = typer.Option(False, "--raw", help="Use the raw weights instead of the EMA weights."),
     frame_averaging: bool | None = typer.Option(
         None,
@@ -39,14 +45,18 @@ def evaluate(
     from ..checkpoint import load_model, trained_on
     from ..errors import UsageError
     from ..evaluation import check_energy_kind, evaluate_model, open_graphs
+    from ..models import is_ensemble
     from ..train.metrics import QUANTITIES
     from ..train.plots import plot_parity
     from ..ui import console, print_json, progress, table
+    from ..uncertainty import plot_calibration
 
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     set_threads(threads)
     model = load_model(checkpoint, device=device, dtype=dtype, use_ema=not raw)
+    if calibration is not None and not is_ensemble(model):
+        raise UsageError(f"--calibration needs an ensemble model (model.ensemble > 1); {checkpoint} holds one model")
     if frame_averaging is not None:
         if not hasattr(model.config, "frame_averaging") or model.config.family != "transip":
             raise UsageError(f"--frame-averaging applies to transip models, not {model.config.family!r}")
@@ -71,6 +81,11 @@ def evaluate(
     png = parity or ckpt_dir / f"{data.stem or data.name}_parity.png"
     plot_parity(report.parity, png, title=f"{checkpoint.name} on {data.name}")
     result = {"checkpoint": str(checkpoint), "data": str(data), **report.as_dict(), "parity_png": str(png)}
+    calibration_png = None
+    if report.calibration is not None:
+        calibration_png = calibration or ckpt_dir / f"{data.stem or data.name}_calibration.png"
+        plot_calibration(report.calibration, calibration_png, title=f"{checkpoint.name} on {data.name}")
+        result["calibration_png"] = str(calibration_png)
     if json_out:
         print_json(result)
         return
@@ -105,4 +120,23 @@ def evaluate(
                 f"angle {e['force_angle_deg']:.2e} deg",
                 highlight=False,
             )
+    cal = report.calibration
+    if cal is not None:
+        energy_nll = "-" if cal.energy_nll is None else f"{cal.energy_nll:.3f}"
+        console.print(
+            table(
+                f"uncertainty, {cal.members} members, {cal.structures} structures",
+                ["statistic", "value"],
+                [
+                    ["Spearman: structure uncertainty vs force RMSE", f"{cal.spearman:.3f}"],
+                    ["force NLL (eV/A components)", f"{cal.forces_nll:.3f}"],
+                    ["energy NLL (eV/atom)", energy_nll],
+                    ["miscalibration area (forces)", f"{cal.miscalibration_area:.3f}"],
+                    ["ENCE (forces)", f"{cal.ence:.3f}"],
+                    ["mean force std (meV/A)", f"{1000 * cal.mean_forces_std:.3f}"],
+                ],
+            )
+        )
     console.print(f"parity plot: {png}", highlight=False)
+    if calibration_png is not None:
+        console.print(f"calibration plot: {calibration_png}", highlight=False)

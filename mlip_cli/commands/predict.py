@@ -36,8 +36,10 @@ def predict(
 ) -> None:
     """Predict energy, forces and (periodic structures) stress for every structure of DATA and write them as labels.
 
-    Structures with elements the model does not know are skipped (one line on stderr); the exit code is 0
-    when at least one structure was predicted.
+    With an ensemble model the labels are the members' mean, and each structure's info also gets the spread:
+    energy_std, forces_std, forces_uncertainty (per atom) and stress_std (names follow --energy-key/--forces-key/
+    --stress-key, e.g. MACE_energy_std). Structures with elements the model does not know are skipped (one line
+    on stderr); the exit code is 0 when at least one structure was predicted.
     """
     from mlip_datasets.io import check_output, open_dataset
     from mlip_datasets.keys import LabelKeys

@@ -42,16 +42,20 @@ def combine_members(outs: list[dict[str, torch.Tensor]]) -> dict:
     ``stress_std [B, 3, 3]``), the per-atom force uncertainty ``forces_uncertainty [N] =
     sqrt(mean_k |F_k - F_mean|^2)`` (rotation invariant) and ``member_outputs`` (the list itself)."""
     combined: dict = {"member_outputs": outs}
+    # Spreads from differences to member 0: identical members give exactly 0 and member 0's prediction (the
+    # mean of K equal floats can be off by one rounding).
     for key in AVERAGED:
         if key not in outs[0]:
             continue
         stacked = torch.stack([o[key] for o in outs])
-        combined[key] = stacked.mean(0)
+        delta = stacked - stacked[0]
+        combined[key] = stacked[0] + delta.mean(0)
         combined[f"{key}_members"] = stacked
         if key != "node_energy":
-            combined[f"{key}_std"] = stacked.std(0, correction=0)
+            combined[f"{key}_std"] = delta.std(0, correction=0)
     if "forces" in combined:
-        deviation = combined["forces_members"] - combined["forces"]
+        delta = combined["forces_members"] - combined["forces_members"][0]
+        deviation = delta - delta.mean(0)
         combined["forces_uncertainty"] = deviation.square().sum(-1).mean(0).sqrt()
     return combined
 

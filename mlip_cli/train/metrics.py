@@ -132,11 +132,13 @@ def evaluate_set(
     compute_stress: bool = False,
     keep: bool = False,
     progress=None,
+    on_batch=None,
 ) -> ErrorMetrics:
     """Error metrics of ``model`` on a graph set; with ``info``, each process takes a slice and sums are shared.
 
     ``graphs`` is an :class:`~mlip_datasets.torch_data.AtomicGraphDataset`; ``progress(done)`` is called after
-    each batch with the number of structures scored so far.
+    each batch with the number of structures scored so far; ``on_batch(batch, out)`` sees every batch and the
+    model's output on it (``mlip eval`` collects an ensemble's uncertainties there).
     """
     info = info or DistInfo()
     metrics = ErrorMetrics(model.config.elements, keep=keep)
@@ -147,6 +149,8 @@ def evaluate_set(
         batch = graphs.batch(mine[start : start + batch_size]).to(device)
         out = model(batch, compute_forces=True, compute_stress=compute_stress and bool(batch.stress_mask.any()))
         metrics.update(batch, out)
+        if on_batch is not None:
+            on_batch(batch, out)
         if progress is not None:
             progress(min(start + batch_size, len(mine)))
     metrics.all_reduce()

@@ -23,6 +23,7 @@ COMMANDS = [
     ["md"],
     ["lammps"],
     ["export"],
+    ["select"],
     ["bench", "tp"],
     ["data", "info"],
     ["data", "convert"],
@@ -40,7 +41,9 @@ def test_help_shows_on_off_options_as_flags(command):
     assert "--help" in result.output
 
 
-@pytest.mark.parametrize("command", [["train"], ["eval"], ["predict"], ["relax"], ["md"], ["lammps"]], ids=" ".join)
+@pytest.mark.parametrize(
+    "command", [["train"], ["eval"], ["predict"], ["relax"], ["md"], ["lammps"], ["select"]], ids=" ".join
+)
 def test_model_commands_take_device_dtype_threads(command):
     text = mlip(*command, "--help").output
     for option in ("--device", "--dtype", "--threads"):

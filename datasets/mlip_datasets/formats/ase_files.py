@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -153,13 +153,19 @@ class AseFileReader(Reader):
 
 
 def write_extxyz(
-    path: str | Path, structures: Iterable[Structure], *, shards: int = 1, keys: LabelKeys = DEFAULT_KEYS
+    path: str | Path,
+    structures: Iterable[Structure],
+    *,
+    shards: int = 1,
+    keys: LabelKeys = DEFAULT_KEYS,
+    per_atom: Sequence[str] = (),
 ) -> int:
     """Write extended XYZ with ``ase.io.write``: labels on the calculator, charge/spin/sid/fid in info.
 
     With other ``keys`` the labels go under those names instead, in ``info`` (energy, stress as a Voigt
     6-vector) and ``arrays`` (forces), as ``mace_eval_configs`` writes ``MACE_energy``/``MACE_forces``; read them
-    back with ``open_dataset(path, keys=keys)``.
+    back with ``open_dataset(path, keys=keys)``. ``per_atom``: info entries with one row per atom (e.g. an
+    ensemble's ``forces_uncertainty``) written as per-atom columns instead of into the comment line.
     """
     from ase.io import write as ase_write
 
@@ -169,6 +175,11 @@ def write_extxyz(
     with open(path, "w") as fd:
         for count, s in enumerate(structures, 1):
             check_structure_shapes(s, path, count - 1)
+            columns = {k: np.asarray(s.info[k]) for k in per_atom if k in s.info}
+            if any(c.shape[:1] != (s.natoms,) for c in columns.values()):
+                raise DataError(path, f"record {count - 1}: a per-atom column does not have one row per atom")
+            if columns:
+                s = s.replace(info={k: v for k, v in s.info.items() if k not in columns})
             if keys.is_default():
                 atoms = _extxyz_atoms(s)
             else:  # no calculator: the labels under the given names
@@ -179,6 +190,7 @@ def write_extxyz(
                     atoms.arrays[keys.forces] = s.forces
                 if s.stress is not None:
                     atoms.info[keys.stress] = stress_to_voigt(s.stress)
+            atoms.arrays.update(columns)
             ase_write(fd, atoms, format="extxyz")
     return count
 
