@@ -39,6 +39,12 @@ class Potential(nn.Module):
     family: str
     config_class: type[ModelConfig]
     exactly_equivariant: bool
+    #: True for a family whose :meth:`interaction_energies` needs to know which structure each atom belongs to
+    #: (keywords ``node_graph``, ``num_graphs``); :meth:`forward` passes them only to such families.
+    takes_node_graph: bool = False
+    #: True for a family whose :meth:`interaction_energies` can record per-atom outputs its training hooks reuse
+    #: (keyword ``record``, a dict it fills); :meth:`forward` passes one in training and returns its items.
+    records_outputs: bool = False
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -74,6 +80,9 @@ class Potential(nn.Module):
         ``condition`` (models with ``charge_spin``): a vector per atom from its structure's charge and spin
         (:meth:`node_condition`), added to the initial scalar features. It is passed only to models with
         ``charge_spin``, so a family that does not support them may leave the keyword out.
+
+        ``node_graph`` ``[N]`` (the structure of each atom) and ``num_graphs`` are passed only to a family that
+        sets :attr:`takes_node_graph` (one that computes something per structure, such as frames).
 
         Shapes:
             species ``[N]``, vectors ``[E, 3]`` (``pos[dst] - pos[src] + shifts @ cell``), src ``[E]``,
@@ -153,6 +162,11 @@ class Potential(nn.Module):
             condition = self.node_condition(batch)
             # a family without charge and spin need not take the keyword (new families start that simple)
             extra = {} if condition is None else {"condition": condition}
+            if self.takes_node_graph:
+                extra.update(node_graph=node_graph, num_graphs=num_graphs)
+            record: dict[str, torch.Tensor] = {}
+            if self.records_outputs and self.training:
+                extra["record"] = record
             e_int = self.interaction_energies(species, vectors, src, dst, positions.shape[0], **extra)
             # Summed in float64: per-atom references of hundreds of eV would round a float32 total to ~1 meV.
             node_energy = self.scale_shift(e_int).double() + self.reference(species).double()
@@ -167,7 +181,7 @@ class Potential(nn.Module):
                     derivatives["stress"] = self._stress(grads[1], cell, batch.pbc)
                 if not create_graph:  # the graph is gone; do not hand out tensors that look differentiable
                     energy, node_energy = energy.detach(), node_energy.detach()
-        return {"energy": energy, "node_energy": node_energy, **derivatives}
+        return {"energy": energy, "node_energy": node_energy, **derivatives, **record}
 
     @staticmethod
     def _stress(dE_deps: torch.Tensor | None, cell: torch.Tensor, pbc: torch.Tensor) -> torch.Tensor:

@@ -13,12 +13,14 @@ Pieces:
 * :func:`random_rotate_batch`, :func:`random_reflections`: random orthogonal maps per structure (rotation
   augmentation, mirrors), applied to a whole :class:`~mlip_datasets.graph.Batch` by
   :func:`~mlip_cli.models.symmetry.transform_batch`;
-* :func:`safe_eigh`, :func:`pca_frames`, :data:`FRAME_SIGNS`: the frames of frame averaging.
+* :func:`safe_eigh`, :func:`pca_frames`, :data:`FRAME_SIGNS`, :func:`averaging_frames`: the frames of frame
+  averaging (principal axes, and frames from the edges where the axes are degenerate).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import torch
 
@@ -33,8 +35,12 @@ __all__ = [
     "random_rotate_batch",
     "random_reflections",
     "safe_eigh",
+    "edge_covariance",
     "pca_frames",
     "FRAME_SIGNS",
+    "degeneracy_tolerance",
+    "AveragingFrames",
+    "averaging_frames",
 ]
 
 
@@ -187,19 +193,162 @@ def safe_eigh(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _SafeEigh.apply(A)
 
 
+def edge_covariance(
+    vectors: torch.Tensor, weights: torch.Tensor, edge_graph: torch.Tensor, num_graphs: int
+) -> torch.Tensor:
+    """Weighted edge-vector covariance per structure, ``C_b = sum_e w_e r_e r_e^T``.
+
+    Shapes:
+        vectors ``[E, 3]``, weights ``[E]``, edge_graph ``[E]`` (structure of each edge) -> ``[B, 3, 3]``.
+    """
+    outer = (weights[:, None, None] * vectors[:, :, None] * vectors[:, None, :]).reshape(-1, 9)
+    return outer.new_zeros(num_graphs, 9).index_add(0, edge_graph, outer).reshape(num_graphs, 3, 3)
+
+
 def pca_frames(vectors: torch.Tensor, weights: torch.Tensor, edge_graph: torch.Tensor, num_graphs: int) -> torch.Tensor:
-    """Principal axes per structure of the weighted edge-vector covariance ``C_b = sum_e w_e r_e r_e^T``.
+    """Principal axes per structure of the weighted edge-vector covariance (:func:`edge_covariance`).
 
     Edge vectors (not positions) make the frame translation-invariant and independent of how atoms are
     wrapped into a periodic cell; weighting by the cutoff envelope keeps it continuous when edges cross the
     cutoff. ``C_b`` rotates as ``R C R^T``, so the frame rotates with the structure up to the sign of each
     axis, which frame averaging enumerates (:data:`FRAME_SIGNS`). Degenerate ``C_b`` (high-symmetry
-    structures) leaves the axes ambiguous: invariance is then not exact.
+    structures) leaves the axes ambiguous: :func:`averaging_frames` replaces them there.
 
     Shapes:
         vectors ``[E, 3]``, weights ``[E]``, edge_graph ``[E]`` (structure of each edge) -> ``[B, 3, 3]``
         (columns: axes, ascending variance).
     """
-    outer = (weights[:, None, None] * vectors[:, :, None] * vectors[:, None, :]).reshape(-1, 9)
-    C = outer.new_zeros(num_graphs, 9).index_add(0, edge_graph, outer).reshape(num_graphs, 3, 3)
-    return safe_eigh(C)[1]
+    return safe_eigh(edge_covariance(vectors, weights, edge_graph, num_graphs))[1]
+
+
+def degeneracy_tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance for equal eigenvalues, equal edge lengths and equal directions: ``sqrt(eps)``
+    (1.5e-8 in float64, 3.5e-4 in float32), far above the rounding of a rotated structure, far below the
+    differences between physically distinct values."""
+    return torch.finfo(dtype).eps ** 0.5
+
+
+class AveragingFrames(NamedTuple):
+    """The frames of frame averaging (:func:`averaging_frames`).
+
+    ``axes[b] * FRAME_SIGNS[k]`` (columns scaled) are the 8 frames of structure ``b``, except for the
+    structures in ``degenerate``, which map to their own frames ``[K_b, 3, 3]`` (columns: axes).
+    """
+
+    axes: torch.Tensor  # [B, 3, 3]
+    degenerate: dict[int, torch.Tensor]
+
+
+def averaging_frames(
+    vectors: torch.Tensor,
+    weights: torch.Tensor,
+    edge_graph: torch.Tensor,
+    num_graphs: int,
+    resolve_degenerate: bool = True,
+) -> AveragingFrames:
+    """Per structure, a finite set of frames that moves with it: ``frames(g x) = g frames(x)`` for ``g`` in O(3).
+
+    Averaging any function of the coordinates in these frames over the set is then exactly O(3)-invariant. A
+    structure whose covariance (:func:`edge_covariance`) has three distinct eigenvalues gets its principal axes
+    with the 8 sign choices (:data:`FRAME_SIGNS`). When eigenvalues coincide (relative gap below
+    :func:`degeneracy_tolerance`: symmetric tops such as benzene, cubic ones such as CH4, SF6 and cubic
+    crystals) the axes inside the degenerate subspace are arbitrary, and frames are built from the structure's
+    own edges instead, chosen by invariant rules (lengths, angles) with every tie kept, so the set is
+    equivariant and the structure's own symmetries map it onto itself. (No fewer frames can be exact: the set
+    must hold whole orbits of the point group, 24 frames for CH4 and benzene, 48 for SF6 and a cubic crystal;
+    these rules give 48, 24, 48 and 96 for fcc.)
+
+    * two equal eigenvalues: the distinct axis ``u`` (both signs, in its principal column) and, in the plane,
+      the directions of the shortest edges with a component off the axis, projected into the plane (distinct
+      directions once each); frames ``[a, +-(u x a), +-u]``. With no edge off the axis (a linear molecule)
+      every in-plane choice gives the same coordinates and the principal axes are kept.
+    * three equal eigenvalues: ``a`` = each distinct direction of the shortest edges; ``b`` = the distinct
+      directions among them (or, when all are parallel to ``a``, among the shortest edges that are not)
+      closest in angle to ``a`` without being parallel; frames ``[a, b_perp, +-(a x b_perp)]`` with ``b_perp``
+      the normalised component of ``b`` orthogonal to ``a``.
+
+    Everything is a smooth function of the edge vectors (``u`` comes from :func:`safe_eigh` with its gap to the
+    others), so forces and stress by autograd stay finite. The choice switches at the tolerance: a structure
+    whose eigenvalues are close but not within it keeps its principal axes, which are exact but turn quickly
+    with the geometry; the energy is discontinuous (by the network's own lack of invariance) where a structure
+    crosses the tolerance or the tie between its shortest edges changes. ``resolve_degenerate=False`` keeps the
+    principal axes everywhere (no data-dependent branching, for symbolic tracing).
+
+    Shapes:
+        vectors ``[E, 3]``, weights ``[E]`` (edges with weight 0 are ignored), edge_graph ``[E]`` -> axes
+        ``[B, 3, 3]``, degenerate ``{b: [K_b, 3, 3]}``.
+    """
+    lam, axes = safe_eigh(edge_covariance(vectors, weights, edge_graph, num_graphs))
+    degenerate: dict[int, torch.Tensor] = {}
+    if not resolve_degenerate or num_graphs == 0:
+        return AveragingFrames(axes, degenerate)
+    tol = degeneracy_tolerance(vectors.dtype)
+    values = lam.detach()
+    scale = values[:, 2].clamp(min=torch.finfo(values.dtype).tiny)
+    equal = (values[:, 1:] - values[:, :-1]) / scale[:, None] < tol  # [B, 2]: lam0 = lam1, lam1 = lam2
+    equal &= (values[:, 2] > 0)[:, None]  # no live edge: the coordinates are all 0 in any frame
+    for b in torch.nonzero(equal.any(dim=1)).flatten().tolist():
+        live = (edge_graph == b) & (weights > 0)
+        frames = _frames_from_edges(vectors[live], axes[b], bool(equal[b, 0]), bool(equal[b, 1]), tol)
+        if frames is not None:
+            degenerate[b] = frames
+    return AveragingFrames(axes, degenerate)
+
+
+def _first_of_each_direction(directions: torch.Tensor, tol: float) -> torch.Tensor:
+    """The unit vectors not within ``tol`` (in ``1 - cos``) of an earlier one. Shapes: ``[K, 3]`` -> ``[M, 3]``."""
+    d = directions.detach()
+    repeats = torch.tril(d @ d.T > 1 - tol, diagonal=-1).any(dim=1)
+    return directions[~repeats]
+
+
+def _shortest(lengths: torch.Tensor, tol: float) -> torch.Tensor:
+    """Mask of the lengths within relative ``tol`` of the shortest. Shapes: ``[K]`` -> ``[K]`` bool."""
+    d = lengths.detach()
+    return d <= d.min() * (1 + tol)
+
+
+def _frames_from_edges(r, axes, low_pair: bool, high_pair: bool, tol: float) -> torch.Tensor | None:
+    """Frames of one structure with degenerate covariance (:func:`averaging_frames`), or None to keep its axes.
+
+    Shapes:
+        r ``[E_b, 3]`` (live edges), axes ``[3, 3]`` -> ``[K, 3, 3]`` (columns: axes).
+    """
+    lengths = torch.linalg.vector_norm(r, dim=1)
+    signs = (1.0, -1.0)
+    if not (low_pair and high_pair):  # a symmetric top: one distinct axis
+        column = 2 if low_pair else 0
+        u = axes[:, column]
+        planar = r - (r @ u)[:, None] * u
+        planar_length = torch.linalg.vector_norm(planar, dim=1)
+        off_axis = planar_length.detach() > tol * lengths.detach()
+        if not off_axis.any():
+            return None
+        anchors = planar[off_axis] / planar_length[off_axis, None]
+        a = _first_of_each_direction(anchors[_shortest(lengths[off_axis], tol)], tol)
+        b = torch.linalg.cross(u.expand_as(a), a, dim=1)
+        frames = []
+        for s1 in signs:
+            for s2 in signs:
+                axis, across = s2 * u.expand_as(a), s1 * b
+                frames.append(torch.stack([a, across, axis] if column == 2 else [axis, a, across], dim=-1))
+        return torch.cat(frames)
+    # isotropic: frames from pairs of edge directions
+    directions = r / lengths[:, None]
+    nearest = _first_of_each_direction(directions[_shortest(lengths, tol)], tol)
+    frames = []
+    for a in nearest:
+        pool = nearest[(nearest.detach() @ a.detach()).abs() < 1 - tol]
+        if pool.shape[0] == 0:  # every shortest edge is parallel to a: the shortest of the others
+            apart = (directions.detach() @ a.detach()).abs() < 1 - tol
+            if not apart.any():
+                continue
+            pool = _first_of_each_direction(directions[apart][_shortest(lengths[apart], tol)], tol)
+        cos = pool.detach() @ a.detach()
+        b = pool[cos >= cos.max() - tol]
+        b_perp = b - (b @ a)[:, None] * a
+        b_perp = b_perp / torch.linalg.vector_norm(b_perp, dim=1, keepdim=True)
+        c = torch.linalg.cross(a.expand_as(b_perp), b_perp, dim=1)
+        for s in signs:
+            frames.append(torch.stack([a.expand_as(b_perp), b_perp, s * c], dim=-1))
+    return torch.cat(frames) if frames else None

@@ -4,7 +4,9 @@ Tokens are atoms. Each token is a vector of ``D = channels + 3 * vector_channels
 *declared* irreps: ``channels x 0e`` scalars, then ``vector_channels x 1o`` Cartesian vectors (channel-major,
 ``(x, y, z)`` order = the ``l = 1`` block of our real harmonics, where ``D_1(R) = R``). Nothing in the
 network respects that declaration by construction; the alignment loss of :meth:`TransIPPotential.regularizers`
-teaches it (see :mod:`mlip_cli.models.soft_equivariance`).
+teaches it (see :mod:`mlip_cli.models.soft_equivariance`). With ``equivariance: learned`` nothing is declared:
+a learned transformation network per layer and a contrastive loss let the model find how its tokens transform,
+and a force term holds ``F(g x) = g F(x)`` (see :mod:`mlip_cli.models.learned_transform`).
 
 Layer (pre-norm, residual)::
 
@@ -21,11 +23,17 @@ keeps the denominator positive, so energy and forces are continuous when an edge
 term writes geometric vectors into the vector columns (``Y1 = sqrt(3) r_hat``), one head per vector channel.
 Per-atom energy: ``MLP(RMSNorm(scalars of the last layer))``.
 
-Frame averaging (``config.frame_averaging``): the energy is averaged over the 8 signed principal frames of each
-structure's envelope-weighted edge-vector covariance (:func:`~mlip_cli.models.soft_equivariance.pca_frames`),
-which makes it exactly invariant to rotations and reflections (for non-degenerate covariances); forces and
-stress stay autograd derivatives. It costs 8 forward passes (batched). It only reads ``config``, so a model
-trained without it can be evaluated with it (``model.config.frame_averaging = True``).
+Frame averaging (``config.frame_averaging``): the energy is averaged over a set of frames per structure that
+rotates with it (:func:`~mlip_cli.models.soft_equivariance.averaging_frames`): the 8 signed principal axes of
+the envelope-weighted edge-vector covariance, or, where two or three of its eigenvalues coincide (benzene,
+CH4, SF6, cubic crystals), frames built from the structure's shortest edges (24 to a few hundred). That makes
+the energy exactly invariant to rotations and reflections, symmetric structures included; forces and stress
+stay autograd derivatives. It costs 8 forward passes (batched), more for a degenerate structure, whose frames
+each evaluate only that structure. :meth:`Potential.forward` passes each atom's structure (``node_graph``) to
+:meth:`TransIPPotential.interaction_energies`. It only reads ``config``, so a model trained without it can be
+evaluated with it (``model.config.frame_averaging = True``). Under symbolic tracing (``mlip export``) the
+degenerate case cannot be detected and the principal axes are used everywhere: the exported program is exact
+on structures with distinct eigenvalues only.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch._subclasses import FakeTensor
 
 from mlip_datasets.graph import edge_vectors
 from mlip_kernels.sh import spherical_harmonics
@@ -43,12 +52,18 @@ from ..nn import BesselBasis, ElementEmbedding, PolynomialEnvelope, ScalarReadou
 from .config import ConfigError, ModelConfig
 from .equivariant import estimate_parameters_guard
 from .hooks import TrainingHooks
+from .learned_transform import LatentTransform, contrastive_loss, force_violation
 from .potential import Potential
 from .registry import register_model
-from .soft_equivariance import FRAME_SIGNS, Irreps, alignment_loss, pca_frames, rotate_embeddings
+from .soft_equivariance import FRAME_SIGNS, Irreps, alignment_loss, averaging_frames, rotate_embeddings
 from .symmetry import SYMMETRY_TYPES, draw, transform_batch
 
-__all__ = ["TransIPPotential", "TransIPBlock", "TransIPConfig"]
+__all__ = ["TransIPPotential", "TransIPBlock", "TransIPConfig", "EQUIVARIANCE_MODES"]
+
+#: How training teaches equivariance (``TransIPConfig.equivariance``).
+EQUIVARIANCE_MODES = ("alignment", "learned")
+#: Anchor atoms per contrastive loss (bounds its cost to ``512 x N`` similarities per layer).
+CONTRASTIVE_ANCHORS = 512
 
 
 class _Edges(NamedTuple):
@@ -129,15 +144,23 @@ class TransIPConfig(ModelConfig):
         ff_hidden: hidden width of the feed-forward layers (None: twice the token width
             ``channels + 3 * vector_channels``).
         vector_channels: Cartesian vector (``1o``) columns per token, besides the scalars (0: none).
-        frame_averaging: average the energy over the 8 signed principal frames of each structure, making it
-            exactly rotation- and reflection-invariant (8x the cost); a runtime switch that does not change
-            the parameters.
+        frame_averaging: average the energy over frames of each structure (8 signed principal axes; more where
+            they are degenerate), making it exactly rotation- and reflection-invariant (8x the cost or more); a
+            runtime switch that does not change the parameters.
+        equivariance: how training teaches equivariance (:meth:`TransIPPotential.regularizers`): ``"alignment"``
+            (embeddings must transform by the fixed Wigner-D matrices of their declared irreps) or ``"learned"``
+            (the paper's mechanism: a learned transformation network per layer and a contrastive loss, plus the
+            force violation ``|F(g x) - g F(x)|^2``; adds the networks' parameters). Configs written before the
+            field existed mean ``"alignment"``.
+        contrastive_temperature: temperature of the contrastive loss (``equivariance: learned``).
     """
 
     num_heads: int = 4
     ff_hidden: int | None = None
     vector_channels: int = 8
     frame_averaging: bool = False
+    equivariance: str = "alignment"
+    contrastive_temperature: float = 0.1
 
     def validate(self) -> None:
         super().validate()
@@ -148,6 +171,11 @@ class TransIPConfig(ModelConfig):
             raise ConfigError(f"model config: vector_channels must be >= 0, got {self.vector_channels}")
         if not isinstance(self.frame_averaging, bool):
             raise ConfigError(f"model config: frame_averaging must be true or false, got {self.frame_averaging!r}")
+        if self.equivariance not in EQUIVARIANCE_MODES:
+            raise ConfigError(
+                f"model config: equivariance must be one of {', '.join(EQUIVARIANCE_MODES)}, got {self.equivariance!r}"
+            )
+        self._check_positive("contrastive_temperature")
         if self.channels % self.num_heads:
             raise ConfigError(
                 f"model config: num_heads ({self.num_heads}) must divide channels ({self.channels}) "
@@ -156,6 +184,8 @@ class TransIPConfig(ModelConfig):
         width = self.channels + 3 * self.vector_channels
         ff = self.ff_hidden or 2 * width
         per_layer = 4 * width * self.channels + 2 * self.channels**2 + 2 * width * ff
+        if self.equivariance == "learned":
+            per_layer += 12 * width**2  # the layer's LatentTransform
         estimate_parameters_guard(
             self.num_interactions * per_layer,
             {
@@ -174,11 +204,16 @@ class TransIPPotential(Potential):
 
     Config fields used: ``channels`` (scalar columns and attention width), ``vector_channels``, ``num_heads``,
     ``ff_hidden`` (None: twice the token width), ``num_interactions`` (layers), ``cutoff``, ``num_radial``,
-    ``radial_hidden``, ``radial_layers``, ``envelope_p``, ``readout_hidden``, ``frame_averaging``.
+    ``radial_hidden``, ``radial_layers``, ``envelope_p``, ``readout_hidden``, ``frame_averaging``,
+    ``equivariance``, ``contrastive_temperature``.
 
-    Training hooks (:meth:`training_hooks`): :meth:`regularizers`, the alignment violations of :meth:`embed`
-    (token embeddings and their declared irreps) per symmetry type.
+    Training hooks (:meth:`training_hooks`): :meth:`regularizers`, per symmetry type the alignment violations of
+    :meth:`embed` (token embeddings and their declared irreps) or, with ``equivariance: learned``, the violations
+    of the learned transforms (``latent_transforms``) and of the forces, with the contrastive loss's gradient.
     """
+
+    takes_node_graph = True  # frame averaging builds frames per structure
+    records_outputs = True  # the regularizers reuse the forward pass's tokens
 
     def __init__(self, config: TransIPConfig):
         super().__init__(config)
@@ -202,7 +237,12 @@ class TransIPPotential(Potential):
         )
         self.readout_norm = nn.RMSNorm(c.channels)
         self.readout = ScalarReadout(c.channels, c.readout_hidden)
-        self._edge_graph: tuple[torch.Tensor, int] | None = None  # set by forward() for frame averaging
+        # built last, so a seed gives the same backbone with either equivariance mode
+        self.latent_transforms = (
+            nn.ModuleList(LatentTransform(self.width) for _ in range(c.num_interactions))
+            if c.equivariance == "learned"
+            else None
+        )
 
     # ------------------------------------------------------------------------------------- backbone
     def tokens(
@@ -242,9 +282,11 @@ class TransIPPotential(Potential):
             out.append(x)
         return out
 
-    def _energies(self, species, vectors, src, dst, num_atoms, condition=None) -> torch.Tensor:
-        x = self.tokens(species, vectors, src, dst, num_atoms, condition)[-1]
-        return self.readout(self.readout_norm(x[:, : self.channels]))
+    def _energies(self, species, vectors, src, dst, num_atoms, condition=None, record=None) -> torch.Tensor:
+        xs = self.tokens(species, vectors, src, dst, num_atoms, condition)
+        if record is not None:  # every layer's tokens, for the regularizers (embed(batch, "all") without a pass)
+            record["tokens"] = torch.cat(xs, dim=1)
+        return self.readout(self.readout_norm(xs[-1][:, : self.channels]))
 
     def interaction_energies(
         self,
@@ -254,24 +296,33 @@ class TransIPPotential(Potential):
         dst: torch.Tensor,
         num_atoms: int,
         condition: torch.Tensor | None = None,
+        node_graph: torch.Tensor | None = None,
+        num_graphs: int = 1,
+        record: dict | None = None,
     ) -> torch.Tensor:
         """Per-atom interaction energies, frame-averaged when ``config.frame_averaging``.
 
-        Frames are per structure when called through :meth:`forward`; a direct call treats all edges as one
-        structure.
+        Frames are per structure: ``node_graph`` is the structure of each atom (:meth:`Potential.forward` passes
+        it, :attr:`takes_node_graph`); without it all atoms are one structure. ``record`` (training,
+        :attr:`records_outputs`): gets ``"tokens"``, every layer's token embeddings, when no frames are averaged.
 
         Shapes:
-            species ``[N]``, vectors ``[E, 3]``, src ``[E]``, dst ``[E]`` -> ``[N]``.
+            species ``[N]``, vectors ``[E, 3]``, src ``[E]``, dst ``[E]``, condition ``[N, C]``, node_graph
+            ``[N]`` -> ``[N]``.
         """
         if not self.config.frame_averaging:
-            return self._energies(species, vectors, src, dst, num_atoms, condition)
-        edge_graph, num_graphs = self._edge_graph or (torch.zeros_like(src), 1)
-        if edge_graph.shape != src.shape:
-            edge_graph, num_graphs = torch.zeros_like(src), 1
+            return self._energies(species, vectors, src, dst, num_atoms, condition, record)
+        if node_graph is None:
+            node_graph, num_graphs = torch.zeros(num_atoms, dtype=torch.long, device=species.device), 1
+        edge_graph = node_graph.index_select(0, src)
         r = torch.linalg.vector_norm(vectors, dim=-1)
-        frames = pca_frames(vectors, self.envelope(r), edge_graph, num_graphs)  # [B, 3, 3]
-        local = torch.einsum("ei,eij->ej", vectors, frames.index_select(0, edge_graph))  # coordinates in the frame
+        # Symbolic tracing (mlip export) cannot branch on values: it keeps the principal axes everywhere.
+        tracing = torch.compiler.is_compiling() or isinstance(vectors, FakeTensor)
+        frames = averaging_frames(vectors, self.envelope(r), edge_graph, num_graphs, resolve_degenerate=not tracing)
         signs = FRAME_SIGNS.to(dtype=vectors.dtype, device=vectors.device)
+        if frames.degenerate:
+            return self._energies_in_frames(species, vectors, src, dst, condition, node_graph, frames, signs)
+        local = torch.einsum("ei,eij->ej", vectors, frames.axes.index_select(0, edge_graph))  # coordinates in the frame
         f = signs.shape[0]
         offsets = (torch.arange(f, device=src.device) * num_atoms)[:, None]
         e = self._energies(
@@ -284,15 +335,49 @@ class TransIPPotential(Potential):
         )
         return e.view(f, num_atoms).mean(0)
 
-    def forward(
-        self, batch, compute_forces: bool = True, compute_stress: bool = False, create_graph: bool | None = None
-    ) -> dict[str, torch.Tensor]:
-        """As :meth:`Potential.forward` (records which structure each edge belongs to, for the frames)."""
-        self._edge_graph = (batch.batch.index_select(0, batch.edge_index[0]), int(batch.natoms.shape[0]))
-        try:
-            return super().forward(batch, compute_forces, compute_stress, create_graph)
-        finally:
-            self._edge_graph = None
+    def _energies_in_frames(self, species, vectors, src, dst, condition, node_graph, frames, signs) -> torch.Tensor:
+        """Frame averaging when some structures have their own frames (degenerate axes, see
+        :func:`~mlip_cli.models.soft_equivariance.averaging_frames`): each frame evaluates only its structure's
+        atoms and edges, all frames in one batched pass."""
+        num_graphs = frames.axes.shape[0]
+        own = [frames.degenerate.get(b, frames.axes[b] * signs[:, None, :]) for b in range(num_graphs)]
+        per_frame = torch.cat(own)  # [F, 3, 3]
+        counts = torch.tensor([len(f) for f in own], device=src.device)
+        frame_graph = torch.repeat_interleave(torch.arange(num_graphs, device=src.device), counts)  # [F]
+        frame_weight = 1.0 / counts.to(vectors.dtype).index_select(0, frame_graph)
+
+        def members(graph):  # items grouped by structure; rank of each within its structure
+            order = torch.argsort(graph, stable=True)
+            count = torch.bincount(graph, minlength=num_graphs)
+            first = torch.cumsum(count, 0) - count
+            rank = torch.empty_like(graph)
+            rank[order] = torch.arange(graph.shape[0], device=graph.device) - first.index_select(0, graph[order])
+            return order, count, first, rank
+
+        def copies(order, count, first):  # every item of each frame's structure: (frame, item), frames' starts
+            size = count.index_select(0, frame_graph)
+            frame_of = torch.repeat_interleave(torch.arange(len(size), device=src.device), size)
+            start = torch.cumsum(size, 0) - size
+            at = torch.arange(frame_of.shape[0], device=src.device) - start.index_select(0, frame_of)
+            items = order.index_select(0, first.index_select(0, frame_graph).index_select(0, frame_of) + at)
+            return frame_of, items, start
+
+        atom_order, atom_count, atom_first, atom_rank = members(node_graph)
+        atom_frame, atoms, frame_start = copies(atom_order, atom_count, atom_first)
+        edge_order, edge_count, edge_first, _ = members(node_graph.index_select(0, src))
+        edge_frame, edges, _ = copies(edge_order, edge_count, edge_first)
+        offset = frame_start.index_select(0, edge_frame)  # where each frame's copy of its atoms starts
+        local = torch.einsum("ei,eij->ej", vectors.index_select(0, edges), per_frame.index_select(0, edge_frame))
+        e = self._energies(
+            species.index_select(0, atoms),
+            local,
+            offset + atom_rank.index_select(0, src.index_select(0, edges)),
+            offset + atom_rank.index_select(0, dst.index_select(0, edges)),
+            atoms.shape[0],
+            None if condition is None else condition.index_select(0, atoms),
+        )
+        weighted = e * frame_weight.index_select(0, atom_frame)
+        return weighted.new_zeros(species.shape[0]).index_add(0, atoms, weighted)
 
     # --------------------------------------------------------------------------- learned equivariance
     def embed(self, batch, layers: str = "last") -> tuple[torch.Tensor, Irreps]:
@@ -323,21 +408,69 @@ class TransIPPotential(Potential):
         return TrainingHooks(symmetry_types=SYMMETRY_TYPES, regularizers=self.regularizers)
 
     def regularizers(self, batch, out: dict | None = None) -> dict[str, torch.Tensor]:
-        """Alignment violations ``{"rotation": ..., "inversion": ...}`` (differentiable scalars), one per generator
+        """Equivariance violations ``{"rotation": ..., "inversion": ...}`` (differentiable scalars), one per generator
         of O(3) (:mod:`mlip_cli.models.symmetry`).
 
         ``rotation``: each structure gets its own Haar-random rotation (torch's global RNG); ``inversion``:
-        ``r -> -r``. Each can hold without the other, so each has its own weight. The value is
-        :func:`~mlip_cli.models.soft_equivariance.alignment_loss` of ``embed(g x)`` against ``D(g) embed(x)``
-        over all layers' embeddings. ``out`` is unused.
+        ``r -> -r``. Each can hold without the other, so each has its own weight. What is measured depends on
+        ``config.equivariance``:
+
+        * ``"alignment"``: :func:`~mlip_cli.models.soft_equivariance.alignment_loss` of ``embed(g x)`` against
+          ``D(g) embed(x)`` over all layers' embeddings (declared irreps, fixed Wigner-D matrices).
+        * ``"learned"``: the value is the relative violation of the learned transform, ``alignment_loss`` of
+          ``embed(g x)`` against ``T(embed(x), g)`` (:class:`~mlip_cli.models.learned_transform.LatentTransform`,
+          one per layer), plus the relative force violation ``|F(g x) - g F(x)|^2``
+          (:func:`~mlip_cli.models.learned_transform.force_violation`): 0 when equivariant, so the automatic
+          weights steer it to their target. The gradient also carries the contrastive loss
+          (:func:`~mlip_cli.models.learned_transform.contrastive_loss`, mean over layers), which has no zero and is
+          therefore added with value 0 (``c - c.detach()``).
+
+        ``out``: :meth:`forward`'s output on ``batch`` (the trainer's). Its ``"tokens"`` (all layers' embeddings,
+        ``[N, num_interactions * width]``) and, for ``"learned"``, its ``"forces"`` (with a graph) are reused;
+        what it lacks is computed here.
         """
-        emb, irreps = self.embed(batch, layers="all")
+        out = out or {}
+        tokens = out.get("tokens")
+        if tokens is None:
+            tokens = self.embed(batch, layers="all")[0]
+        if self.latent_transforms is not None:
+            return self._learned_regularizers(batch, out, tokens)
+        irreps = self.irreps * len(self.blocks)
         atom_graph, species = batch.batch, self.element_table(batch.numbers)
         losses = {}
         for name in SYMMETRY_TYPES:
-            g = draw(name, batch.num_graphs).to(device=emb.device, dtype=emb.dtype)
+            g = draw(name, batch.num_graphs).to(device=tokens.device, dtype=tokens.dtype)
             moved = self.embed(transform_batch(batch, g), layers="all")[0]
             losses[name] = alignment_loss(
-                moved, rotate_embeddings(emb, irreps, g.index_select(0, atom_graph)), groups=species
+                moved, rotate_embeddings(tokens, irreps, g.index_select(0, atom_graph)), groups=species
             )
+        return losses
+
+    def _learned_regularizers(self, batch, out: dict, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """:meth:`regularizers` for ``equivariance: learned`` (one forward pass with forces per symmetry type)."""
+        forces = out.get("forces")
+        if forces is None or not forces.requires_grad:
+            forces = self(batch, compute_forces=True, create_graph=True)["forces"]
+        atom_graph, species = batch.batch, self.element_table(batch.numbers)
+        layers = tokens.split(self.width, dim=1)
+        temperature = self.config.contrastive_temperature
+        losses = {}
+        for name in SYMMETRY_TYPES:
+            g = draw(name, batch.num_graphs).to(device=tokens.device, dtype=tokens.dtype)
+            g_atoms = g.index_select(0, atom_graph)
+            moved_batch = transform_batch(batch, g)
+            moved_out = self(moved_batch, compute_forces=True, create_graph=True)
+            moved = moved_out.get("tokens")
+            if moved is None:
+                moved = self.embed(moved_batch, layers="all")[0]
+            predicted = [T(h, g_atoms) for T, h in zip(self.latent_transforms, layers)]
+            contrast = torch.stack(
+                [
+                    contrastive_loss(p, t, temperature, CONTRASTIVE_ANCHORS)
+                    for p, t in zip(predicted, moved.split(self.width, dim=1))
+                ]
+            ).mean()
+            violation = alignment_loss(moved, torch.cat(predicted, dim=1), groups=species)
+            violation = violation + force_violation(moved_out["forces"].to(forces.dtype), forces, g_atoms)
+            losses[name] = violation + (contrast - contrast.detach())
         return losses

@@ -53,7 +53,8 @@ FAMILY_KEYS = {
     "tdn": BACKBONE_KEYS | {"cp_rank"},
     "gaunt": BACKBONE_KEYS | {"gaunt_grid"},
     "cg": BACKBONE_KEYS,
-    "transip": COMMON_KEYS | {"num_heads", "ff_hidden", "vector_channels", "frame_averaging"},
+    "transip": COMMON_KEYS
+    | {"num_heads", "ff_hidden", "vector_channels", "frame_averaging", "equivariance", "contrastive_temperature"},
 }
 
 
@@ -257,7 +258,10 @@ def test_migrated_flat_config_builds_the_same_model(family):
     assert (len(state), sum(t.numel() for t in state.values())) == (entries, elements)
     fresh = build_model(migrated, dtype=torch.float64)
     fresh.load_state_dict(state)  # strict: same keys and shapes
-    assert fresh.config.to_dict() == {**migrated, "charge_spin": False, "ensemble": 1}  # fields added since take their defaults
+    added = {"charge_spin": False, "ensemble": 1}  # fields added since take their defaults
+    if family == "transip":
+        added |= {"equivariance": "alignment", "contrastive_temperature": 0.1}
+    assert fresh.config.to_dict() == {**migrated, **added}
 
 
 def test_migration_keeps_keys_that_were_never_config_fields():
