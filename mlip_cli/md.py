@@ -14,6 +14,15 @@ atom would move more than ``max_displacement`` (default 0.5 A) in one step (spee
 with no atoms or with every atom fixed is refused (:class:`~mlip_cli.errors.UsageError`); a single free atom
 runs (zero force, at rest after the centre-of-mass motion is removed, or thermalised by NVT).
 
+Watches (neither stops the run unless asked): a bond-topology change (:class:`~mlip_cli.topology.TopologyMonitor`:
+an atom farther than 2 A from every other, or a covalent bond stretched beyond 1.5x its starting length) every
+``topology_interval`` steps, reported once in one line and recorded in the report, and ended there with
+``stop_on_topology_change``; with an ensemble model (a calculator that returns ``forces_uncertainty``, the
+per-atom force uncertainty), the largest per-atom uncertainty of every step, logged and recorded, and the run
+ends at the first step above ``max_uncertainty`` with that frame written to ``uncertain_frames``. Both ends are
+normal ends (the report's ``stop_reason`` says why), not :class:`MDFailure`: the frames up to and including that
+step are written as usual.
+
 The report's energy drift is the slope of a least-squares line through the total energy per atom against
 time, in eV/atom/ps (the conserved quantity only in NVE); speed is steps per wall-clock second and ns/day.
 """
@@ -28,10 +37,15 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UsageError
+from .topology import TopologyChange, TopologyMonitor
 
 __all__ = ["ENSEMBLES", "MDReport", "MDFailure", "make_dynamics", "run_md", "energy_drift", "temperature"]
 
 ENSEMBLES = ("nve", "nvt", "npt")
+
+# Every 10 steps: a neighbour search per check costs about as much as a tenth of a model call on a small
+# molecule (less on large cells), and a departing atom or a breaking bond takes far more than 10 steps.
+TOPOLOGY_INTERVAL = 10
 
 # Physical-range limits (see run_md). 0.5 A per step is a third of a typical bond: an H atom at 5000 K moves
 # ~0.1 A/fs and Cu at 300 K ~0.003 A/fs, so any sound time step stays far below it, while a step that moves
@@ -55,6 +69,13 @@ class MDReport:
         energy_drift: slope of the total energy per atom against time, eV/atom/ps.
         max_energy_deviation: largest ``|E(t) - E(0)|`` per atom, eV/atom.
         steps_per_second, ns_per_day: speed over the whole run (integrator, model and I/O).
+        steps: the steps run (fewer than asked when the run was ended on request, see ``stop_reason``).
+        topology_change_step, topology_change_time_ps, topology_change: the first check that found a
+            bond-topology change (None if none did).
+        max_force_uncertainty: the largest per-atom force uncertainty over all steps, eV/A (None for a
+            model without uncertainty).
+        stop_reason: why the run ended before ``steps`` (a topology change or an uncertainty above the
+            threshold, when asked to stop there), else None.
     """
 
     ensemble: str
@@ -70,6 +91,11 @@ class MDReport:
     final_temperature: float
     model_calls: int
     neighbor_builds: int
+    topology_change_step: int | None = None
+    topology_change_time_ps: float | None = None
+    topology_change: TopologyChange | None = None
+    max_force_uncertainty: float | None = None
+    stop_reason: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -175,6 +201,45 @@ def initialize_velocities(atoms, temperature_K: float, seed: int = 0) -> None:
         atoms.set_momenta(np.zeros((len(atoms), 3)))
 
 
+class _EndRun(Exception):
+    """Raised by an observer to end the run at this step on request (not a failure)."""
+
+
+class _UncertaintyLogger:
+    """ASE's ``MDLogger`` (energies per atom) with one more column: the step's largest per-atom force
+    uncertainty, eV/A (``MaxFUnc[eV/A]``)."""
+
+    def __init__(self, dyn, atoms, path, uncertainty: Callable[[], float]):
+        from ase.md import MDLogger
+
+        self.logger = MDLogger(dyn, atoms, str(path), header=False, peratom=True, mode="w")
+        self.uncertainty = uncertainty
+        self.base_fmt = self.logger.fmt.rstrip("\n")
+        self.logger.logfile.write(f"{self.logger.hdr}  {'MaxFUnc[eV/A]':>14}\n")
+
+    def __call__(self) -> None:
+        # MDLogger formats ``fmt % values``: the extra column goes in as literal text of this step
+        self.logger.fmt = self.base_fmt + f"  {self.uncertainty():14.5f}\n"
+        self.logger()
+
+    def close(self) -> None:
+        self.logger.close()
+
+
+def _write_uncertain_frame(path: Path, atoms, uncertainty: np.ndarray, step: int, time_ps: float) -> None:
+    """The frame that crossed the uncertainty threshold, extended XYZ, with its energy and forces, the
+    per-atom ``forces_uncertainty`` array and ``step``, ``time_ps``, ``max_forces_uncertainty`` in info."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    frame = atoms.copy()
+    frame.calc = SinglePointCalculator(frame, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
+    frame.arrays["forces_uncertainty"] = np.asarray(uncertainty, dtype=np.float64)
+    frame.info.update(step=step, time_ps=time_ps, max_forces_uncertainty=float(np.max(uncertainty)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write(path, frame, format="extxyz")
+
+
 class _Writer:
     """Trajectory output: ``.traj`` through ASE's Trajectory, anything else as extended XYZ."""
 
@@ -228,6 +293,12 @@ def run_md(
     max_force: float = 1000.0,
     max_temperature: float | None = None,
     max_displacement: float = MAX_DISPLACEMENT_A,
+    topology_interval: int = TOPOLOGY_INTERVAL,
+    topology_monitor: TopologyMonitor | None = None,
+    stop_on_topology_change: bool = False,
+    max_uncertainty: float | None = None,
+    uncertain_frames: str | Path | None = None,
+    notify: Callable[[str], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> MDReport:
     """Run MD on ``atoms`` (its calculator set, usually :class:`~mlip_cli.calculator.MLIPCalculator`).
@@ -239,12 +310,25 @@ def run_md(
         init_velocities: draw Maxwell-Boltzmann velocities at ``temperature_K`` (default: when the atoms have
             no momenta yet).
         trajectory: write a frame every ``traj_interval`` steps (``.traj``, else extended XYZ).
-        log: ASE ``MDLogger`` file (time, energies per atom, temperature) every ``log_interval`` steps.
+        log: ASE ``MDLogger`` file (time, energies per atom, temperature) every ``log_interval`` steps; with an
+            ensemble model one more column, ``MaxFUnc[eV/A]``: the step's largest per-atom force uncertainty.
         max_force: stop with :class:`MDFailure` if a force exceeds this (eV/A) or anything becomes NaN; the bad
             frame is never written (the frames before it are).
         max_temperature: stop if the instantaneous temperature exceeds this, K (default
             ``max(10 x temperature_K, 10 x the initial temperature, 5000 K)``).
         max_displacement: stop if an atom would move more than this in one step (speed x time step), A.
+        topology_interval: check the bond topology against the starting structure every this many steps
+            (0: never); the first change is reported through ``notify`` and in the report.
+        topology_monitor: the reference topology and criteria (default: ``TopologyMonitor(atoms)``, the
+            structure as given, the default criteria).
+        stop_on_topology_change: end the run at the first topology change.
+        max_uncertainty: end the run at the first step whose largest per-atom force uncertainty exceeds this,
+            eV/A (needs a calculator that returns ``forces_uncertainty``: an ensemble model; else
+            :class:`~mlip_cli.errors.UsageError`).
+        uncertain_frames: where that step's frame goes (extended XYZ with ``forces_uncertainty`` per atom;
+            required with ``max_uncertainty``).
+        notify: called with one line when something is found that does not stop the run by itself (the first
+            topology change) or ends it on request.
         progress: called with the number of steps done (every ``log_interval`` steps).
     """
     from ase import units
@@ -253,6 +337,12 @@ def run_md(
         raise UsageError(f"need steps >= 0 and a positive time step, got {steps} and {timestep_fs} fs")
     if not (max_displacement > 0 and (max_temperature is None or max_temperature > 0)):
         raise UsageError(f"need positive limits, got {max_temperature} K and {max_displacement} A per step")
+    if topology_interval < 0:
+        raise UsageError(f"need a topology check interval >= 0 steps, got {topology_interval}")
+    if max_uncertainty is not None and not max_uncertainty > 0:
+        raise UsageError(f"need a positive uncertainty threshold, got {max_uncertainty} eV/A")
+    if max_uncertainty is not None and uncertain_frames is None:
+        raise UsageError("max_uncertainty needs a file for the frame that crosses it (uncertain_frames)")
     if len(atoms) == 0:
         raise UsageError("the structure has no atoms")
     if atoms.get_number_of_degrees_of_freedom() <= 0:
@@ -271,6 +361,24 @@ def run_md(
     )
     n = len(atoms)
     times, energies, temps = [], [], []
+    calc = atoms.calc
+    calls0 = getattr(calc, "model_calls", 0)
+    builds0 = getattr(getattr(calc, "neighbors", None), "builds", 0)
+    # the step-0 forces (cached: the integrator reuses them) say whether the model gives an uncertainty
+    atoms.get_forces()
+    has_uncertainty = _force_uncertainty(atoms) is not None
+    if max_uncertainty is not None and not has_uncertainty:
+        raise UsageError(
+            "a maximum force uncertainty needs an ensemble model (model.ensemble > 1); this one has no uncertainty"
+        )
+    uncertainties: list[float] = []
+    monitor = None
+    if topology_interval > 0:
+        monitor = topology_monitor if topology_monitor is not None else TopologyMonitor(atoms)
+    found: dict = {}
+
+    def when(step: int) -> str:
+        return f"step {step} ({step * timestep_fs / 1000.0:.4g} ps)"
 
     def record() -> None:
         # first observer: checks before anything writes the frame
@@ -304,26 +412,64 @@ def run_md(
         times.append(step * timestep_fs / 1000.0)
         energies.append((epot + atoms.get_kinetic_energy()) / n)
         temps.append(temp)
+        if has_uncertainty:
+            per_atom = _force_uncertainty(atoms)
+            worst = float(per_atom.max()) if per_atom is not None and len(per_atom) else float("nan")
+            uncertainties.append(worst)
+            if max_uncertainty is not None and not worst <= max_uncertainty:
+                found["uncertain"] = (step, per_atom, worst)
         if progress is not None and step % max(log_interval, 1) == 0:
             progress(step)
 
+    def check_topology() -> None:
+        if "topology" in found:
+            return  # the first change is the one reported
+        change = monitor.check(atoms)
+        if change is not None:
+            found["topology"] = (dyn.nsteps, change)
+            if notify is not None and not stop_on_topology_change:
+                notify(f"{when(dyn.nsteps)}: {change.description}")
+
+    def end_on_request() -> None:
+        # last observer: the frame of this step is written and logged before the run ends
+        step = dyn.nsteps
+        if "uncertain" in found:
+            _, per_atom, worst = found["uncertain"]
+            _write_uncertain_frame(Path(uncertain_frames), atoms, per_atom, step, step * timestep_fs / 1000.0)
+            raise _EndRun(
+                f"{when(step)}: max force uncertainty {worst:.4g} eV/A is above {max_uncertainty:g} eV/A"
+                f" (frame written to {uncertain_frames})"
+            )
+        if stop_on_topology_change and "topology" in found:
+            raise _EndRun(f"{when(step)}: {found['topology'][1].description}")
+
     dyn.attach(record, interval=1)
+    if monitor is not None:
+        dyn.attach(check_topology, interval=topology_interval)
     writer = None
     logger = None
+    stop_reason = None
+    steps_run = steps
     try:
         if trajectory is not None:
             writer = _Writer(Path(trajectory), atoms)
             dyn.attach(writer, interval=max(traj_interval, 1))
         if log is not None:
-            from ase.md import MDLogger
+            if has_uncertainty:
+                logger = _UncertaintyLogger(dyn, atoms, log, lambda: uncertainties[-1])
+            else:
+                from ase.md import MDLogger
 
-            logger = MDLogger(dyn, atoms, str(log), header=True, peratom=True, mode="w")
+                logger = MDLogger(dyn, atoms, str(log), header=True, peratom=True, mode="w")
             dyn.attach(logger, interval=max(log_interval, 1))
-        calc = atoms.calc
-        calls0 = getattr(calc, "model_calls", 0)
-        builds0 = getattr(getattr(calc, "neighbors", None), "builds", 0)
+        dyn.attach(end_on_request, interval=1)
         start = time.perf_counter()
-        dyn.run(steps)
+        try:
+            dyn.run(steps)
+        except _EndRun as end:
+            stop_reason, steps_run = str(end), dyn.nsteps
+            if notify is not None:
+                notify(f"stopped at {stop_reason}")
         seconds = time.perf_counter() - start
     finally:
         if writer is not None:
@@ -331,13 +477,14 @@ def run_md(
         if logger is not None:
             logger.close()
     if progress is not None:
-        progress(steps)
+        progress(steps_run)
     e = np.asarray(energies)
-    rate = steps / seconds if seconds > 0 else float("inf")
+    rate = steps_run / seconds if seconds > 0 else float("inf")
+    topology_step, change = found.get("topology", (None, None))
     return MDReport(
         ensemble=ensemble.lower(),
         natoms=n,
-        steps=steps,
+        steps=steps_run,
         timestep_fs=timestep_fs,
         seconds=seconds,
         steps_per_second=rate,
@@ -348,4 +495,16 @@ def run_md(
         final_temperature=temperature(atoms),
         model_calls=getattr(calc, "model_calls", 0) - calls0,
         neighbor_builds=getattr(getattr(calc, "neighbors", None), "builds", 0) - builds0,
+        topology_change_step=topology_step,
+        topology_change_time_ps=None if topology_step is None else topology_step * timestep_fs / 1000.0,
+        topology_change=change,
+        max_force_uncertainty=float(np.nanmax(uncertainties)) if uncertainties else None,
+        stop_reason=stop_reason,
     )
+
+
+def _force_uncertainty(atoms) -> np.ndarray | None:
+    """The per-atom force uncertainty of the last calculation (``forces_uncertainty`` in the calculator's
+    results: ensemble models), or None."""
+    value = getattr(atoms.calc, "results", {}).get("forces_uncertainty")
+    return None if value is None else np.asarray(value, dtype=np.float64).reshape(-1)

@@ -62,6 +62,33 @@ def md(
     max_displacement: Annotated[
         float, typer.Option(help="Stop if an atom would move more than this in one step, A.", min=0.0)
     ] = 0.5,
+    topology_interval: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Check the bond topology every N steps (0: never): an atom farther than 2 A from every other, or "
+            "a covalent bond stretched beyond 1.5x its starting length (not when its atom is bonded to a new partner "
+            "of the same element instead: a proton hop); the first change is reported in one line.",
+        ),
+    ] = 10,
+    stop_on_dissociation: Annotated[
+        bool, typer.Option(help="End the run (exit 0) at the first topology change; the frames so far are kept.")
+    ] = False,
+    max_uncertainty: Annotated[
+        float | None,
+        typer.Option(
+            metavar="EV_PER_A",
+            help="Ensemble models: end the run (exit 0) at the first step whose largest per-atom force "
+            "uncertainty exceeds this, eV/A, and write that frame to --uncertain-frames.",
+        ),
+    ] = None,
+    uncertain_frames: Annotated[
+        Path | None,
+        typer.Option(
+            help="Extended XYZ for the frame that crossed --max-uncertainty, with its per-atom forces_uncertainty "
+            "(default: <trajectory>.uncertain.extxyz next to --traj, else md.uncertain.extxyz here)."
+        ),
+    ] = None,
     device: Device = "cpu",
     dtype: Dtype = None,
     skin: Skin = 0.5,
@@ -74,17 +101,37 @@ def md(
     Stops (exit 1, one line naming the step, quantity and limit; the trajectory keeps the frames before it) on
     NaN/inf, a force over --max-force, a temperature over --max-temperature or an atom moving more than
     --max-displacement in one step.
+
+    Watches the bond topology (one line on the first change; --stop-on-dissociation ends the run there) and,
+    with an ensemble model, logs the largest per-atom force uncertainty (--max-uncertainty ends the run there).
+    A run ended on request exits 0 and its report says why; the frames up to that step are kept.
     """
 
     from ..calculator import MLIPCalculator
     from ..md import ENSEMBLES, MDFailure, run_md
+    from ..models import is_ensemble
     from ..structures import check_cells, check_elements, read_structures
-    from ..ui import console, print_json, progress, table
+    from ..ui import console, err_console, print_json, progress, table
 
     ensemble = ensemble.lower()
     require_choice("--ensemble", ensemble, ENSEMBLES)
     require_positive("--timestep", timestep)
-    for option, path in (("trajectory", trajectory), ("log", log), ("output", out)):
+    if max_uncertainty is not None:
+        require_positive("--max-uncertainty", max_uncertainty)
+        if uncertain_frames is None:
+            uncertain_frames = (
+                trajectory.with_name(trajectory.stem + ".uncertain.extxyz")
+                if trajectory is not None
+                else Path("md.uncertain.extxyz")
+            )
+    elif uncertain_frames is not None:
+        raise UsageError("--uncertain-frames needs --max-uncertainty")
+    for option, path in (
+        ("trajectory", trajectory),
+        ("log", log),
+        ("output", out),
+        ("uncertain-frames", uncertain_frames),
+    ):
         require_new_output(path, overwrite, option)
     set_threads(threads)
     frames = read_structures(structure)
@@ -93,6 +140,8 @@ def md(
     check_cells([frames[index]], structure, first=index % len(frames))
     calc = MLIPCalculator.from_checkpoint(model, device=device, dtype=dtype, skin=skin)
     check_elements([frames[index]], calc.model.config.elements, structure, first=index % len(frames))
+    if max_uncertainty is not None and not is_ensemble(calc.model):
+        raise UsageError(f"--max-uncertainty needs an ensemble model (model.ensemble > 1); {model} is a single model")
     atoms = frames[index].to_atoms()
     atoms.calc = calc
     try:
@@ -116,6 +165,11 @@ def md(
                 max_force=max_force,
                 max_temperature=max_temperature,
                 max_displacement=max_displacement,
+                topology_interval=topology_interval,
+                stop_on_topology_change=stop_on_dissociation,
+                max_uncertainty=max_uncertainty,
+                uncertain_frames=uncertain_frames,
+                notify=lambda line: err_console.print(f"mlip md: {line}", highlight=False, markup=False),
                 progress=update,
             )
     except MDFailure as err:  # the frames before the failure are kept; --out is not written
@@ -141,4 +195,13 @@ def md(
         ["neighbour-list builds", report.neighbor_builds],
         ["wall time (s)", f"{report.seconds:.2f}"],
     ]
+    if topology_interval > 0:
+        change = report.topology_change
+        rows.append(
+            ["topology change", "none" if change is None else f"step {report.topology_change_step}: {change.kind}"]
+        )
+    if report.max_force_uncertainty is not None:
+        rows.append(["max force uncertainty (eV/A)", f"{report.max_force_uncertainty:.4g}"])
+    if report.stop_reason is not None:
+        rows.append(["stopped at", report.stop_reason])
     console.print(table(f"md {ensemble} ({dtype or 'checkpoint dtype'}, {device})", ["quantity", "value"], rows))

@@ -1,0 +1,272 @@
+"""MD stability: time to the first bond-topology change under NVT Langevin, per model, temperature and seed.
+
+    .venv/bin/python benchmarks/bench_stability.py --system acac \\
+        --model tdn=runs/acac-tdn-medium --model gaunt=runs/acac-gaunt-medium \\
+        --mace mace=runs/mace-acac/model.model --max-ps 50
+    .venv/bin/python benchmarks/bench_stability.py --system acac --model tdn=tiny.pt --max-ps 0.05 \\
+        --seeds 1 --json /tmp/smoke.json        # smoke mode: a few dozen steps per run
+
+Protocol (the same for every arm, issue 17): start from the first frame of the system's file (acac:
+``../shared/data/acac/test_MD_300K.xyz``; 3BPA: ``../shared/data/3bpa/train_300K.xyz``, its standard test files
+not being available here), Maxwell-Boltzmann velocities at the target temperature, ASE Langevin (friction
+0.01/fs) at 0.5 fs in float64, seeds 0..N-1 (velocities and noise), for each temperature (acac: 300 K and 600 K;
+3BPA: 300 K). Every ``--check-every`` steps :class:`mlip_cli.topology.TopologyMonitor` compares the structure
+with the start (an atom farther than 2 A from every other, or a covalent bond stretched beyond 1.5x its starting
+length); the run ends at the first change, and a run that reaches ``--max-ps`` is censored there. A run stopped
+by ``mlip md``'s physical-range guards (NaN, force, temperature, displacement per step) counts as an event at
+that time (``event: "failure"``): the model has left the physical range, which follows or replaces a
+dissociation. The acac enol proton moving from one O to the other stretches its O-H bond beyond 1.5x but is a
+partner exchange (the other O now bonds it), not a break, by the detector's default; ``--strict-bonds`` counts
+it too (with the acac models trained here it happens within the first picosecond at 600 K, so strict times
+measure proton hopping, not stability). ``kind`` and ``description`` say what happened in each run.
+
+Arms: ``--model NAME=CHECKPOINT`` (an mlip checkpoint or run directory, run through
+:class:`~mlip_cli.calculator.MLIPCalculator` in float64) and ``--mace NAME=MODEL`` (a MACE model file). MACE runs
+in its own virtual environment (``--mace-python``): this script starts itself there as a client
+(``--mace-client``, which imports only ASE and mace) that serves forces over ASE's i-PI socket
+(:class:`ase.calculators.socketio.SocketIOCalculator`), so both sides share one integrator, one detector and
+one set of guards; only the force call differs.
+
+Writes ``benchmarks/results/bench_stability_<system>_threads<T>.json`` (or ``--json``): one row per run
+(time to the first topology change in ps, censored or not, what happened, steps/s, mean temperature) and a
+summary per arm and temperature, with the machine, threads and load average (``benchmarks/report.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data"
+SYSTEMS = {
+    # name -> (file under DATA, default temperatures in K)
+    "acac": ("acac/test_MD_300K.xyz", (300.0, 600.0)),
+    "3bpa": ("3bpa/train_300K.xyz", (300.0,)),
+}
+TIMESTEP_FS = 0.5
+FRICTION_PER_FS = 0.01
+
+
+def mace_client(model: str, start: str, socket_name: str, threads: int) -> None:
+    """The MACE side (run by the MACE venv's python): serve forces of ``model`` over the i-PI socket."""
+    import torch
+    from ase.calculators.socketio import SocketClient
+    from ase.io import read
+    from mace.calculators import MACECalculator
+
+    torch.set_num_threads(threads)
+    atoms = read(start, 0)
+    atoms.calc = MACECalculator(model_paths=model, device="cpu", default_dtype="float64")
+    SocketClient(unixsocket=socket_name).run(atoms, use_stress=False)
+
+
+class MaceArm:
+    """A MACE model served by a client process in MACE's venv; ``calc`` is the ASE socket calculator."""
+
+    def __init__(self, model: Path, start: Path, python: str, threads: int, name: str):
+        import os
+        import subprocess
+
+        from ase.calculators.socketio import SocketIOCalculator
+
+        socket_name = f"mlip-stability-{os.getpid()}-{name}"
+        self.calc = SocketIOCalculator(unixsocket=socket_name)
+        command = [python, __file__, "--mace-client", str(model), str(start), socket_name, str(threads)]
+        self.process = subprocess.Popen(command)
+
+    def close(self) -> None:
+        self.calc.close()
+        self.process.wait(timeout=60)
+
+
+def run_one(calc, start, temperature: float, seed: int, max_ps: float, check_every: int, strict: bool) -> dict:
+    """One Langevin run from ``start``; the row of the JSON."""
+    from mlip_cli.md import MDFailure, run_md
+    from mlip_cli.topology import TopologyMonitor
+
+    atoms = start.copy()
+    atoms.calc = calc
+    steps = max(1, round(max_ps * 1000.0 / TIMESTEP_FS))
+    row = {"temperature_K": temperature, "seed": seed}
+    begin = time.perf_counter()
+    try:
+        report = run_md(
+            atoms,
+            "nvt",
+            steps=steps,
+            timestep_fs=TIMESTEP_FS,
+            temperature_K=temperature,
+            friction_per_fs=FRICTION_PER_FS,
+            seed=seed,
+            init_velocities=True,
+            topology_interval=check_every,
+            topology_monitor=TopologyMonitor(start, partner_exchange=not strict),
+            stop_on_topology_change=True,
+        )
+    except MDFailure as failure:  # "step N: ..." names the step the guards stopped at
+        step = int(str(failure).split(":")[0].split()[1])
+        row.update(event="failure", censored=False, time_ps=step * TIMESTEP_FS / 1000.0, kind=None)
+        row.update(description=str(failure), steps=step, seconds=time.perf_counter() - begin)
+        return row
+    change = report.topology_change
+    if change is None:
+        row.update(event="censored", censored=True, time_ps=report.steps * TIMESTEP_FS / 1000.0, kind=None)
+        row.update(description=None)
+    else:
+        row.update(event="topology", censored=False, time_ps=report.topology_change_time_ps, kind=change.kind)
+        row.update(description=change.description)
+    row.update(
+        steps=report.steps,
+        seconds=report.seconds,
+        steps_per_second=report.steps_per_second,
+        mean_temperature_K=report.mean_temperature,
+    )
+    return row
+
+
+def summarize(rows: list[dict], max_ps: float) -> list[dict]:
+    """Per arm and temperature: events, censored runs, the times, and the median time to the first change
+    (``None`` when half or more of the runs are censored: the median is then only known to exceed ``max_ps``)."""
+    out = []
+    for key in sorted({(r["arm"], r["temperature_K"]) for r in rows}):
+        runs = [r for r in rows if (r["arm"], r["temperature_K"]) == key]
+        times = sorted(r["time_ps"] for r in runs)
+        events = [r for r in runs if not r["censored"]]
+        median = statistics.median(times) if len(events) > len(runs) / 2 else None
+        out.append(
+            {
+                "arm": key[0],
+                "temperature_K": key[1],
+                "runs": len(runs),
+                "events": len(events),
+                "censored": len(runs) - len(events),
+                "first_event_ps": min((r["time_ps"] for r in events), default=None),
+                "median_ps": median,
+                "median_exceeds_max_ps": median is None,
+                "times_ps": [r["time_ps"] for r in runs],
+                "max_ps": max_ps,
+            }
+        )
+    return out
+
+
+def named(values: list[str], option: str) -> list[tuple[str, Path]]:
+    pairs = []
+    for value in values:
+        if "=" not in value:
+            raise SystemExit(f"{option} takes NAME=PATH, got {value!r}")
+        name, path = value.split("=", 1)
+        pairs.append((name, Path(path)))
+    return pairs
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--mace-client":
+        model, start, socket_name, threads = sys.argv[2:6]
+        mace_client(model, start, socket_name, int(threads))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--system", choices=sorted(SYSTEMS), default="acac")
+    ap.add_argument("--model", action="append", default=[], help="NAME=CHECKPOINT (repeatable)")
+    ap.add_argument("--mace", action="append", default=[], help="NAME=MACE_MODEL (repeatable)")
+    ap.add_argument("--mace-python", default="/work/venvs/mace/bin/python")
+    ap.add_argument("--temperatures", help="comma-separated K (default: acac 300,600; 3bpa 300)")
+    ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
+    ap.add_argument("--max-ps", type=float, default=50.0, help="censor a run here (0.05: smoke mode)")
+    ap.add_argument("--check-every", type=int, default=10, help="topology check interval, steps")
+    ap.add_argument("--strict-bonds", action="store_true", help="count partner exchanges (proton hops) too")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--start", type=Path, help="start structure (default: the system's file, first frame)")
+    ap.add_argument("--json", type=Path, help="output (default benchmarks/results/bench_stability_<system>_...)")
+    args = ap.parse_args()
+    models, maces = named(args.model, "--model"), named(args.mace, "--mace")
+    if not models and not maces:
+        ap.error("give at least one --model or --mace")
+    start_path = args.start or DATA / SYSTEMS[args.system][0]
+    temperatures = (
+        [float(t) for t in args.temperatures.split(",")] if args.temperatures else list(SYSTEMS[args.system][1])
+    )
+    out = args.json or HERE / "results" / f"bench_stability_{args.system}_threads{args.threads}.json"
+
+    import torch
+    from ase.io import read
+
+    sys.path.insert(0, str(HERE))
+    from report import load_average, provenance, write_report  # benchmarks/report.py (imports mlip)
+
+    from mlip_cli.calculator import MLIPCalculator
+
+    torch.set_num_threads(args.threads)
+    start = read(start_path, 0)
+    load_before = load_average()
+    rows, arms = [], []
+    for name, path in models:
+        calc = MLIPCalculator.from_checkpoint(path, dtype="float64")
+        arms.append({"arm": name, "kind": "mlip", "path": str(path), "family": calc.model.config.family})
+        arms[-1]["parameters"] = sum(p.numel() for p in calc.model.parameters())
+        rows += run_arm(name, calc, start, temperatures, args)
+    for name, path in maces:
+        mace = MaceArm(path, start_path, args.mace_python, args.threads, name)
+        arms.append({"arm": name, "kind": "mace", "path": str(path), "family": "mace"})
+        try:
+            rows += run_arm(name, mace.calc, start, temperatures, args)
+        finally:
+            mace.close()
+    meta = {
+        "provenance": provenance(
+            threads=args.threads, dtype="float64", sizes={"atoms": len(start)}, load_before=load_before
+        ),
+        "system": args.system,
+        "start": f"{start_path} (frame 0)",
+        "protocol": {
+            "ensemble": "nvt (ASE Langevin, fixcm off)",
+            "timestep_fs": TIMESTEP_FS,
+            "friction_per_fs": FRICTION_PER_FS,
+            "temperatures_K": temperatures,
+            "seeds": args.seeds,
+            "max_ps": args.max_ps,
+            "check_every_steps": args.check_every,
+            "criteria": "an atom farther than max(2 A, 1.5x its starting nearest neighbour) from every other, or "
+            "a covalent bond beyond 1.5x its starting length (mlip_cli/topology.py)"
+            + (
+                ""
+                if args.strict_bonds
+                else ", unless one of its atoms is now bonded to a new partner of the same "
+                "element as the one it lost (a proton hop)"
+            ),
+            "strict_bonds": args.strict_bonds,
+        },
+        "arms": arms,
+    }
+    summary = summarize(rows, args.max_ps)
+    lines = ["| arm | T (K) | runs | events | censored | first (ps) | median (ps) |", "|---|---|---|---|---|---|---|"]
+    for s in summary:
+        median = f"> {args.max_ps:g}" if s["median_ps"] is None else f"{s['median_ps']:.3g}"
+        first = "-" if s["first_event_ps"] is None else f"{s['first_event_ps']:.3g}"
+        lines.append(
+            f"| {s['arm']} | {s['temperature_K']:g} | {s['runs']} | {s['events']} | {s['censored']} | {first} | "
+            f"{median} |"
+        )
+    write_report(out, {"meta": meta, "summary": summary, "rows": rows}, "\n".join(lines))
+
+
+def run_arm(name: str, calc, start, temperatures: list[float], args) -> list[dict]:
+    rows = []
+    for temperature in temperatures:
+        for seed in range(args.seeds):
+            row = {
+                "arm": name,
+                **run_one(calc, start, temperature, seed, args.max_ps, args.check_every, args.strict_bonds),
+            }
+            rows.append(row)
+            what = row["description"] or "intact"
+            print(f"{name} {temperature:g} K seed {seed}: {row['event']} at {row['time_ps']:.4g} ps ({what})")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
