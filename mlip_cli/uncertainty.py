@@ -250,7 +250,7 @@ class CalibrationAccumulator:
 def plot_calibration(report: CalibrationReport, out_png: str | Path, title: str = "") -> Path:
     """Two panels: binned predicted std (RMV) against observed force RMSE with the y = x line, and per-structure
     predicted uncertainty against actual force RMSE (Spearman's rho in the title); log axes, meV/A."""
-    from .train.plots import _pyplot
+    from .train.plots import _pyplot, save_figure
 
     plt = _pyplot()
     fig, (ax_curve, ax_scatter) = plt.subplots(1, 2, figsize=(9.6, 4.4))
@@ -279,10 +279,4 @@ def plot_calibration(report: CalibrationReport, out_png: str | Path, title: str 
             ax.set_yscale("log")
             ax.xaxis.set_minor_formatter(plt.NullFormatter())  # minor labels overlap on short decades
         ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, title)

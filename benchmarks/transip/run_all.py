@@ -34,8 +34,14 @@ VARIANTS = {
     "tdn": ("tdn", []),
     "aug": ("transip", ["loss.symmetry=0", "run.augment_rotations=true"]),
     "align": ("transip", ["loss.symmetry=auto", "run.augment_rotations=false"]),
+    "learned": ("transip", ["model.equivariance=learned", "loss.symmetry=auto", "run.augment_rotations=false"]),
 }
-LABELS = {"tdn": "tdn", "aug": "(a) augmentation only", "align": "(b) alignment loss, tuned weights"}
+LABELS = {
+    "tdn": "tdn",
+    "aug": "(a) augmentation only",
+    "align": "(b) alignment loss, tuned weights",
+    "learned": "(d) learned transformation network, tuned weights",
+}
 
 
 def mlip(*args: str) -> list[str]:
@@ -159,7 +165,7 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=1200, help="training seconds per model")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--parallel", type=int, default=1, help="jobs at a time (each with --threads threads)")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=["tdn", "aug", "align"], choices=list(VARIANTS))
     p.add_argument("--work", type=Path, help="run directory (default: bench_out/transip-<dataset>)")
     p.add_argument("--out", type=Path, help="JSON report (default: <work>/report.json)")
     p.add_argument("--eval-only", action="store_true", help="score existing runs in --work without training")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .options import Dtype
+from .options import Dtype, JsonSummary
 
 
 def export(
@@ -23,7 +23,7 @@ def export(
     ] = "aoti",
     dtype: Dtype = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+    as_json: JsonSummary = False,
 ) -> None:
     """Export a model that plain torch runs without mlip: energy, forces and stress of one structure per call.
 

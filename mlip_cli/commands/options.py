@@ -15,6 +15,9 @@ Device = Annotated[str, typer.Option(help="cpu or cuda[:i].")]
 Dtype = Annotated[str | None, typer.Option(help="float32 or float64 (default: the checkpoint's).")]
 Skin = Annotated[float, typer.Option(min=0.0, help="Neighbour-list skin, A.")]
 Threads = Annotated[int | None, typer.Option(min=1, help="torch threads.")]
+BatchAtoms = Annotated[int, typer.Option(min=1, help="At most this many atoms per model call.")]
+Overwrite = Annotated[bool, typer.Option(help="Replace --out if it exists.")]
+JsonSummary = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 EnergyKey = Annotated[
     str | None,
     typer.Option(

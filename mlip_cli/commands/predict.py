@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .options import Device, Dtype, Threads, set_threads
+from .options import BatchAtoms, Device, Dtype, JsonSummary, Overwrite, Threads, set_threads
 
 
 def predict(
@@ -27,12 +27,12 @@ def predict(
     stress_key: Annotated[
         str, typer.Option("--stress-key", help="extxyz: info key of the predicted stress (MACE: MACE_stress).")
     ] = "stress",
-    batch_atoms: Annotated[int, typer.Option(min=1, help="At most this many atoms per model call.")] = 4096,
+    batch_atoms: BatchAtoms = 4096,
     device: Device = "cpu",
     dtype: Dtype = None,
     threads: Threads = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+    overwrite: Overwrite = False,
+    as_json: JsonSummary = False,
 ) -> None:
     """Predict energy, forces and (periodic structures) stress for every structure of DATA and write them as labels.
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .options import Device, Dtype, ModelPath, Threads, require_choice, set_threads
+from .options import BatchAtoms, Device, Dtype, JsonSummary, ModelPath, Overwrite, Threads, require_choice, set_threads
 
 
 def select(
@@ -34,12 +34,12 @@ def select(
     ] = None,
     seed: Annotated[int, typer.Option(help="Orders structures of equal uncertainty.")] = 0,
     fmt: Annotated[str | None, typer.Option("--from", help="Pool format (default: detected).")] = None,
-    batch_atoms: Annotated[int, typer.Option(min=1, help="At most this many atoms per model call.")] = 4096,
+    batch_atoms: BatchAtoms = 4096,
     device: Device = "cpu",
     dtype: Dtype = None,
     threads: Threads = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+    overwrite: Overwrite = False,
+    as_json: JsonSummary = False,
 ) -> None:
     """Pick the N structures of POOL an ensemble is least sure about, skipping near-duplicates of those picked.
 

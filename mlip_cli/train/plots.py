@@ -19,6 +19,18 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, out_png: str | Path, title: str = "") -> Path:
+    """Title, lay out, write (PNG, 110 dpi) and close ``fig``; returns the path."""
+    plt = _pyplot()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
 def _column(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     pairs = [(float(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
     if not pairs:
@@ -54,11 +66,7 @@ def plot_learning_curve(metrics_csv: str | Path, out_png: str | Path) -> Path | 
         if unit:
             ax.set_ylabel(unit)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)
 
 
 def plot_parity(pairs: dict[str, np.ndarray], out_png: str | Path, title: str = "") -> Path:
@@ -80,10 +88,4 @@ def plot_parity(pairs: dict[str, np.ndarray], out_png: str | Path, title: str = 
         ax.set_xlabel(f"reference ({unit})")
         ax.set_ylabel(f"predicted ({unit})")
         ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, title)

@@ -67,3 +67,14 @@ def assert_grad_matches_finite_difference(loss, param: torch.Tensor, grad: torch
     with torch.no_grad():
         param[0, 0] += h
     assert abs((up - down) / (2 * h) - grad[0, 0]) < 1e-6 * (1 + grad.abs().max())
+
+
+def minimise_regularizers(model, batch, steps: int = 24, lr: float = 1e-2) -> None:
+    """``steps`` Adam steps on a TransIP model's rotation + inversion regularisers alone (seeded draws)."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    torch.manual_seed(0)
+    for _ in range(steps):
+        losses = model.regularizers(batch)
+        opt.zero_grad()
+        (losses["rotation"] + losses["inversion"]).backward()
+        opt.step()
