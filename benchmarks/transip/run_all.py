@@ -35,12 +35,14 @@ VARIANTS = {
     "aug": ("transip", ["loss.symmetry=0", "run.augment_rotations=true"]),
     "align": ("transip", ["loss.symmetry=auto", "run.augment_rotations=false"]),
     "learned": ("transip", ["model.equivariance=learned", "loss.symmetry=auto", "run.augment_rotations=false"]),
+    "learned_fixed": ("transip", ["model.equivariance=learned", "loss.symmetry=0.1", "run.augment_rotations=false"]),
 }
 LABELS = {
     "tdn": "tdn",
     "aug": "(a) augmentation only",
     "align": "(b) alignment loss, tuned weights",
     "learned": "(d) learned transformation network, tuned weights",
+    "learned_fixed": "(e) learned transformation network, fixed weight 0.1",
 }
 
 

@@ -8,6 +8,7 @@ For each training-set size (the first N structures of the recipe's training spli
 * ``align``: TransIP with the fixed-representation alignment loss (automatic weights), no augmentation;
 * ``learned``: TransIP with the published mechanism (``model.equivariance=learned``: a learned transformation
   network per layer, contrastive objective, force consistency; automatic weights), no augmentation;
+* ``learned_fixed``: the same with a fixed regulariser weight of 0.1 (``--arms learned_fixed``);
 
 then scores each best checkpoint with ``mlip eval --json`` on the test set (TransIP without frame averaging):
 force MAE/RMSE, energy error, rotation and inversion equivariance errors of energies and forces.
@@ -46,6 +47,7 @@ ARMS = {
     "aug": "TransIP, augmentation",
     "align": "TransIP, fixed alignment",
     "learned": "TransIP, learned transformation",
+    "learned_fixed": "TransIP, learned transformation, fixed weight 0.1",
 }
 
 
@@ -72,7 +74,7 @@ def main() -> None:
     p.add_argument("--dataset", choices=("acac", "3bpa"), required=True)
     p.add_argument("--data", type=Path, help="data directory (default: ../shared/data/<dataset>)")
     p.add_argument("--sizes", type=int, nargs="+", required=True)
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--arms", nargs="+", default=["tdn", "aug", "align", "learned"], choices=list(ARMS))
     p.add_argument("--budget", type=float, default=240, help="training seconds per model")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--parallel", type=int, default=2)
