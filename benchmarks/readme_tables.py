@@ -594,11 +594,6 @@ TABLES: dict[str, Table] = {
         scale,
         ("bench_scale.json",),
         (f"{PY} benchmarks/bench_scale.py --work bench_out/scale --out {RESULTS}/bench_scale.json",),
-        stale=(
-            "measured before the training step summed ensemble members' losses and clipped each member, and before "
-            "Potential.forward checked for the node_graph and record keywords (a few Python operations per step, "
-            "against steps of about 260 ms); not rerun"
-        ),
     ),
     "export": Table(
         export, ("bench_export.json",), (f"{PY} benchmarks/bench_export.py --out {RESULTS}/bench_export.json",)
