@@ -10,8 +10,8 @@ fixed atoms, ids, info) is kept. An ensemble model (``model.ensemble: K``) predi
 its spread to each structure's ``info`` (:func:`uncertainty_names`): ``energy_std`` (eV), ``forces_std``
 ``(N, 3)`` and ``forces_uncertainty`` ``(N,)`` (eV/A), ``stress_std`` (Voigt 6-vector, periodic only), under
 names built from the label keys (``--energy-key MACE_energy`` gives ``MACE_energy_std``). Every output format
-that keeps ``info`` keeps them; extxyz writes them in the comment line (per-atom ones as ASE ``_JSON``
-arrays), where ``ase.io.read`` gives them back in ``atoms.info``.
+that keeps ``info`` keeps them; extxyz writes the per-atom ones as per-atom columns (``atoms.arrays`` when
+``ase.io.read`` reads them back) and the others in the comment line (``atoms.info``).
 
 Structures are packed into model calls of at most ``batch_atoms`` atoms in file order
 (:class:`~mlip_datasets.torch_data.SizeBatchSampler`, the packing training uses) and streamed to the output,

@@ -43,7 +43,7 @@ from mlip_datasets.formats import get_format
 from mlip_datasets.formats.ase_files import write_extxyz
 from mlip_datasets.formats.base import Reader
 from mlip_datasets.io import commit_staged, open_dataset, stage_dataset
-from mlip_datasets.neighbors import neighbor_list
+from mlip_datasets.neighbors import edge_vectors, neighbor_list
 from mlip_datasets.record import MAX_Z, Structure
 
 from .errors import UsageError, require_new_output
@@ -157,7 +157,7 @@ def fingerprint(s: Structure, cutoff: float, bins: int = FINGERPRINT_BINS) -> di
     src, dst, shifts = neighbor_list(s.positions, s.cell, s.pbc, cutoff)
     if len(src) == 0:
         return result
-    r = np.linalg.norm(s.positions[dst] - s.positions[src] + shifts @ s.cell, axis=1)
+    r = np.linalg.norm(edge_vectors(s.positions, s.cell, src, dst, shifts), axis=1)
     centres = np.linspace(0.0, cutoff, bins)
     width = cutoff / (bins - 1)
     envelope = 0.5 * (np.cos(np.pi * np.minimum(r, cutoff) / cutoff) + 1.0)

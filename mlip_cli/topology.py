@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mlip_datasets.neighbors import edge_vectors, neighbor_list
+
 __all__ = [
     "BOND_MULTIPLIER",
     "ISOLATION_DISTANCE_A",
@@ -159,7 +161,7 @@ class TopologyMonitor:
             )
         if not self.num_bonds:
             return None
-        vectors = positions[self.bond_dst] - positions[self.bond_src] + self.bond_shifts @ np.asarray(atoms.cell.array)
+        vectors = edge_vectors(positions, atoms.cell.array, self.bond_src, self.bond_dst, self.bond_shifts)
         ratio = np.linalg.norm(vectors, axis=1) / self.bond_length_start
         broken = np.flatnonzero(ratio > self.stretch_factor)
         if self.partner_exchange:
@@ -193,8 +195,6 @@ class TopologyMonitor:
 
 def _pairs(atoms, cutoff: float):
     """Full neighbour list within ``cutoff``: (src, dst, shifts, distances)."""
-    from mlip_datasets.neighbors import edge_vectors, neighbor_list
-
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
     src, dst, shifts = neighbor_list(atoms.positions, cell, atoms.pbc, cutoff)
     length = np.linalg.norm(edge_vectors(atoms.positions, cell, src, dst, shifts), axis=1)

@@ -13,7 +13,7 @@ Pieces:
 * :func:`random_rotate_batch`, :func:`random_reflections`: random orthogonal maps per structure (rotation
   augmentation, mirrors), applied to a whole :class:`~mlip_datasets.graph.Batch` by
   :func:`~mlip_cli.models.symmetry.transform_batch`;
-* :func:`safe_eigh`, :func:`pca_frames`, :data:`FRAME_SIGNS`, :func:`averaging_frames`: the frames of frame
+* :func:`safe_eigh`, :func:`edge_covariance`, :data:`FRAME_SIGNS`, :func:`averaging_frames`: the frames of frame
   averaging (principal axes, and frames from the edges where the axes are degenerate).
 """
 
@@ -36,7 +36,6 @@ __all__ = [
     "random_reflections",
     "safe_eigh",
     "edge_covariance",
-    "pca_frames",
     "FRAME_SIGNS",
     "degeneracy_tolerance",
     "AveragingFrames",
@@ -198,27 +197,16 @@ def edge_covariance(
 ) -> torch.Tensor:
     """Weighted edge-vector covariance per structure, ``C_b = sum_e w_e r_e r_e^T``.
 
+    Edge vectors (not positions) make it translation-invariant and independent of how atoms are wrapped into a
+    periodic cell; weighting by the cutoff envelope keeps it continuous when edges cross the cutoff. ``C_b``
+    rotates as ``R C R^T``, so its principal axes rotate with the structure up to the sign of each axis, which
+    frame averaging enumerates (:data:`FRAME_SIGNS`).
+
     Shapes:
         vectors ``[E, 3]``, weights ``[E]``, edge_graph ``[E]`` (structure of each edge) -> ``[B, 3, 3]``.
     """
     outer = (weights[:, None, None] * vectors[:, :, None] * vectors[:, None, :]).reshape(-1, 9)
     return outer.new_zeros(num_graphs, 9).index_add(0, edge_graph, outer).reshape(num_graphs, 3, 3)
-
-
-def pca_frames(vectors: torch.Tensor, weights: torch.Tensor, edge_graph: torch.Tensor, num_graphs: int) -> torch.Tensor:
-    """Principal axes per structure of the weighted edge-vector covariance (:func:`edge_covariance`).
-
-    Edge vectors (not positions) make the frame translation-invariant and independent of how atoms are
-    wrapped into a periodic cell; weighting by the cutoff envelope keeps it continuous when edges cross the
-    cutoff. ``C_b`` rotates as ``R C R^T``, so the frame rotates with the structure up to the sign of each
-    axis, which frame averaging enumerates (:data:`FRAME_SIGNS`). Degenerate ``C_b`` (high-symmetry
-    structures) leaves the axes ambiguous: :func:`averaging_frames` replaces them there.
-
-    Shapes:
-        vectors ``[E, 3]``, weights ``[E]``, edge_graph ``[E]`` (structure of each edge) -> ``[B, 3, 3]``
-        (columns: axes, ascending variance).
-    """
-    return safe_eigh(edge_covariance(vectors, weights, edge_graph, num_graphs))[1]
 
 
 def degeneracy_tolerance(dtype: torch.dtype) -> float:
