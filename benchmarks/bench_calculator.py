@@ -34,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from mace_calculator import (  # noqa: E402
+    CALCULATOR_SYSTEMS,
     CHANNELS,
     CUTOFF,
     ELEMENTS,
@@ -198,7 +199,7 @@ def markdown(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--families", default=",".join(FAMILIES))
-    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--systems", default=",".join(CALCULATOR_SYSTEMS))
     ap.add_argument("--dtypes", default="float32,float64")
     ap.add_argument("--min-time", type=float, default=2.0, help="seconds per measurement")
     ap.add_argument("--repeats", type=int, default=3, help="rounds (mlip then MACE); medians are reported")

@@ -71,6 +71,7 @@ def make_batch(n_structures: int = 5, seed: int = 0, dtype=torch.float32):
 
 
 INTERACTIONS = 2  # --interactions
+CHANNELS = 32  # --channels
 
 
 def config(family: str, lmax: int, backend: str = "auto") -> dict:
@@ -78,7 +79,7 @@ def config(family: str, lmax: int, backend: str = "auto") -> dict:
         "family": family,
         "elements": [1, 6, 8],
         "cutoff": CUTOFF,
-        "channels": 32,
+        "channels": CHANNELS,
         "lmax": lmax,
         "num_interactions": INTERACTIONS,
         "message_backend": backend,
@@ -166,11 +167,12 @@ def main(argv=None) -> None:
         help="num_interactions (3+: middle blocks use the "
         "full L x L -> L product; with 2 both blocks have a scalar end)",
     )
+    ap.add_argument("--channels", type=int, default=32, help="channels (the medium recipes use 128)")
     ap.add_argument("--json", type=Path, help="write the rows and machine info here")
     ap.add_argument("--profile", metavar="FAMILY:L", help="profile one case instead of timing")
     args = ap.parse_args(argv)
-    global INTERACTIONS
-    INTERACTIONS = args.interactions
+    global INTERACTIONS, CHANNELS
+    INTERACTIONS, CHANNELS = args.interactions, args.channels
     torch.set_num_threads(args.threads)
     batch, targets = make_batch(args.structures)
     print(

@@ -51,11 +51,28 @@ def _mol15():
     return atoms
 
 
+def _mol27():
+    from pathlib import Path
+
+    from ase.io import read
+
+    # the first frame of 3BPA's training file (27 atoms, no cell): the repository's sibling ../shared/data
+    return read(Path(__file__).resolve().parents[2] / "shared" / "data" / "3bpa" / "train_300K.xyz", 0)
+
+
+#: the calculator benchmark's systems (``bench_calculator.py``); the others serve the medium-size benchmark.
+CALCULATOR_SYSTEMS = ("cu64", "cu1000", "mol15")
 #: name -> builder of the ASE Atoms (fresh copy each call).
 SYSTEMS = {
     "cu64": lambda: _cu((2, 2, 4)),  # 64-atom periodic fcc Cu
     "cu1000": lambda: _cu((5, 5, 10)),  # 1,000-atom periodic fcc Cu
     "mol15": _mol15,  # 15-atom molecule (benzene-water), non-periodic
+    "mol27": _mol27,  # 27-atom molecule (3BPA), non-periodic
+    # periodic fcc Cu for energy+forces time and memory
+    "cu500": lambda: _cu((5, 5, 5)),
+    "cu2500": lambda: _cu((5, 5, 25)),
+    "cu5000": lambda: _cu((5, 10, 25)),
+    "cu10000": lambda: _cu((10, 10, 25)),
 }
 
 
@@ -94,8 +111,45 @@ def time_md(atoms, min_time: float = 2.0, min_steps: int = 3, seed: int = 0) -> 
     return count / (time.perf_counter() - start)
 
 
-def build_mace(dtype: str, path: str) -> str:
-    """Build the untrained MACE model of the module docstring in ``dtype`` and ``torch.save`` it to ``path``."""
+def energy_forces_memory(atoms, memory_limit_gb: float) -> dict:
+    """One energy+forces call timed after a warm-up call, and this process's peak resident memory.
+
+    Run in a fresh process per (model, system), so the peak belongs to that pair. The address space is limited to
+    ``memory_limit_gb`` first, so a model that needs more fails with an allocation error instead of exhausting the
+    machine; that case is reported as ``fits: False``.
+    """
+    import resource
+
+    limit = int(memory_limit_gb * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row = {"natoms": len(atoms), "memory_limit_gb": memory_limit_gb, "rss_before_mb": rss_before}
+    try:
+        start = time.perf_counter()
+        atoms.get_forces()
+        row["first_call_s"] = time.perf_counter() - start
+        atoms.positions[0, 0] += 1e-6
+        start = time.perf_counter()
+        atoms.get_forces()
+        row["call_s"] = time.perf_counter() - start
+        row["fits"] = True
+    except (MemoryError, RuntimeError) as exc:  # torch reports a failed allocation as a RuntimeError
+        row["fits"], row["error"] = False, str(exc).splitlines()[0][:200]
+    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return row
+
+
+def build_mace(
+    dtype: str,
+    path: str,
+    channels: int = CHANNELS,
+    lmax: int = LMAX,
+    max_ell: int = LMAX,
+    interactions: int = NUM_INTERACTIONS,
+) -> str:
+    """Build an untrained MACE model in ``dtype`` and ``torch.save`` it to ``path``: the module docstring's
+    (the defaults) or, with the keywords, hidden irreps ``channels`` x (0e + 1o + ... up to ``lmax``), edge
+    harmonics to ``max_ell`` and ``interactions`` interactions."""
     import torch
     from e3nn import o3
     from mace import modules
@@ -107,12 +161,12 @@ def build_mace(dtype: str, path: str) -> str:
         r_max=CUTOFF,
         num_bessel=8,
         num_polynomial_cutoff=6,
-        max_ell=LMAX,
+        max_ell=max_ell,
         interaction_cls=block,
         interaction_cls_first=block,
-        num_interactions=NUM_INTERACTIONS,
+        num_interactions=interactions,
         num_elements=len(ELEMENTS),
-        hidden_irreps=o3.Irreps(f"{CHANNELS}x0e + {CHANNELS}x1o"),
+        hidden_irreps=o3.Irreps((channels * o3.Irreps.spherical_harmonics(lmax)).sort()[0].simplify()),
         MLP_irreps=o3.Irreps("16x0e"),
         atomic_energies=np.zeros(len(ELEMENTS)),
         avg_num_neighbors=20.0,
@@ -127,8 +181,9 @@ def build_mace(dtype: str, path: str) -> str:
     return path
 
 
-def run_mace(systems: list[str], dtypes: list[str], min_time: float, repeats: int) -> list[dict]:
-    """Time MACE's calculator; one row per (system, dtype) with the median over ``repeats``."""
+def run_mace(systems: list[str], dtypes: list[str], min_time: float, repeats: int, **size) -> list[dict]:
+    """Time MACE's calculator; one row per (system, dtype) with the median over ``repeats``; ``size``: the
+    keywords of :func:`build_mace`."""
     import os
     import tempfile
 
@@ -139,7 +194,7 @@ def run_mace(systems: list[str], dtypes: list[str], min_time: float, repeats: in
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in dtypes:
-            path = build_mace(dtype, os.path.join(tmp, f"mace_{dtype}.model"))
+            path = build_mace(dtype, os.path.join(tmp, f"mace_{dtype}.model"), **size)
             calc = MACECalculator(model_paths=path, device="cpu", default_dtype=dtype)
             for name in systems:
                 calls, steps = [], []
@@ -172,19 +227,46 @@ def run_mace(systems: list[str], dtypes: list[str], min_time: float, repeats: in
     return rows
 
 
+def memory_row(system: str, dtype: str, memory_limit_gb: float, size: dict) -> dict:
+    """:func:`energy_forces_memory` of MACE's calculator on ``system`` (run in a fresh process)."""
+    import os
+    import tempfile
+
+    import torch
+    from mace.calculators import MACECalculator
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = build_mace(dtype, os.path.join(tmp, "mace.model"), **size)
+        atoms = SYSTEMS[system]()
+        atoms.calc = MACECalculator(model_paths=path, device="cpu", default_dtype=dtype)
+        row = energy_forces_memory(atoms, memory_limit_gb)
+    return {"side": "mace", "family": "mace", "system": system, "dtype": dtype, **row}
+
+
 def main() -> None:
     import mace
     import torch
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--systems", default=",".join(CALCULATOR_SYSTEMS))
     ap.add_argument("--dtypes", default="float32,float64")
     ap.add_argument("--min-time", type=float, default=2.0, help="seconds per measurement")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--channels", type=int, default=CHANNELS)
+    ap.add_argument("--lmax", type=int, default=LMAX, help="highest degree of the hidden features")
+    ap.add_argument("--max-ell", type=int, default=LMAX, help="highest degree of the edge harmonics")
+    ap.add_argument("--interactions", type=int, default=NUM_INTERACTIONS)
+    ap.add_argument("--memory", metavar="SYSTEM", help="only time one energy+forces call of SYSTEM and the peak memory")
+    ap.add_argument("--memory-limit-gb", type=float, default=20.0, help="address-space limit of --memory")
     ap.add_argument("--json", required=True, help="write rows here")
     args = ap.parse_args()
-    rows = run_mace(args.systems.split(","), args.dtypes.split(","), args.min_time, args.repeats)
-    meta = {"mace_version": getattr(mace, "__version__", "?"), "torch": torch.__version__, "threads": 1}
+    size = {"channels": args.channels, "lmax": args.lmax, "max_ell": args.max_ell, "interactions": args.interactions}
+    if args.memory:
+        rows = [memory_row(args.memory, args.dtypes.split(",")[0], args.memory_limit_gb, size)]
+    else:
+        rows = run_mace(args.systems.split(","), args.dtypes.split(","), args.min_time, args.repeats, **size)
+    meta = {"mace_version": getattr(mace, "__version__", "?"), "torch": torch.__version__, "threads": 1, **size}
     with open(args.json, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=2)
 

@@ -45,6 +45,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-file", type=Path, default=DATA / "train_300K.xyz")
     p.add_argument("--test-file", type=Path, default=DATA / "test_MD_300K.xyz")
     p.add_argument("--n-train", type=int, default=450, help="first N of the permuted frames train; the rest validate")
+    p.add_argument(
+        "--split",
+        help="train,valid[,test] fractions of --train-file instead of --n-train, drawn as mlip's data.split is "
+        "(mlip_datasets.split.split_indices without groups); with three parts the third is the test set and "
+        "--test-file is not read",
+    )
+    p.add_argument(
+        "--e0s-file",
+        type=Path,
+        help="extxyz of isolated atoms (one atom per frame, its energy): E0s from it instead of least squares",
+    )
+    p.add_argument(
+        "--extra-test",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="also score the best model on this extxyz (repeatable); reported under test_extra[NAME]",
+    )
+    p.add_argument("--save-model", type=Path, help="torch.save the best EMA model here (MACECalculator loads it)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of numpy.random.default_rng(...).permutation")
     p.add_argument("--batch-size", type=int, default=5)
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
@@ -104,11 +123,37 @@ def read_frames(path: Path) -> list[dict]:
     return frames
 
 
-def fit_statistics(train: list[dict], elements: list[int]) -> dict:
-    """E0s by least squares of energy on element counts, mean per-atom interaction energy, RMS force component."""
+def read_isolated(path: Path) -> dict[int, float]:
+    """Atomic number -> energy of the one-atom frames of an extxyz file (energy in the info line or results)."""
+    energies = {}
+    for atoms in ase.io.read(path, ":"):
+        if len(atoms) == 1:
+            calc = atoms.calc.results if atoms.calc is not None else {}
+            energies[int(atoms.numbers[0])] = float(calc.get("energy", atoms.info.get("energy")))
+    return energies
+
+
+def split_parts(n: int, fractions: list[float], seed: int) -> list[np.ndarray]:
+    """The index sets of mlip's ``data.split`` (mlip_datasets.split.split_indices without groups), written out here
+    because this script runs in MACE's venv, which has no mlip."""
+    order = np.random.default_rng(seed).permutation(n)
+    bounds = np.round(np.cumsum(fractions) * n).astype(int)
+    bounds[-1] = n
+    return [np.sort(part) for part in np.split(order, bounds[:-1])]
+
+
+def fit_statistics(train: list[dict], elements: list[int], isolated: dict[int, float] | None = None) -> dict:
+    """E0s (``isolated`` atom energies, else least squares of energy on element counts), mean per-atom interaction
+    energy, RMS force component."""
     counts = np.array([[np.sum(f["numbers"] == z) for z in elements] for f in train], dtype=float)  # [S, Z]
     energies = np.array([f["energy"] for f in train])
-    e0s, *_ = np.linalg.lstsq(counts, energies, rcond=None)  # minimum-norm solution when counts are rank deficient
+    if isolated:
+        missing = [z for z in elements if z not in isolated]
+        if missing:
+            sys.exit(f"mace_train: error: no isolated-atom energy for elements {missing}")
+        e0s = np.array([isolated[z] for z in elements])
+    else:
+        e0s, *_ = np.linalg.lstsq(counts, energies, rcond=None)  # minimum-norm solution when rank deficient
     natoms = counts.sum(axis=1)
     shift = float(np.mean((energies - counts @ e0s) / natoms))
     scale = float(np.sqrt(np.mean(np.concatenate([f["forces"].ravel() for f in train]) ** 2)))
@@ -347,12 +392,18 @@ def main(argv: list[str] | None = None) -> None:
 
     start = time.perf_counter()
     frames = read_frames(args.train_file)
-    test_frames = read_frames(args.test_file)
-    perm = np.random.default_rng(args.split_seed).permutation(len(frames))
-    train_frames = [frames[i] for i in perm[: args.n_train]]
-    val_frames = [frames[i] for i in perm[args.n_train :]]
+    if args.split:
+        parts = split_parts(len(frames), [float(x) for x in args.split.split(",")], args.split_seed)
+        train_frames, val_frames = ([frames[i] for i in part] for part in parts[:2])
+        test_frames = [frames[i] for i in parts[2]] if len(parts) == 3 else read_frames(args.test_file)
+    else:
+        perm = np.random.default_rng(args.split_seed).permutation(len(frames))
+        train_frames = [frames[i] for i in perm[: args.n_train]]
+        val_frames = [frames[i] for i in perm[args.n_train :]]
+        test_frames = read_frames(args.test_file)
     elements = sorted({int(z) for f in frames + test_frames for z in f["numbers"]})
-    stats = fit_statistics(train_frames, elements)
+    isolated = read_isolated(args.e0s_file) if args.e0s_file else None
+    stats = fit_statistics(train_frames, elements, isolated)
     z_table = AtomicNumberTable(elements)
     graphs, val_graphs, test_graphs = (
         to_atomic_data(f, z_table, args.r_max) for f in (train_frames, val_frames, test_frames)
@@ -376,9 +427,18 @@ def main(argv: list[str] | None = None) -> None:
     result = train(args, model, graphs, train_frames, targets, val_graphs, val_frames, val_targets)
     best = result.pop("best")
     model.load_state_dict(best.pop("state"))
+    if args.save_model:
+        args.save_model.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model, args.save_model)
     start = time.perf_counter()
     test = evaluate(model, test_graphs, test_frames, test_targets, args.eval_batch_size)
     test_s = time.perf_counter() - start
+    test_extra = {}
+    for spec in args.extra_test:
+        name, _, path = spec.partition("=")
+        extra = read_frames(Path(path))
+        extra_graphs = to_atomic_data(extra, z_table, args.r_max)
+        test_extra[name] = evaluate(model, extra_graphs, extra, interaction_targets(extra, stats), args.eval_batch_size)
 
     report = {
         "model": "mace",
@@ -391,6 +451,7 @@ def main(argv: list[str] | None = None) -> None:
         "best_validation": best,
         "test": test,
         "test_s": test_s,
+        "test_extra": test_extra,
         "versions": versions(),
         "machine": {
             "platform": platform.platform(),
