@@ -27,6 +27,7 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -52,8 +53,6 @@ def _mol15():
 
 
 def _mol27():
-    from pathlib import Path
-
     from ase.io import read
 
     # the first frame of 3BPA's training file (27 atoms, no cell): the repository's sibling ../shared/data
@@ -122,7 +121,7 @@ def energy_forces_memory(atoms, memory_limit_gb: float) -> dict:
 
     limit = int(memory_limit_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_before = peak_rss_mb()
     row = {"natoms": len(atoms), "memory_limit_gb": memory_limit_gb, "rss_before_mb": rss_before}
     try:
         start = time.perf_counter()
@@ -135,8 +134,17 @@ def energy_forces_memory(atoms, memory_limit_gb: float) -> dict:
         row["fits"] = True
     except (MemoryError, RuntimeError) as exc:  # torch reports a failed allocation as a RuntimeError
         row["fits"], row["error"] = False, str(exc).splitlines()[0][:200]
-    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row["peak_rss_mb"] = peak_rss_mb()
     return row
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (MB) from ``VmHWM``: unlike ``getrusage``'s ``ru_maxrss``, which Linux
+    carries across ``execve`` (a fresh child would report its parent's peak), it starts afresh in each process."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (peak memory is measured on Linux only)")
 
 
 def build_mace(

@@ -56,7 +56,9 @@ def medium_model(family: str):
 
     torch.manual_seed(0)
     recipe = yaml.safe_load((ROOT / "recipes" / "3bpa" / f"{family}-medium.yaml").read_text())
-    cfg = {**recipe["model"], "elements": ELEMENTS, "avg_num_neighbors": 20.0}
+    cfg = {**recipe["model"], "elements": ELEMENTS}
+    if family != "transip":  # the message-passing families normalise by it; attention needs none
+        cfg["avg_num_neighbors"] = 20.0
     return build_model(cfg, dtype=torch.float32).eval()
 
 
@@ -231,6 +233,7 @@ def main() -> None:
     ap.add_argument("--memory-limit-gb", type=float, default=18.0)
     ap.add_argument("--memory-timeout", type=float, default=900.0, help="seconds per memory measurement")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "medium_speed_threads1.json")
+    ap.add_argument("--resume", action="store_true", help="keep the parts an interrupted run finished")
     ap.add_argument("--memory-child", nargs=2, metavar=("FAMILY", "SYSTEM"), help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -240,20 +243,26 @@ def main() -> None:
     parts = args.parts.split(",")
     load_before = load_average()
     report: dict = {"threads": args.threads, "mace_size": MACE_SIZE, "mace_interactions": args.mace_interactions}
+    # each finished part is kept in <out>.partial, so --resume after a failure skips what was already measured
+    partial = args.out.with_name(args.out.name + ".partial")
+    if args.resume and partial.exists():
+        report.update(json.loads(partial.read_text()))
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        if "train" in parts:
-            report["train"] = train_rows(args, work)
-        if "md" in parts:
-            report["md"] = md_rows(args)
+        measure = {"train": lambda: train_rows(args, work), "md": lambda: md_rows(args)}
+        measure["memory"] = lambda: memory_rows(args, work)
+        for part in parts:
+            if part not in report:
+                report[part] = measure[part]()
+                partial.write_text(json.dumps(report))
         if "memory" in parts:
-            report["memory"] = memory_rows(args, work)
             report["largest_cell"] = largest_cells(report["memory"])
     report["wall_s"] = time.time() - start
     sizes = {"train": "3BPA 400-frame split, batch 5", "md": args.md_systems, "memory": args.memory_systems}
     report["provenance"] = provenance(threads=args.threads, dtype="float32", sizes=sizes, load_before=load_before)
     write_report(args.out, report)
+    partial.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
