@@ -505,6 +505,126 @@ def transip_sizes(sweep: dict, fixed: dict) -> str:
     )
 
 
+def _vs(x: float, peer: float | None, higher_is_better: bool) -> str:
+    """`` (3.2x MACE)``: how many times better than the peer (empty without one)."""
+    if not peer:
+        return ""
+    return f" ({(x / peer if higher_is_better else peer / x):.1f}x)"
+
+
+def medium_speed(doc: dict) -> str:
+    """Medium models against MACE at the same size (``medium/bench_speed.py``): training step, MD, memory."""
+    mace = f"mace{doc['mace_interactions'][0]}"
+    arms = list(dict.fromkeys(r["arm"] for r in doc["train"]))
+    step = {r["arm"]: r["median_step_ms"] for r in doc["train"]}
+    md = {(r["arm"], r["system"]): r["md_steps_per_s"] for r in doc["md"]}
+    memory = {r["arm"]: r for r in doc["memory"] if r["system"] == "cu10000"}
+    largest = doc["largest_cell"]
+    rows = []
+    for arm in arms:
+        peer = arm != mace
+        cells = [f"{step[arm]:,.0f}{_vs(step[arm], step[mace] if peer else None, False)}"]
+        for system in ("mol27", "cu64", "cu1000"):
+            rate = md[(arm, system)]
+            cells.append(f"{_sig(rate, 2)}{_vs(rate, md[(mace, system)] if peer else None, True)}")
+        m = memory.get(arm, {})
+        if m.get("fits"):
+            cells += [f"{m['call_s']:.1f}", f"{m['peak_rss_mb'] / 1024:.1f}"]
+        else:
+            cells += ["-", f"over {m.get('memory_limit_gb', doc.get('memory_limit_gb', '?')):g} (did not fit)"]
+        cells.append(f"{largest[arm]['atoms_in_machine_memory']:,}" if arm in largest else "-")
+        rows.append(["MACE" if arm == mace else arm, *cells])
+    return _table(
+        [
+            "model",
+            "training step, 3BPA batch of 5 (ms)",
+            "MD steps/s, 27-atom 3BPA",
+            "64-atom Cu",
+            "1,000-atom Cu",
+            "E+F 10,000-atom Cu (s)",
+            "peak memory (GB)",
+            "largest Cu cell in 24 GB (atoms, extrapolated)",
+        ],
+        rows,
+    )
+
+
+def medium_accuracy(*docs: dict) -> str:
+    """Medium models against MACE per data set and budget (``medium/run_accuracy.py``)."""
+    rows = []
+    for doc in docs:
+        mace = doc["results"].get("mace")
+        peer_f = mace["eval"]["metrics"]["forces_rmse"] if mace else None
+        for arm, r in doc["results"].items():
+            m = r["eval"]["metrics"]
+            hot = r.get("hot", {}).get("hot_600K")
+            rows.append(
+                [
+                    doc["dataset"],
+                    f"{doc['budget_s'] / 60:.0f}",
+                    "MACE" if arm == "mace" else arm,
+                    f"{r['steps']:,}",
+                    f"{r['median_step_ms']:,.0f}",
+                    f"{m['forces_rmse']:.1f}{_vs(m['forces_rmse'], peer_f if arm != 'mace' else None, False)}",
+                    f"{m['energy_per_atom_rmse']:.2f}",
+                    f"{hot['metrics']['forces_rmse']:.1f}" if hot else "-",
+                ]
+            )
+    return _table(
+        [
+            "data",
+            "budget (min)",
+            "model",
+            "steps",
+            "median step (ms)",
+            "test F RMSE (meV/A; x better than MACE)",
+            "test E RMSE (meV/atom)",
+            "600 K F RMSE (meV/A)",
+        ],
+        rows,
+    )
+
+
+def gpu_check(doc: dict) -> str:
+    """Triton against torch kernels on a CUDA GPU (``gpu_check.py``): agreement, message time, medium models."""
+    worst = {}
+    for r in doc["kernels"]:
+        worst[r["dtype"]] = max(worst.get(r["dtype"], 0.0), *r["rel_err"].values())
+    auto = sorted({r["auto"] for r in doc["kernels"]})
+    rows = [
+        [
+            "message + 1st and 2nd derivatives, largest relative difference",
+            ", ".join(f"{_short(e)} ({d})" for d, e in worst.items()) + f"; `auto` picks {'/'.join(auto)}",
+        ]
+    ]
+    for r in doc["message"]:
+        rows.append(
+            [
+                f"message fwd+bwd, {r['nodes']:,} nodes, {r['edges']:,} edges, C = {r['C']}, R = {r['R']} (ms)",
+                f"torch {_sig(r['torch_ms'], 3)}, triton {_sig(r['triton_ms'], 3)} ({r['triton_speedup']:.1f}x)",
+            ]
+        )
+    by = {(r["family"], r["backend"]): r for r in doc["model"]}
+    for family in dict.fromkeys(r["family"] for r in doc["model"]):
+        t, g = by[(family, "torch")], by[(family, "triton")]
+        rows.append(
+            [
+                f"{family}-medium, E+F of {t['cu_atoms']:,}-atom Cu: ms, peak GB",
+                f"torch {_sig(t['cu_energy_forces_ms'], 3)} / {t['cu_peak_gb']:.1f}, "
+                f"triton {_sig(g['cu_energy_forces_ms'], 3)} / {g['cu_peak_gb']:.1f} "
+                f"({t['cu_energy_forces_ms'] / g['cu_energy_forces_ms']:.1f}x)",
+            ]
+        )
+        rows.append(
+            [
+                f"{family}-medium, training step, 5 / 64 molecules (ms)",
+                f"torch {t['train_step_ms_batch5']:.0f} / {t['train_step_ms_batch64']:.0f}, "
+                f"triton {g['train_step_ms_batch5']:.0f} / {g['train_step_ms_batch64']:.0f}",
+            ]
+        )
+    return _table(["measured on " + doc["gpu"], "result"], rows)
+
+
 # ------------------------------------------------------------------------------------------ registry
 @dataclass(frozen=True)
 class Table:
@@ -610,6 +730,25 @@ TABLES: dict[str, Table] = {
             f"{PY} benchmarks/transip/size_sweep.py --dataset acac --sizes 50 250 --arms learned_fixed --budget 240 "
             f"--parallel 2 --work bench_out/transip-sizes-acac-fixed --out {RESULTS}/transip_sizes_acac_fixed.json",
         ),
+    ),
+    "medium_speed": Table(
+        medium_speed,
+        ("medium_speed_threads1.json",),
+        (f"{PY} benchmarks/medium/bench_speed.py --out {RESULTS}/medium_speed_threads1.json",),
+    ),
+    "medium_accuracy": Table(
+        medium_accuracy,
+        ("medium_acac_30min.json",),
+        tuple(
+            f"{PY} benchmarks/medium/run_accuracy.py --dataset {d} --budget 1800 --threads 1 --parallel 2 "
+            f"--arms {arms} --out {RESULTS}/medium_{d}_30min.json"
+            for d, arms in (("acac", "tdn mace gaunt cg transip"),)
+        ),
+    ),
+    "gpu_check": Table(
+        gpu_check,
+        ("gpu_check_h200.json",),
+        ("python benchmarks/gpu_check.py --out benchmarks/results/gpu_check_h200.json  # on the GPU machine",),
     ),
     "ensemble_steps": Table(
         ensemble_steps,

@@ -56,6 +56,8 @@ def plot(accuracy: list[dict], speed: dict | None, dataset: str, out: Path) -> P
     left = axes[0, 0]
     for arm, p in curves.items():
         left.plot(*zip(*p), marker="o", label=arm)
+    budgets = [b for p in curves.values() for b, _ in p]
+    left.set_xlim(0, max(100.0, 1.1 * max(budgets)))  # room for the 90-minute budget beside the 30-minute one
     left.set_xlabel("training budget (minutes, 1 CPU thread)")
     left.set_ylabel("test force RMSE (meV/A)")
     left.set_yscale("log")
