@@ -14,6 +14,10 @@ Three parts, each comparing backends measured in the same process on the same in
   3 interactions) with ``message_backend`` torch and triton: one training step (forward, forces with
   ``create_graph``, loss, backward, AdamW) on batches of 5 and 64 random 15-atom molecules, and one
   energy+forces call of 10,000-atom fcc Cu (the model alone on a prebuilt graph) with its peak GPU memory.
+* ``calc``: ASE calculator calls/s and velocity-Verlet MD steps/s on the GPU (a 15-atom molecule, 64-, 1,000- and
+  10,000-atom fcc Cu) of the tdn and gaunt medium models against MACE at the same size (128x0e+128x1o+128x2e,
+  max_ell 3, correlation 3, 2 interactions) through its own calculator (``mace_calculator.py``); float32, the
+  neighbour lists on the CPU as each calculator builds them.
 
 Untrained weights: time and agreement do not depend on training. Writes JSON with the GPU's name and versions.
 """
@@ -173,10 +177,62 @@ def model_rows(families) -> list[dict]:
     return rows
 
 
+CALC_SYSTEMS = ("mol15", "cu64", "cu1000", "cu10000")
+
+
+def calc_rows(families, mace_python: str, work: Path, min_time: float) -> list[dict]:
+    """ASE calculator calls/s and MD steps/s on the GPU: the medium models against MACE at the same size.
+
+    MACE (hidden irreps 128x0e+128x1o+128x2e, max_ell 3, correlation 3, 2 interactions, untrained, float32) runs
+    through its own ``MACECalculator`` (``mace_calculator.py --device cuda``), the mlip models through
+    :class:`~mlip_cli.calculator.MLIPCalculator`; both with the same systems and timing loops.
+    """
+    import subprocess
+
+    sys.path.insert(0, str(HERE / "medium"))
+    from bench_speed import medium_model
+    from mace_calculator import SYSTEMS, time_calls, time_md
+
+    from mlip_cli.calculator import MLIPCalculator
+
+    min_time = 0.2 if SMOKE else min_time
+    systems = CALC_SYSTEMS[:1] if SMOKE else CALC_SYSTEMS
+    rows = []
+    for family in families:
+        calc = MLIPCalculator(medium_model(family), device=DEV.type)
+        for system in systems:
+            row = {"arm": family, "system": system}
+            for key, timer in (("calls_per_s", time_calls), ("md_steps_per_s", time_md)):
+                atoms = SYSTEMS[system]()
+                atoms.calc = calc
+                row[key] = timer(atoms, min_time)
+            rows.append(row)
+            print(f"calc {row}", flush=True)
+    out = work / "mace_calc.json"
+    size = ["--channels", "128", "--lmax", "2", "--max-ell", "3", "--interactions", "2"]
+    cmd = [mace_python, str(HERE / "mace_calculator.py"), "--systems", ",".join(systems), "--dtypes", "float32"]
+    cmd += [*size, "--device", DEV.type, "--min-time", str(min_time), "--json", str(out)]
+    subprocess.run(cmd, check=True)
+    for r in json.loads(out.read_text())["rows"]:
+        rows.append(
+            {
+                "arm": "mace2",
+                "system": r["system"],
+                "calls_per_s": r["calls_per_s"],
+                "md_steps_per_s": r["md_steps_per_s"],
+            }
+        )
+        print(f"calc {rows[-1]}", flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parts", default="kernels,message,model")
+    ap.add_argument("--parts", default="kernels,message,model,calc")
     ap.add_argument("--families", nargs="+", default=["tdn", "gaunt", "cg"])
+    ap.add_argument("--calc-families", nargs="+", default=["tdn", "gaunt"])
+    ap.add_argument("--min-time", type=float, default=5.0, help="seconds per calculator measurement (part calc)")
+    ap.add_argument("--mace-python", default=sys.executable, help="a python with mace-torch (part calc)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (set TRITON_INTERPRET=1)")
     args = ap.parse_args()
@@ -199,6 +255,9 @@ def main() -> None:
             args.out.write_text(json.dumps(report, indent=1))
     if "model" in parts:
         report["model"] = model_rows(args.families)
+        args.out.write_text(json.dumps(report, indent=1))
+    if "calc" in parts:
+        report["calc"] = calc_rows(args.calc_families, args.mace_python, args.out.parent, args.min_time)
     sizes = {"kernels": "2,000 nodes, 60,000 edges", "message": "10,000 nodes, 300,000 edges", "cu": "10,976 atoms"}
     report["provenance"] = provenance(threads=None, dtype="float32", sizes=sizes, device=DEV.type)
     args.out.write_text(json.dumps(report, indent=1))

@@ -189,7 +189,9 @@ def build_mace(
     return path
 
 
-def run_mace(systems: list[str], dtypes: list[str], min_time: float, repeats: int, **size) -> list[dict]:
+def run_mace(
+    systems: list[str], dtypes: list[str], min_time: float, repeats: int, device: str = "cpu", **size
+) -> list[dict]:
     """Time MACE's calculator; one row per (system, dtype) with the median over ``repeats``; ``size``: the
     keywords of :func:`build_mace`."""
     import os
@@ -203,7 +205,7 @@ def run_mace(systems: list[str], dtypes: list[str], min_time: float, repeats: in
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in dtypes:
             path = build_mace(dtype, os.path.join(tmp, f"mace_{dtype}.model"), **size)
-            calc = MACECalculator(model_paths=path, device="cpu", default_dtype=dtype)
+            calc = MACECalculator(model_paths=path, device=device, default_dtype=dtype)
             for name in systems:
                 calls, steps = [], []
                 for _ in range(repeats):
@@ -267,13 +269,16 @@ def main() -> None:
     ap.add_argument("--interactions", type=int, default=NUM_INTERACTIONS)
     ap.add_argument("--memory", metavar="SYSTEM", help="only time one energy+forces call of SYSTEM and the peak memory")
     ap.add_argument("--memory-limit-gb", type=float, default=20.0, help="address-space limit of --memory")
+    ap.add_argument("--device", default="cpu", help="where MACE runs (the timing rows)")
     ap.add_argument("--json", required=True, help="write rows here")
     args = ap.parse_args()
     size = {"channels": args.channels, "lmax": args.lmax, "max_ell": args.max_ell, "interactions": args.interactions}
     if args.memory:
         rows = [memory_row(args.memory, args.dtypes.split(",")[0], args.memory_limit_gb, size)]
     else:
-        rows = run_mace(args.systems.split(","), args.dtypes.split(","), args.min_time, args.repeats, **size)
+        rows = run_mace(
+            args.systems.split(","), args.dtypes.split(","), args.min_time, args.repeats, device=args.device, **size
+        )
     meta = {"mace_version": getattr(mace, "__version__", "?"), "torch": torch.__version__, "threads": 1, **size}
     with open(args.json, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=2)

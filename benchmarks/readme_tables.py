@@ -625,6 +625,19 @@ def gpu_check(doc: dict) -> str:
     return _table(["measured on " + doc["gpu"], "result"], rows)
 
 
+def gpu_calculator(doc: dict) -> str:
+    """ASE MD steps/s on the GPU, medium models against MACE at the same size (``gpu_check.py --parts calc``)."""
+    names = {"mol15": "15-atom molecule", "cu64": "64-atom Cu", "cu1000": "1,000-atom Cu", "cu10000": "10,000-atom Cu"}
+    rate = {(r["arm"], r["system"]): r["md_steps_per_s"] for r in doc["calc"]}
+    arms = [a for a in dict.fromkeys(r["arm"] for r in doc["calc"]) if a != "mace2"]
+    rows = []
+    for system in dict.fromkeys(r["system"] for r in doc["calc"]):
+        mace = rate[("mace2", system)]
+        cells = [f"{_sig(rate[(a, system)], 3)}{_vs(rate[(a, system)], mace, True)}" for a in arms]
+        rows.append([names.get(system, system), *cells, _sig(mace, 3)])
+    return _table(["MD steps/s on " + doc["gpu"], *arms, "MACE"], rows)
+
+
 # ------------------------------------------------------------------------------------------ registry
 @dataclass(frozen=True)
 class Table:
@@ -738,17 +751,25 @@ TABLES: dict[str, Table] = {
     ),
     "medium_accuracy": Table(
         medium_accuracy,
-        ("medium_acac_30min.json",),
+        ("medium_acac_30min.json", "medium_3bpa_30min.json"),
         tuple(
             f"{PY} benchmarks/medium/run_accuracy.py --dataset {d} --budget 1800 --threads 1 --parallel 2 "
             f"--arms {arms} --out {RESULTS}/medium_{d}_30min.json"
-            for d, arms in (("acac", "tdn mace gaunt cg transip"),)
+            for d, arms in (("acac", "tdn mace gaunt cg transip"), ("3bpa", "tdn mace"))
         ),
     ),
     "gpu_check": Table(
         gpu_check,
         ("gpu_check_h200.json",),
         ("python benchmarks/gpu_check.py --out benchmarks/results/gpu_check_h200.json  # on the GPU machine",),
+    ),
+    "gpu_calculator": Table(
+        gpu_calculator,
+        ("gpu_calc_h200.json",),
+        (
+            "python benchmarks/gpu_check.py --parts calc --min-time 5 --out benchmarks/results/gpu_calc_h200.json"
+            "  # on the GPU machine, with mace-torch",
+        ),
     ),
     "ensemble_steps": Table(
         ensemble_steps,
