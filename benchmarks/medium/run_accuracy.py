@@ -42,7 +42,7 @@ ROOT, data_files, evaluate, run_jobs = (
     transip_run_all.evaluate,
     transip_run_all.run_jobs,
 )
-sizes, summary, mlip = transip_run_all.sizes, transip_run_all.summary, transip_run_all.mlip
+sizes, summary, recipe_command = transip_run_all.sizes, transip_run_all.summary, transip_run_all.recipe_command
 
 FAMILIES = ("tdn", "gaunt", "cg", "transip")
 E0S = {"acac": "isolated_atoms.xyz", "3bpa": "iso_atoms.xyz"}
@@ -50,26 +50,8 @@ HOT = {"acac": "train_600K.xyz"}  # hot test sets of models trained at 300 K
 
 
 def mlip_command(family: str, files: dict, args, run: Path) -> list[str]:
-    cmd = mlip(
-        "train",
-        f"{args.dataset}/{family}-medium",
-        "--data",
-        str(files["train"]),
-        "--test-data",
-        str(files["test"]),
-        "--time-budget",
-        str(args.budget),
-        "--out",
-        str(run),
-        "--quiet",
-        "--set",
-        f"run.threads={args.threads}",
-        "--set",
-        f"data.e0s={args.data / E0S[args.dataset]}",
-    )
-    if files["valid"] is not None:
-        cmd += ["--valid-data", str(files["valid"])]
-    return cmd
+    e0s = f"data.e0s={args.data / E0S[args.dataset]}"
+    return recipe_command(f"{args.dataset}/{family}-medium", files, args, run, [e0s])
 
 
 def mace_command(args, run: Path) -> list[str]:

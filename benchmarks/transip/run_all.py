@@ -89,9 +89,15 @@ def sizes(files: dict) -> dict:
 
 def train_command(variant: str, files: dict, args, run: Path) -> list[str]:
     family, sets = VARIANTS[variant]
+    return recipe_command(f"{args.dataset}/{family}", files, args, run, sets)
+
+
+def recipe_command(recipe: str, files: dict, args, run: Path, sets=()) -> list[str]:
+    """``mlip train RECIPE`` on the split files for ``args.budget`` seconds with ``args.threads`` threads, plus
+    ``--set`` overrides."""
     cmd = mlip(
         "train",
-        f"{args.dataset}/{family}",
+        recipe,
         "--data",
         str(files["train"]),
         "--test-data",
