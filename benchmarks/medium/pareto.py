@@ -50,6 +50,7 @@ def plot(accuracy: list[dict], speed: dict | None, dataset: str, out: Path) -> P
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     curves = points(accuracy)
     fig, axes = plt.subplots(1, 2 if speed else 1, figsize=(10 if speed else 5.5, 4.2), squeeze=False)
@@ -71,6 +72,10 @@ def plot(accuracy: list[dict], speed: dict | None, dataset: str, out: Path) -> P
                 right.annotate(arm, (rates[arm], p[-1][1]), textcoords="offset points", xytext=(4, 4))
         right.set_xscale("log")
         right.set_yscale("log")
+        for axis in (right.xaxis, right.yaxis, left.yaxis):  # 1-2-5 ticks in plain numbers on the log axes
+            axis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         right.set_xlabel(f"MD steps/s ({MD_SYSTEM}, 1 thread, float32)")
         right.set_ylabel(f"test force RMSE at {curves and max(b for p in curves.values() for b, _ in p):.0f} min")
     return save_figure(fig, out, title=f"{dataset}: medium models against MACE")
