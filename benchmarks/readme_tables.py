@@ -638,6 +638,33 @@ def gpu_calculator(doc: dict) -> str:
     return _table(["MD steps/s on " + doc["gpu"], *arms, "MACE"], rows)
 
 
+def stability(*docs: dict) -> str:
+    """Time to the first bond-topology change in Langevin MD (``bench_stability.py``), per arm and temperature."""
+    rows = []
+    for doc in docs:
+        for r in doc["summary"]:
+            first = "-" if r["first_event_ps"] is None else _sig(r["first_event_ps"], 3)
+            median = f"> {r['max_ps']:g}" if r["median_ps"] is None else _sig(r["median_ps"], 3)
+            what = sorted({x["kind"] or x["event"] for x in doc["rows"] if x["arm"] == r["arm"] and not x["censored"]})
+            rows.append(
+                [
+                    "MACE" if r["arm"] == "mace" else r["arm"],
+                    doc["meta"]["system"],
+                    f"{r['temperature_K']:g}",
+                    f"{r['max_ps']:g}",
+                    f"{r['runs']}",
+                    f"{r['events']}",
+                    first,
+                    median,
+                    ", ".join(what) or "-",
+                ]
+            )
+    return _table(
+        ["model", "data", "T (K)", "run length (ps)", "seeds", "topology changes", "first (ps)", "median (ps)", "what"],
+        rows,
+    )
+
+
 # ------------------------------------------------------------------------------------------ registry
 @dataclass(frozen=True)
 class Table:
@@ -769,6 +796,18 @@ TABLES: dict[str, Table] = {
         (
             "python benchmarks/gpu_check.py --parts calc --min-time 5 --out benchmarks/results/gpu_calc_h200.json"
             "  # on the GPU machine, with mace-torch",
+        ),
+    ),
+    "stability_3bpa_medium": Table(
+        stability,
+        ("bench_stability_3bpa_tdn_medium.json", "bench_stability_3bpa_mace_medium.json"),
+        (
+            f"{PY} benchmarks/bench_stability.py --system 3bpa --model tdn=bench_out/medium-3bpa-1800s/tdn "
+            f"--temperatures 300 --seeds 5 --max-ps 5 --threads 1 "
+            f"--json {RESULTS}/bench_stability_3bpa_tdn_medium.json",
+            f"{PY} benchmarks/bench_stability.py --system 3bpa --mace mace=bench_out/medium-3bpa-1800s/mace/mace.model "
+            f"--temperatures 300 --seeds 1 --max-ps 1.5 --threads 1 "
+            f"--json {RESULTS}/bench_stability_3bpa_mace_medium.json",
         ),
     ),
     "ensemble_steps": Table(
