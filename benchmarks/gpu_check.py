@@ -31,12 +31,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import yaml
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE / "medium")]
+from bench_speed import medium_config, medium_model  # noqa: E402
 from bench_train_step import make_batch, trainer_optimizer  # noqa: E402
 from report import provenance  # noqa: E402  (benchmarks/report.py)
 
@@ -126,20 +125,17 @@ def message_rows() -> list[dict]:
     return rows
 
 
-def medium_config(family: str, backend: str, elements) -> dict:
-    recipe = yaml.safe_load((HERE.parent / "recipes" / "3bpa" / f"{family}-medium.yaml").read_text())
-    return {**recipe["model"], "elements": elements, "avg_num_neighbors": 20.0, "message_backend": backend}
-
-
 def cu_graph(n_cells: int):
     from ase.build import bulk
 
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((n_cells, n_cells, n_cells))
     atoms.rattle(0.05, seed=0)
-    s = Structure(
-        numbers=atoms.numbers, positions=atoms.positions, cell=np.asarray(atoms.cell), pbc=np.asarray(atoms.pbc)
-    )
-    return collate_graphs([structure_to_graph(s, 5.0, dtype=torch.float32)])
+    return collate_graphs([structure_to_graph(Structure.from_atoms(atoms), 5.0, dtype=torch.float32)])
+
+
+def medium_on_device(family: str, elements, backend: str):
+    torch.manual_seed(0)
+    return build_model(medium_config(family, elements, message_backend=backend), dtype=torch.float32).to(DEV)
 
 
 def model_rows(families) -> list[dict]:
@@ -150,8 +146,7 @@ def model_rows(families) -> list[dict]:
         for backend in ("torch", "triton"):
             row = {"family": family, "backend": backend}
             for n, (batch, targets) in batches.items():
-                torch.manual_seed(0)
-                model = build_model(medium_config(family, backend, [1, 6, 8]), dtype=torch.float32).to(DEV).train()
+                model = medium_on_device(family, [1, 6, 8], backend).train()
                 opt = trainer_optimizer(model)
                 b, t = batch.to(DEV), {k: v.to(DEV) for k, v in targets.items()}
 
@@ -163,8 +158,7 @@ def model_rows(families) -> list[dict]:
                     opt.step()
 
                 row[f"train_step_ms_batch{n}"] = cuda_ms(step, repeats=20)
-            torch.manual_seed(0)
-            model = build_model(medium_config(family, backend, [29]), dtype=torch.float32).to(DEV).eval()
+            model = medium_on_device(family, [29], backend).eval()
             g = cu.to(DEV)
             if DEV.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
@@ -189,8 +183,6 @@ def calc_rows(families, mace_python: str, work: Path, min_time: float) -> list[d
     """
     import subprocess
 
-    sys.path.insert(0, str(HERE / "medium"))
-    from bench_speed import medium_model
     from mace_calculator import SYSTEMS, time_calls, time_md
 
     from mlip_cli.calculator import MLIPCalculator
@@ -248,16 +240,15 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu (smoke)",
         "versions": {"torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda},
     }
-    parts = args.parts.split(",")
-    for name, fn in (("kernels", kernel_rows), ("message", message_rows)):
-        if name in parts:
-            report[name] = fn()
-            args.out.write_text(json.dumps(report, indent=1))
-    if "model" in parts:
-        report["model"] = model_rows(args.families)
-        args.out.write_text(json.dumps(report, indent=1))
-    if "calc" in parts:
-        report["calc"] = calc_rows(args.calc_families, args.mace_python, args.out.parent, args.min_time)
+    measure = {
+        "kernels": kernel_rows,
+        "message": message_rows,
+        "model": lambda: model_rows(args.families),
+        "calc": lambda: calc_rows(args.calc_families, args.mace_python, args.out.parent, args.min_time),
+    }
+    for part in args.parts.split(","):
+        report[part] = measure[part]()
+        args.out.write_text(json.dumps(report, indent=1))  # a failed later part keeps the earlier ones
     sizes = {"kernels": "2,000 nodes, 60,000 edges", "message": "10,000 nodes, 300,000 edges", "cu": "10,976 atoms"}
     report["provenance"] = provenance(threads=None, dtype="float32", sizes=sizes, device=DEV.type)
     args.out.write_text(json.dumps(report, indent=1))

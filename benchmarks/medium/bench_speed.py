@@ -48,18 +48,26 @@ MACE_SIZE = {"channels": 128, "lmax": 2, "max_ell": 3}
 MACHINE_MEMORY_GB = 24.0
 
 
+def medium_config(family: str, elements=ELEMENTS, **settings) -> dict:
+    """The model section of ``family``'s 3BPA medium recipe for ``elements`` (default H, C, N, O and Cu), with
+    ``avg_num_neighbors`` 20 where the family has it (as the trainer fills it from the data) and ``settings``."""
+    from mlip_cli.models import config_class
+
+    recipe = yaml.safe_load((ROOT / "recipes" / "3bpa" / f"{family}-medium.yaml").read_text())
+    cfg = {**recipe["model"], "elements": list(elements), **settings}
+    if "avg_num_neighbors" in config_class(family).allowed_keys():
+        cfg.setdefault("avg_num_neighbors", 20.0)
+    return cfg
+
+
 def medium_model(family: str):
-    """The untrained medium model of ``family`` (its 3BPA recipe's model section) for H, C, N, O and Cu."""
+    """The untrained medium model of ``family`` (:func:`medium_config`), float32, in eval mode."""
     import torch
 
     from mlip_cli.models import build_model
 
     torch.manual_seed(0)
-    recipe = yaml.safe_load((ROOT / "recipes" / "3bpa" / f"{family}-medium.yaml").read_text())
-    cfg = {**recipe["model"], "elements": ELEMENTS}
-    if family != "transip":  # the message-passing families normalise by it; attention needs none
-        cfg["avg_num_neighbors"] = 20.0
-    return build_model(cfg, dtype=torch.float32).eval()
+    return build_model(medium_config(family), dtype=torch.float32).eval()
 
 
 def mace_size_args(interactions: int) -> list[str]:
