@@ -456,24 +456,24 @@ def ensemble_active(doc: dict) -> str:
     return _table(["labelled structures", "test force RMSE, `mlip select` (meV/A)", "random picks (meV/A)"], rows)
 
 
-def transip_sizes(sweep: dict, fixed: dict) -> str:
-    """Learned equivariance against augmentation per training-set size on acac (``transip/size_sweep.py``): the
-    four arms, and the learned one again with a fixed regulariser weight."""
+def transip_sizes(*sweeps: dict) -> str:
+    """Learned equivariance against augmentation per training-set size (``transip/size_sweep.py``), one sweep per
+    data set."""
     names = {
         "tdn": "tdn",
         "aug": "TransIP, augmentation",
         "align": "TransIP, fixed alignment",
-        "learned": "TransIP, learned transformation, automatic weights",
-        "learned_fixed": "TransIP, learned transformation, fixed weight 0.1",
+        "learned": "TransIP, learned transformation + augmentation",
     }
-    rows = []
-    for doc in (sweep, fixed):
+    rows, gains = [], []
+    for doc in sweeps:
         for size, arms in doc["results"].items():
             for arm, r in arms.items():
                 m, q = r["eval"]["metrics"], r["eval"]["equivariance"]
                 rot, inv = q["rotation"], q["inversion"]
                 rows.append(
                     [
+                        doc["dataset"],
                         size,
                         names[arm],
                         f"{m['forces_rmse']:.1f}",
@@ -484,11 +484,13 @@ def transip_sizes(sweep: dict, fixed: dict) -> str:
                         f"{r['steps']:,}",
                     ]
                 )
-    rows.sort(key=lambda row: int(row[0]))
-    gains = "; ".join(f"{size}: {100 * g:+.0f}%" for size, g in sweep["learned_gain_over_augmentation"].items())
+        gains += [
+            f"{doc['dataset']} {size}: {100 * g:+.0f}%" for size, g in doc["learned_gain_over_augmentation"].items()
+        ]
     return (
         _table(
             [
+                "data",
                 "train size",
                 "model",
                 "F RMSE (meV/A)",
@@ -500,8 +502,9 @@ def transip_sizes(sweep: dict, fixed: dict) -> str:
             ],
             rows,
         )
-        + f"\n\nForce-RMSE change of the learned transformation (automatic weights) against augmentation "
-        f"(positive: better): {gains}."
+        + "\n\nForce-RMSE change of the learned transformation against augmentation (positive: better): "
+        + "; ".join(gains)
+        + "."
     )
 
 
@@ -763,12 +766,10 @@ TABLES: dict[str, Table] = {
     ),
     "transip_sizes": Table(
         transip_sizes,
-        ("transip_sizes_acac.json", "transip_sizes_acac_fixed.json"),
+        ("transip_sizes_acac.json",),
         (
             f"{PY} benchmarks/transip/size_sweep.py --dataset acac --sizes 50 100 250 450 --budget 240 --parallel 2 "
             f"--out {RESULTS}/transip_sizes_acac.json",
-            f"{PY} benchmarks/transip/size_sweep.py --dataset acac --sizes 50 250 --arms learned_fixed --budget 240 "
-            f"--parallel 2 --work bench_out/transip-sizes-acac-fixed --out {RESULTS}/transip_sizes_acac_fixed.json",
         ),
     ),
     "medium_speed": Table(
@@ -778,11 +779,15 @@ TABLES: dict[str, Table] = {
     ),
     "medium_accuracy": Table(
         medium_accuracy,
-        ("medium_acac_30min.json", "medium_3bpa_30min.json"),
+        ("medium_acac_30min.json", "medium_acac_90min.json", "medium_3bpa_30min.json"),
         tuple(
-            f"{PY} benchmarks/medium/run_accuracy.py --dataset {d} --budget 1800 --threads 1 --parallel 2 "
-            f"--arms {arms} --out {RESULTS}/medium_{d}_30min.json"
-            for d, arms in (("acac", "tdn mace gaunt cg transip"), ("3bpa", "tdn mace"))
+            f"{PY} benchmarks/medium/run_accuracy.py --dataset {d} --budget {60 * minutes} --threads 1 --parallel 2 "
+            f"--arms {arms} --out {RESULTS}/medium_{d}_{minutes}min.json"
+            for d, minutes, arms in (
+                ("acac", 30, "tdn mace gaunt cg transip"),
+                ("acac", 90, "tdn mace"),
+                ("3bpa", 30, "tdn mace"),
+            )
         ),
     ),
     "gpu_check": Table(

@@ -5,8 +5,8 @@ Tokens are atoms. Each token is a vector of ``D = channels + 3 * vector_channels
 ``(x, y, z)`` order = the ``l = 1`` block of our real harmonics, where ``D_1(R) = R``). Nothing in the
 network respects that declaration by construction; the alignment loss of :meth:`TransIPPotential.regularizers`
 teaches it (see :mod:`mlip_cli.models.soft_equivariance`). With ``equivariance: learned`` nothing is declared:
-a learned transformation network per layer and a contrastive loss let the model find how its tokens transform,
-and a force term holds ``F(g x) = g F(x)`` (see :mod:`mlip_cli.models.learned_transform`).
+a learned transformation network and a contrastive loss on each structure's pooled final embedding let the model
+find how its latents rotate (see :mod:`mlip_cli.models.learned_transform`), beside rotation augmentation.
 
 Layer (pre-norm, residual)::
 
@@ -52,18 +52,16 @@ from ..nn import BesselBasis, ElementEmbedding, PolynomialEnvelope, ScalarReadou
 from .config import ConfigError, ModelConfig
 from .equivariant import estimate_parameters_guard
 from .hooks import TrainingHooks
-from .learned_transform import LatentTransform, contrastive_loss, force_violation
+from .learned_transform import LatentTransform, contrastive_loss
 from .potential import Potential
 from .registry import register_model
 from .soft_equivariance import FRAME_SIGNS, Irreps, alignment_loss, averaging_frames, rotate_embeddings
-from .symmetry import SYMMETRY_TYPES, draw, transform_batch
+from .symmetry import ROTATION, SYMMETRY_TYPES, draw, transform_batch
 
 __all__ = ["TransIPPotential", "TransIPBlock", "TransIPConfig", "EQUIVARIANCE_MODES"]
 
 #: How training teaches equivariance (``TransIPConfig.equivariance``).
 EQUIVARIANCE_MODES = ("alignment", "learned")
-#: Anchor atoms per contrastive loss (bounds its cost to ``512 x N`` similarities per layer).
-CONTRASTIVE_ANCHORS = 512
 
 
 class _Edges(NamedTuple):
@@ -149,9 +147,10 @@ class TransIPConfig(ModelConfig):
             runtime switch that does not change the parameters.
         equivariance: how training teaches equivariance (:meth:`TransIPPotential.regularizers`): ``"alignment"``
             (embeddings must transform by the fixed Wigner-D matrices of their declared irreps) or ``"learned"``
-            (the paper's mechanism: a learned transformation network per layer and a contrastive loss, plus the
-            force violation ``|F(g x) - g F(x)|^2``; adds the networks' parameters). Configs written before the
-            field existed mean ``"alignment"``.
+            (the paper's mechanism: a learned transformation network and a contrastive loss on each structure's
+            pooled final embedding, rotations only; adds the network's parameters; meant to be trained with
+            rotation augmentation and a fixed weight). Configs written before the field existed mean
+            ``"alignment"``.
         contrastive_temperature: temperature of the contrastive loss (``equivariance: learned``).
     """
 
@@ -184,10 +183,9 @@ class TransIPConfig(ModelConfig):
         width = self.channels + 3 * self.vector_channels
         ff = self.ff_hidden or 2 * width
         per_layer = 4 * width * self.channels + 2 * self.channels**2 + 2 * width * ff
-        if self.equivariance == "learned":
-            per_layer += 12 * width**2  # the layer's LatentTransform
+        transform = 12 * width**2 if self.equivariance == "learned" else 0  # the LatentTransform
         estimate_parameters_guard(
-            self.num_interactions * per_layer,
+            self.num_interactions * per_layer + transform,
             {
                 "channels": self.channels,
                 "vector_channels": self.vector_channels,
@@ -208,8 +206,9 @@ class TransIPPotential(Potential):
     ``equivariance``, ``contrastive_temperature``.
 
     Training hooks (:meth:`training_hooks`): :meth:`regularizers`, per symmetry type the alignment violations of
-    :meth:`embed` (token embeddings and their declared irreps) or, with ``equivariance: learned``, the violations
-    of the learned transforms (``latent_transforms``) and of the forces, with the contrastive loss's gradient.
+    :meth:`embed` (token embeddings and their declared irreps) or, with ``equivariance: learned``, the rotation
+    violation of the learned transform (``latent_transform``) on pooled embeddings, with the contrastive loss's
+    gradient.
     """
 
     takes_node_graph = True  # frame averaging builds frames per structure
@@ -238,11 +237,7 @@ class TransIPPotential(Potential):
         self.readout_norm = nn.RMSNorm(c.channels)
         self.readout = ScalarReadout(c.channels, c.readout_hidden)
         # built last, so a seed gives the same backbone with either equivariance mode
-        self.latent_transforms = (
-            nn.ModuleList(LatentTransform(self.width) for _ in range(c.num_interactions))
-            if c.equivariance == "learned"
-            else None
-        )
+        self.latent_transform = LatentTransform(self.width) if c.equivariance == "learned" else None
 
     # ------------------------------------------------------------------------------------- backbone
     def tokens(
@@ -404,37 +399,35 @@ class TransIPPotential(Potential):
         raise ValueError(f"layers must be 'last' or 'all', got {layers!r}")
 
     def training_hooks(self) -> TrainingHooks:
-        """The learned equivariance: :meth:`regularizers` for each generator of O(3)."""
-        return TrainingHooks(symmetry_types=SYMMETRY_TYPES, regularizers=self.regularizers)
+        """The learned equivariance: :meth:`regularizers` for each generator of O(3) (``learned``: rotations)."""
+        types = (ROTATION,) if self.latent_transform is not None else SYMMETRY_TYPES
+        return TrainingHooks(symmetry_types=types, regularizers=self.regularizers)
 
     def regularizers(self, batch, out: dict | None = None) -> dict[str, torch.Tensor]:
-        """Equivariance violations ``{"rotation": ..., "inversion": ...}`` (differentiable scalars), one per generator
-        of O(3) (:mod:`mlip_cli.models.symmetry`).
-
-        ``rotation``: each structure gets its own Haar-random rotation (torch's global RNG); ``inversion``:
-        ``r -> -r``. Each can hold without the other, so each has its own weight. What is measured depends on
+        """Equivariance violations (differentiable scalars) per generator of O(3) (:mod:`mlip_cli.models.symmetry`):
+        ``rotation`` (each structure its own Haar-random rotation, torch's global RNG) and ``inversion``
+        (``r -> -r``), each with its own weight since each can hold without the other. What is measured depends on
         ``config.equivariance``:
 
         * ``"alignment"``: :func:`~mlip_cli.models.soft_equivariance.alignment_loss` of ``embed(g x)`` against
           ``D(g) embed(x)`` over all layers' embeddings (declared irreps, fixed Wigner-D matrices).
-        * ``"learned"``: the value is the relative violation of the learned transform, ``alignment_loss`` of
-          ``embed(g x)`` against ``T(embed(x), g)`` (:class:`~mlip_cli.models.learned_transform.LatentTransform`,
-          one per layer), plus the relative force violation ``|F(g x) - g F(x)|^2``
-          (:func:`~mlip_cli.models.learned_transform.force_violation`): 0 when equivariant, so the automatic
-          weights steer it to their target. The gradient also carries the contrastive loss
-          (:func:`~mlip_cli.models.learned_transform.contrastive_loss`, mean over layers), which has no zero and is
-          therefore added with value 0 (``c - c.detach()``).
+        * ``"learned"`` (``rotation`` only): with ``p(x)`` the mean over a structure's atoms of its final-layer
+          tokens, the violation ``alignment_loss(p(g x), T(p(x), g))`` of the learned transform relative to the
+          spread of ``p`` over the batch's structures
+          (:class:`~mlip_cli.models.learned_transform.LatentTransform`). The gradient also carries the contrastive
+          loss over the batch's structures, centred over the batch
+          (:func:`~mlip_cli.models.learned_transform.contrastive_loss`), which
+          has no zero and is therefore added with value 0 (``c - c.detach()``).
 
-        ``out``: :meth:`forward`'s output on ``batch`` (the trainer's). Its ``"tokens"`` (all layers' embeddings,
-        ``[N, num_interactions * width]``) and, for ``"learned"``, its ``"forces"`` (with a graph) are reused;
-        what it lacks is computed here.
+        ``out``: :meth:`forward`'s output on ``batch`` (the trainer's); its ``"tokens"`` (all layers' embeddings,
+        ``[N, num_interactions * width]``) are reused, else they are computed here.
         """
         out = out or {}
         tokens = out.get("tokens")
         if tokens is None:
             tokens = self.embed(batch, layers="all")[0]
-        if self.latent_transforms is not None:
-            return self._learned_regularizers(batch, out, tokens)
+        if self.latent_transform is not None:
+            return {ROTATION: self._learned_violation(batch, tokens[:, -self.width :])}
         irreps = self.irreps * len(self.blocks)
         atom_graph, species = batch.batch, self.element_table(batch.numbers)
         losses = {}
@@ -446,31 +439,25 @@ class TransIPPotential(Potential):
             )
         return losses
 
-    def _learned_regularizers(self, batch, out: dict, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        """:meth:`regularizers` for ``equivariance: learned`` (one forward pass with forces per symmetry type)."""
-        forces = out.get("forces")
-        if forces is None or not forces.requires_grad:
-            forces = self(batch, compute_forces=True, create_graph=True)["forces"]
-        atom_graph, species = batch.batch, self.element_table(batch.numbers)
-        layers = tokens.split(self.width, dim=1)
-        temperature = self.config.contrastive_temperature
-        losses = {}
-        for name in SYMMETRY_TYPES:
-            g = draw(name, batch.num_graphs).to(device=tokens.device, dtype=tokens.dtype)
-            g_atoms = g.index_select(0, atom_graph)
-            moved_batch = transform_batch(batch, g)
-            moved_out = self(moved_batch, compute_forces=True, create_graph=True)
-            moved = moved_out.get("tokens")
-            if moved is None:
-                moved = self.embed(moved_batch, layers="all")[0]
-            predicted = [T(h, g_atoms) for T, h in zip(self.latent_transforms, layers)]
-            contrast = torch.stack(
-                [
-                    contrastive_loss(p, t, temperature, CONTRASTIVE_ANCHORS)
-                    for p, t in zip(predicted, moved.split(self.width, dim=1))
-                ]
-            ).mean()
-            violation = alignment_loss(moved, torch.cat(predicted, dim=1), groups=species)
-            violation = violation + force_violation(moved_out["forces"].to(forces.dtype), forces, g_atoms)
-            losses[name] = violation + (contrast - contrast.detach())
-        return losses
+    def pooled(self, tokens: torch.Tensor, batch) -> torch.Tensor:
+        """Mean of each structure's token embeddings.
+
+        Shapes:
+            tokens ``[N, D]`` -> ``[num_graphs, D]``.
+        """
+        count = torch.bincount(batch.batch, minlength=batch.num_graphs).clamp(min=1).to(tokens.dtype)
+        return tokens.new_zeros(batch.num_graphs, tokens.shape[1]).index_add(0, batch.batch, tokens) / count[:, None]
+
+    def _learned_violation(self, batch, final: torch.Tensor) -> torch.Tensor:
+        """The ``learned`` rotation regulariser (:meth:`regularizers`): one extra embedding pass, no forces."""
+        g = draw(ROTATION, batch.num_graphs).to(device=final.device, dtype=final.dtype)
+        moved = self.pooled(self.embed(transform_batch(batch, g), layers="last")[0], batch)
+        predicted = self.latent_transform(self.pooled(final, batch), g)
+        # centred over the batch: structures of one molecule share almost all of their pooled embedding, and
+        # cosines of the raw vectors could not tell them apart (the loss stays at log B)
+        contrast = contrastive_loss(
+            predicted - predicted.mean(0), moved - moved.mean(0), self.config.contrastive_temperature
+        )
+        # relative to the spread between structures (one group): the part all of them share is trivially invariant
+        spread = torch.zeros(batch.num_graphs, dtype=torch.long, device=final.device)
+        return alignment_loss(moved, predicted, groups=spread) + (contrast - contrast.detach())
