@@ -46,6 +46,7 @@ from torch import nn
 from torch._subclasses import FakeTensor
 
 from mlip_datasets.graph import edge_vectors
+from mlip_kernels.scatter import scatter_sum
 from mlip_kernels.sh import spherical_harmonics
 
 from ..nn import BesselBasis, ElementEmbedding, PolynomialEnvelope, ScalarReadout
@@ -446,7 +447,7 @@ class TransIPPotential(Potential):
             tokens ``[N, D]`` -> ``[num_graphs, D]``.
         """
         count = torch.bincount(batch.batch, minlength=batch.num_graphs).clamp(min=1).to(tokens.dtype)
-        return tokens.new_zeros(batch.num_graphs, tokens.shape[1]).index_add(0, batch.batch, tokens) / count[:, None]
+        return scatter_sum(tokens, batch.batch, batch.num_graphs) / count[:, None]
 
     def _learned_violation(self, batch, final: torch.Tensor) -> torch.Tensor:
         """The ``learned`` rotation regulariser (:meth:`regularizers`): one extra embedding pass, no forces."""

@@ -213,8 +213,8 @@ def test_regularizers_take_the_tokens_from_the_output_they_are_given(mode, graph
 
 def test_learned_regularizer_value_is_the_pooled_violation_and_contrast_adds_only_gradient(graphs):
     """The value the weights read is the violation of the transform on pooled final embeddings (relative to their
-    spread over the structures); the
-    gradient is that of the violation plus the contrastive loss (recomputed here from the model's pieces)."""
+    spread over the structures); the gradient is that of the violation plus the contrastive loss (recomputed here
+    from the model's pieces)."""
     model = _model(equivariance="learned").train()
     batch = _batch(graphs)
     torch.manual_seed(11)
