@@ -647,14 +647,15 @@ def stability(*docs: dict) -> str:
     for doc in docs:
         for r in doc["summary"]:
             first = "-" if r["first_event_ps"] is None else _sig(r["first_event_ps"], 3)
-            median = f"> {r['max_ps']:g}" if r["median_ps"] is None else _sig(r["median_ps"], 3)
+            run_ps = r.get("run_ps", r["max_ps"])  # shorter than max_ps where a wall-time cap censored the runs
+            median = f"> {run_ps:.3g}" if r["median_ps"] is None else _sig(r["median_ps"], 3)
             what = sorted({x["kind"] or x["event"] for x in doc["rows"] if x["arm"] == r["arm"] and not x["censored"]})
             rows.append(
                 [
                     "MACE" if r["arm"] == "mace" else r["arm"],
                     doc["meta"]["system"],
                     f"{r['temperature_K']:g}",
-                    f"{r['max_ps']:g}",
+                    f"{run_ps:.3g}",
                     f"{r['runs']}",
                     f"{r['events']}",
                     first,

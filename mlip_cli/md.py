@@ -39,7 +39,16 @@ import numpy as np
 from .errors import UsageError
 from .topology import TopologyChange, TopologyMonitor
 
-__all__ = ["ENSEMBLES", "MDReport", "MDFailure", "make_dynamics", "run_md", "energy_drift", "temperature"]
+__all__ = [
+    "ENSEMBLES",
+    "MDReport",
+    "MDFailure",
+    "make_dynamics",
+    "run_md",
+    "out_of_range",
+    "energy_drift",
+    "temperature",
+]
 
 ENSEMBLES = ("nve", "nvt", "npt")
 
@@ -51,6 +60,8 @@ TOPOLOGY_INTERVAL = 10
 # ~0.1 A/fs and Cu at 300 K ~0.003 A/fs, so any sound time step stays far below it, while a step that moves
 # an atom this far cannot resolve the interaction and the integration has already failed.
 MAX_DISPLACEMENT_A = 0.5
+# 1000 eV/A: orders of magnitude above the forces of thermal motion; only a blown-up model or collapsed pair gets there
+MAX_FORCE_EV_A = 1000.0
 # The temperature limit is max(10 x target, 10 x initial, MIN_MAX_TEMPERATURE_K): above the boiling point
 # of nearly every element, out of any training set, and a 10x rise is a blow-up, not equilibration.
 MIN_MAX_TEMPERATURE_K = 5000.0
@@ -176,6 +187,37 @@ def temperature(atoms) -> float:
     return float(2 * atoms.get_kinetic_energy() / (dof * units.kB)) if dof > 0 else 0.0
 
 
+def out_of_range(atoms, dt: float, max_force: float, max_temperature: float, max_displacement: float) -> str | None:
+    """What has left the physical range in this frame, or ``None``: ``atoms`` with momenta and a calculator
+    (its energy and forces are read only once the positions are finite), time step ``dt`` in ASE units. The
+    checks of :func:`run_md`, for other integrators too (``benchmarks/bench_stability.py`` runs TorchSim
+    replicas through them with a ``SinglePointCalculator``)."""
+    for name, value in (("positions", atoms.positions), ("momenta", atoms.get_momenta())):
+        if not np.isfinite(value).all():
+            return f"the {name} became NaN/inf (the integration blew up)"
+    if not np.isfinite(atoms.get_potential_energy()):
+        return "the model's energy is NaN/inf"
+    forces = atoms.get_forces()
+    if not np.isfinite(forces).all():
+        return "the model's forces are NaN/inf"
+    fmax = float(np.linalg.norm(forces, axis=1).max())
+    if fmax > max_force:
+        return f"max force {fmax:.4g} eV/A is above the limit {max_force:g} eV/A"
+    temp = temperature(atoms)
+    if temp > max_temperature:
+        return (
+            f"temperature {temp:.4g} K is above the limit {max_temperature:g} K"
+            " (time step too large or the model unstable here)"
+        )
+    move = float(np.linalg.norm(atoms.get_velocities(), axis=1).max() * dt)  # speed in A per ASE time unit
+    if move > max_displacement:
+        return (
+            f"an atom moves {move:.3g} A per step, above the limit {max_displacement:g} A"
+            " (time step too large or the model unstable here)"
+        )
+    return None
+
+
 def initialize_velocities(atoms, temperature_K: float, seed: int = 0) -> None:
     """Maxwell-Boltzmann velocities at ``temperature_K``, zero total momentum (and rotation for molecules).
 
@@ -290,7 +332,7 @@ def run_md(
     traj_interval: int = 10,
     log: str | Path | None = None,
     log_interval: int = 10,
-    max_force: float = 1000.0,
+    max_force: float = MAX_FORCE_EV_A,
     max_temperature: float | None = None,
     max_displacement: float = MAX_DISPLACEMENT_A,
     topology_interval: int = TOPOLOGY_INTERVAL,
@@ -383,32 +425,11 @@ def run_md(
     def record() -> None:
         # first observer: checks before anything writes the frame
         step = dyn.nsteps
-        # the integrator's own state first: NaN positions would otherwise surface as NaN forces
-        for name, value in (("positions", atoms.positions), ("momenta", atoms.get_momenta())):
-            if not np.isfinite(value).all():
-                raise MDFailure(f"step {step}: the {name} became NaN/inf (the integration blew up)")
+        problem = out_of_range(atoms, dt, max_force, max_temperature, max_displacement)
+        if problem is not None:
+            raise MDFailure(f"step {step}: {problem}")
         epot = atoms.get_potential_energy()
-        forces = atoms.get_forces()
-        if not np.isfinite(epot):
-            raise MDFailure(f"step {step}: the model's energy is NaN/inf")
-        if not np.isfinite(forces).all():
-            raise MDFailure(f"step {step}: the model's forces are NaN/inf")
-        fmax = float(np.linalg.norm(forces, axis=1).max())
-        if fmax > max_force:
-            raise MDFailure(f"step {step}: max force {fmax:.4g} eV/A is above the limit {max_force:g} eV/A")
         temp = temperature(atoms)
-        if temp > max_temperature:
-            raise MDFailure(
-                f"step {step}: temperature {temp:.4g} K is above the limit {max_temperature:g} K"
-                " (time step too large or the model unstable here)"
-            )
-        speed = np.linalg.norm(atoms.get_velocities(), axis=1).max()  # A per ASE time unit
-        move = float(speed * dt)
-        if move > max_displacement:
-            raise MDFailure(
-                f"step {step}: an atom moves {move:.3g} A per step, above the limit {max_displacement:g} A"
-                " (time step too large or the model unstable here)"
-            )
         times.append(step * timestep_fs / 1000.0)
         energies.append((epot + atoms.get_kinetic_energy()) / n)
         temps.append(temp)
