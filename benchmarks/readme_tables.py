@@ -767,10 +767,12 @@ TABLES: dict[str, Table] = {
     ),
     "transip_sizes": Table(
         transip_sizes,
-        ("transip_sizes_acac.json",),
+        ("transip_sizes_acac.json", "transip_sizes_3bpa.json"),
         (
             f"{PY} benchmarks/transip/size_sweep.py --dataset acac --sizes 50 100 250 450 --budget 240 --parallel 2 "
             f"--out {RESULTS}/transip_sizes_acac.json",
+            f"{PY} benchmarks/transip/size_sweep.py --dataset 3bpa --sizes 100 400 --budget 240 --parallel 2 "
+            f"--out {RESULTS}/transip_sizes_3bpa.json",
         ),
     ),
     "medium_speed": Table(
