@@ -107,7 +107,8 @@ def mace_replicas_arm(name: str, model: Path, start_path: Path, temperatures: li
     import tempfile
 
     root = HERE.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(root / d) for d in (".", "datasets", "kernels"))}
+    paths = [str(root / d) for d in (".", "datasets", "kernels")] + [os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     with tempfile.TemporaryDirectory() as tmp:
         spec = {
             "model": str(model),
