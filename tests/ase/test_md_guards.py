@@ -145,3 +145,30 @@ def test_non_positive_limits_are_usage_errors(checkpoint, tmp_path):
     write(src, periodic_bulk())
     result = mlip("md", src, "-m", checkpoint, "--steps", 2, "--max-displacement", 0)
     assert result.exit_code == 2 and "mlip: error: need positive limits" in result.output
+
+
+def test_out_of_range_names_what_left_the_physical_range():
+    """The checks ``run_md`` stops on, applied to a frame from any integrator (``bench_stability``'s TorchSim
+    replicas): a quiet frame passes; each quantity pushed past its limit is named with its value and limit."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from mlip_cli.md import out_of_range
+
+    dt = 0.5 * units.fs
+
+    def frame(energy=-1.0, force=0.1, speed=0.0, position=0.0):
+        atoms = Atoms("H2", positions=[[0, 0, 0], [0.74, 0, position]])
+        atoms.set_velocities([[0, 0, 0], [speed, 0, 0]])
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=[[force, 0, 0], [-force, 0, 0]])
+        return atoms
+
+    limits = {"max_force": 1000.0, "max_temperature": 5000.0, "max_displacement": MAX_DISPLACEMENT_A}
+    assert out_of_range(frame(), dt, **limits) is None
+    assert "positions became NaN" in out_of_range(frame(position=np.nan), dt, **limits)
+    assert out_of_range(frame(energy=np.inf), dt, **limits) == "the model's energy is NaN/inf"
+    assert out_of_range(frame(force=np.nan), dt, **limits) == "the model's forces are NaN/inf"
+    assert out_of_range(frame(force=2000.0), dt, **limits).startswith("max force 2000 eV/A is above the limit 1000")
+    # 1.2 A per step at 0.5 fs: over the displacement limit, and hot enough for the temperature limit first
+    fast = frame(speed=1.2 / dt)
+    assert "temperature" in out_of_range(fast, dt, **limits)
+    assert "A per step" in out_of_range(fast, dt, **{**limits, "max_temperature": 1e12})
