@@ -29,9 +29,10 @@ one set of guards; only the force call differs.
 
 ``--engine torchsim`` runs each arm's seeds x temperatures as replicas of one TorchSim batch (BAOAB Langevin,
 same friction and time step; :func:`run_replicas`), one model call per step for all of them instead of one per
-run (small molecules leave most of a call's cost in per-call overhead). mlip
-models go through :class:`mlip_cli.torchsim.MLIPModel`, MACE through TorchSim's own ``MaceModel`` in the MACE
-venv (``--mace-replicas``, which imports ASE, TorchSim, mace and ``mlip_cli.md``/``topology`` only);
+run: the per-call overhead is shared (a large gain where calls are launch-bound, as on a GPU; a small one for the
+medium models on this CPU, whose calls are mostly arithmetic). mlip models go through
+:class:`mlip_cli.torchsim.MLIPModel`, MACE through TorchSim's own ``MaceModel`` in the MACE venv
+(``--mace-replicas``, which imports ASE, TorchSim, mace and ``mlip_cli.md``/``topology`` only);
 ``--max-minutes`` censors an arm's runs after that much wall time, ``--device cuda`` runs the batch on a GPU.
 
 Writes ``benchmarks/results/bench_stability_<system>_threads<T>.json`` (or ``--json``): one row per run
@@ -56,6 +57,7 @@ SYSTEMS = {
 }
 TIMESTEP_FS = 0.5
 FRICTION_PER_FS = 0.01
+PROGRESS_STEPS = 2000  # run_replicas prints where it is every 1 ps
 
 
 def mace_client(model: str, start: str, socket_name: str, threads: int) -> None:
@@ -207,7 +209,8 @@ def run_replicas(
     label: str = "",
 ) -> list[dict]:
     """Every temperature's replicas in one TorchSim batch (``--engine torchsim``): one model call per step
-    for all of them, which is where a small molecule's MD time goes. ``model`` is a TorchSim ``ModelInterface``.
+    for all of them. ``model`` is a TorchSim ``ModelInterface``. Prints each event and, every simulated
+    picosecond, how far the batch is.
 
     TorchSim's BAOAB Langevin with ASE's friction and time step; Maxwell-Boltzmann momenta from ``seed``
     (replica r of a temperature is row r of that draw, so replicas differ by their start momenta and noise).
@@ -284,6 +287,9 @@ def run_replicas(
             active = [active[b] for b in keep]
             if active:
                 state = state[keep]
+        if step % PROGRESS_STEPS < check_every:
+            rate = step / (time.perf_counter() - begin)
+            print(f"{label}{step * TIMESTEP_FS / 1000.0:.4g} ps, {len(active)} running, {rate:.3g} steps/s", flush=True)
     for i in active:
         finish(i, "censored", None, None)
     return runs
