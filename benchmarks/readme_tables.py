@@ -467,6 +467,8 @@ def transip_sizes(*sweeps: dict) -> str:
     }
     rows, gains = [], []
     for doc in sweeps:
+        weight = doc.get("learned_weight", 0.01)  # the recipe's 0.01 unless the sweep set another
+        tag = "" if weight == 0.01 else f" (weight {weight:g})"
         for size, arms in doc["results"].items():
             for arm, r in arms.items():
                 m, q = r["eval"]["metrics"], r["eval"]["equivariance"]
@@ -475,7 +477,7 @@ def transip_sizes(*sweeps: dict) -> str:
                     [
                         doc["dataset"],
                         size,
-                        names[arm],
+                        names[arm] + (tag if arm == "learned" else ""),
                         f"{m['forces_rmse']:.1f}",
                         f"{m['forces_mae']:.1f}",
                         f"{m['energy_per_atom_rmse']:.2f}",
@@ -485,7 +487,8 @@ def transip_sizes(*sweeps: dict) -> str:
                     ]
                 )
         gains += [
-            f"{doc['dataset']} {size}: {100 * g:+.0f}%" for size, g in doc["learned_gain_over_augmentation"].items()
+            f"{doc['dataset']} {size}{tag}: {100 * g:+.0f}%"
+            for size, g in doc["learned_gain_over_augmentation"].items()
         ]
     return (
         _table(
@@ -767,12 +770,15 @@ TABLES: dict[str, Table] = {
     ),
     "transip_sizes": Table(
         transip_sizes,
-        ("transip_sizes_acac.json", "transip_sizes_3bpa.json"),
+        ("transip_sizes_acac.json", "transip_sizes_3bpa.json", "transip_sizes_acac_weight0.1.json"),
         (
             f"{PY} benchmarks/transip/size_sweep.py --dataset acac --sizes 50 100 250 450 --budget 240 --parallel 2 "
             f"--out {RESULTS}/transip_sizes_acac.json",
             f"{PY} benchmarks/transip/size_sweep.py --dataset 3bpa --sizes 100 400 --budget 240 --parallel 2 "
             f"--out {RESULTS}/transip_sizes_3bpa.json",
+            f"{PY} benchmarks/transip/size_sweep.py --dataset acac --sizes 50 100 --arms aug learned "
+            f"--learned-weight 0.1 --budget 240 --parallel 1 --work bench_out/transip-sizes-acac-w0.1 "
+            f"--out {RESULTS}/transip_sizes_acac_weight0.1.json",
         ),
     ),
     "medium_speed": Table(
