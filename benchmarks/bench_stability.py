@@ -213,7 +213,9 @@ def run_replicas(
     picosecond, how far the batch is.
 
     TorchSim's BAOAB Langevin with ASE's friction and time step; Maxwell-Boltzmann momenta from ``seed``
-    (replica r of a temperature is row r of that draw, so replicas differ by their start momenta and noise).
+    (replica r of a temperature is row r of that draw, so replicas differ by their start momenta and noise). The
+    noise is one draw for the batch, so once a replica leaves, the others' noise (and trajectories) differ from
+    a run in which it stayed: a run repeats only with the same events.
     Every ``check_every`` steps each running replica goes through :func:`mlip_cli.md.out_of_range` (the
     limits of ``mlip md``) and its :class:`~mlip_cli.topology.TopologyMonitor`; a replica that stops leaves
     the batch. ``max_minutes`` of wall time censors the replicas still running (for slow models).

@@ -21,7 +21,12 @@ Criteria (the defaults are module constants):
   now bonded (by the neighbour criterion above) to a new partner of j's element, or j to a new partner of i's,
   new meaning not a neighbour at the start. A proton moving between two O atoms, as in acetylacetone's enol
   (with the acac models trained here it hops back and forth within the first picosecond at 600 K), changes
-  partners while nothing breaks; counting it would make a topology change of every hot acac run.
+  partners while nothing breaks; counting it would make a topology change of every hot acac run. A proton
+  between two hydrogen-bonding atoms (``HYDROGEN_BOND_ELEMENTS``: N, O, F) is also exchanged in flight, while it
+  is within the stretch limit of the bond it left (``STRETCH_FACTOR`` x its starting length) of the new one: two
+  O atoms 2.6 A apart leave it 1.56 A from one and 1.2 A from the other, shared by both and bonded to neither by
+  the neighbour criterion (1.16 A for O-H), which called every such frame a break. A hydrogen bridging two
+  carbons that far from both has no such excuse (carbon takes no hydrogen bond) and counts.
   ``partner_exchange=False`` counts every stretched bond.
 
 Periodic cells: each bond keeps the periodic image it had at the start (``positions[j] - positions[i] + shift @
@@ -41,6 +46,7 @@ __all__ = [
     "BOND_MULTIPLIER",
     "ISOLATION_DISTANCE_A",
     "STRETCH_FACTOR",
+    "HYDROGEN_BOND_ELEMENTS",
     "NON_METALS",
     "TopologyChange",
     "TopologyMonitor",
@@ -49,6 +55,8 @@ __all__ = [
 BOND_MULTIPLIER = 1.2
 ISOLATION_DISTANCE_A = 2.0
 STRETCH_FACTOR = 1.5
+#: N, O, F: the atoms between which a proton moves along a hydrogen bond (exchanged in flight, see above)
+HYDROGEN_BOND_ELEMENTS = frozenset({7, 8, 9})
 #: H, He, B, C, N, O, F, Ne, Si, P, S, Cl, Ar, Ge, As, Se, Br, Kr, Sb, Te, I, Xe, At, Rn: the elements whose
 #: mutual bonds are covalent (metalloids included).
 NON_METALS = frozenset({1, 2, 5, 6, 7, 8, 9, 10, 14, 15, 16, 17, 18, 32, 33, 34, 35, 36, 51, 52, 53, 54, 85, 86})
@@ -183,12 +191,18 @@ class TopologyMonitor:
         )
 
     def _exchanged(self, atoms, bond: int) -> bool:
-        """Whether either atom of ``bond`` is now bonded to a new partner of the other's element."""
+        """Whether either atom of ``bond`` is now bonded to a new partner of the other's element (a proton between
+        hydrogen-bonding atoms: or within the bond's stretch limit of one, shared on its way across)."""
         i, j = int(self.bond_src[bond]), int(self.bond_dst[bond])
         for a, lost in ((i, j), (j, i)):
             new = np.flatnonzero(self.numbers == self.numbers[lost])
             new = [int(k) for k in new if k != a and k != lost and k not in self.partners[a]]
-            if new and (_distances(atoms, a, new) < self.radii[a] + self.radii[new]).any():
+            if not new:
+                continue
+            limit = self.radii[a] + self.radii[new]
+            if self.numbers[a] == 1 and self.numbers[lost] in HYDROGEN_BOND_ELEMENTS:
+                limit = np.maximum(limit, self.stretch_factor * self.bond_length_start[bond])
+            if (_distances(atoms, a, new) < limit).any():
                 return True
         return False
 

@@ -37,7 +37,13 @@ def oracle_changes(start, now, partner_exchange=True) -> tuple[set[int], set[tup
 
     def new_partner(a, lost):  # now bonded to an atom of lost's element that was not its neighbour at the start
         new = [k for k in range(len(now)) if symbols[k] == symbols[lost] and k not in (a, lost, *neighbours[a])]
-        return any(now.get_distance(a, k, mic=True) < cutoffs[a] + cutoffs[k] for k in new)
+        # a proton between N/O/F atoms may be as far from its new partner as the stretch limit of the bond it left
+        shared = (
+            STRETCH * start.get_distance(a, lost, mic=True)
+            if symbols[a] == "H" and symbols[lost] in {"N", "O", "F"}
+            else 0
+        )
+        return any(now.get_distance(a, k, mic=True) < max(cutoffs[a] + cutoffs[k], shared) for k in new)
 
     gone, broken = set(), set()
     for i in range(len(start)):
@@ -155,7 +161,11 @@ def water_dimer_proton_moved(to_acceptor: float, off_line: float):
 
 
 @pytest.mark.parametrize("partner_exchange", [True, False])
-@pytest.mark.parametrize("to_acceptor, off_line, taken", [(0.97, 0.0, True), (1.05, 0.3, True), (1.4, 1.0, False)])
+@pytest.mark.parametrize(
+    "to_acceptor, off_line, taken",
+    # taken, shared in flight (1.21 A: past the O-H neighbour distance 1.16, inside 1.5x the O-H bond), stranded
+    [(0.97, 0.0, True), (1.05, 0.3, True), (1.21, 0.0, True), (1.4, 1.0, False)],
+)
 def test_proton_transfer_is_a_partner_exchange(partner_exchange, to_acceptor, off_line, taken):
     start, now, donor, proton, acceptor = water_dimer_proton_moved(to_acceptor, off_line)
     change = TopologyMonitor(start, partner_exchange=partner_exchange).check(now)
@@ -165,6 +175,26 @@ def test_proton_transfer_is_a_partner_exchange(partner_exchange, to_acceptor, of
         assert change is None
     else:  # strict, or the proton between the two, bonded to neither: the donor's O-H bond broke
         assert change.kind == "bond" and set(change.atoms) == {donor, proton}
+
+
+def test_hydrogen_between_two_carbons_in_flight_is_a_break():
+    """Ethane with one H moved 1.7 A from its carbon (1.56x its bond) and 1.4 A from the other carbon: beyond the
+    C-H neighbour distance of both, and carbon takes no hydrogen bond, so the C-H bond broke."""
+    start = molecule("C2H6")
+    c1, c2 = (i for i, z in enumerate(start.numbers) if z == 6)
+    h = min((i for i, z in enumerate(start.numbers) if z == 1), key=lambda i: start.get_distance(c1, i))
+    axis = start.positions[c2] - start.positions[c1]
+    length = np.linalg.norm(axis)
+    axis /= length
+    normal = np.cross(axis, [0.0, 0.0, 1.0] if abs(axis[2]) < 0.9 else [1.0, 0.0, 0.0])
+    normal /= np.linalg.norm(normal)
+    along = (1.7**2 - 1.4**2 + length**2) / (2 * length)  # 1.7 A from c1 and 1.4 A from c2
+    now = start.copy()
+    now.positions[h] = start.positions[c1] + along * axis + np.sqrt(1.7**2 - along**2) * normal
+    assert np.isclose(now.get_distance(c1, h), 1.7) and np.isclose(now.get_distance(c2, h), 1.4)
+    change = TopologyMonitor(start).check(now)
+    assert_same_verdict(change, start, now)
+    assert change.kind == "bond" and set(change.atoms) == {c1, h}
 
 
 def test_metal_neighbours_are_not_bonds_and_isolation_is_relative():
