@@ -824,6 +824,29 @@ TABLES: dict[str, Table] = {
             f"--json {RESULTS}/bench_stability_3bpa_mace_medium.json",
         ),
     ),
+    "stability_acac_medium": Table(
+        stability,
+        (
+            "bench_stability_acac_tdn_medium_300K.json",
+            "bench_stability_acac_tdn_medium_600K.json",
+            "bench_stability_acac_tdn_medium_600K_ase.json",
+            "bench_stability_acac_mace_medium_600K.json",
+        ),
+        (
+            f"{PY} benchmarks/bench_stability.py --system acac --engine torchsim "
+            f"--model tdn=bench_out/medium-acac-5400s/tdn --temperatures 300 --seeds 5 --max-ps 50 --max-minutes 45 "
+            f"--json {RESULTS}/bench_stability_acac_tdn_medium_300K.json",
+            f"{PY} benchmarks/bench_stability.py --system acac --engine torchsim "
+            f"--model tdn=bench_out/medium-acac-5400s/tdn --temperatures 600 --seeds 5 --max-ps 50 --max-minutes 42 "
+            f"--json {RESULTS}/bench_stability_acac_tdn_medium_600K.json",
+            f"{PY} benchmarks/bench_stability.py --system acac --temperatures 600 --seeds 2 --max-ps 8 "
+            f"--model 'tdn, ASE Langevin=bench_out/medium-acac-5400s/tdn' "
+            f"--json {RESULTS}/bench_stability_acac_tdn_medium_600K_ase.json",
+            f"{PY} benchmarks/bench_stability.py --system acac --engine torchsim "
+            f"--mace mace=bench_out/medium-acac-5400s/mace/mace.model --temperatures 600 --seeds 5 --max-ps 50 "
+            f"--max-minutes 38 --json {RESULTS}/bench_stability_acac_mace_medium_600K.json",
+        ),
+    ),
     "ensemble_steps": Table(
         ensemble_steps,
         ("bench_ensemble_steps_threads2.json",),
