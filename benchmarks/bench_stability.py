@@ -86,23 +86,25 @@ def mace_replicas(spec_json: str) -> None:
     torch.set_num_threads(spec["threads"])
     loaded = torch.load(spec["model"], map_location=spec["device"], weights_only=False)  # our own trained file
     model = MaceModel(loaded, device=torch.device(spec["device"]), dtype=torch.float64, compute_stress=False)
-    rows = run_replicas(
-        model,
-        read(spec["start"], 0),
-        spec["temperatures"],
-        spec["replicas"],
-        spec["max_ps"],
-        spec["check_every"],
-        spec["strict"],
-        spec["seed"],
-        spec["max_minutes"],
-        label=spec["label"],
-    )
+    rows = run_replicas(model, read(spec["start"], 0), **spec["settings"], label=spec["label"])
     Path(spec["out"]).write_text(json.dumps(rows))
 
 
-def mace_replicas_arm(name: str, model: Path, start_path: Path, temperatures: list[float], args) -> list[dict]:
-    """Run :func:`mace_replicas` in the MACE venv and read its rows."""
+def replica_settings(temperatures: list[float], args) -> dict:
+    """:func:`run_replicas`'s keyword arguments from the command line (JSON-ready: the MACE process gets them too)."""
+    return {
+        "temperatures": temperatures,
+        "replicas": args.seeds,
+        "max_ps": args.max_ps,
+        "check_every": args.check_every,
+        "strict": args.strict_bonds,
+        "seed": args.seed,
+        "max_minutes": args.max_minutes,
+    }
+
+
+def mace_replicas_arm(name: str, model: Path, start_path: Path, settings: dict, args) -> list[dict]:
+    """Run :func:`mace_replicas` in the MACE venv with :func:`replica_settings` and read its rows."""
     import json
     import os
     import subprocess
@@ -115,13 +117,7 @@ def mace_replicas_arm(name: str, model: Path, start_path: Path, temperatures: li
         spec = {
             "model": str(model),
             "start": str(start_path),
-            "temperatures": temperatures,
-            "replicas": args.seeds,
-            "max_ps": args.max_ps,
-            "check_every": args.check_every,
-            "strict": args.strict_bonds,
-            "seed": args.seed,
-            "max_minutes": args.max_minutes,
+            "settings": settings,
             "threads": args.threads,
             "device": args.device,
             "label": f"{name} ",
@@ -397,18 +393,7 @@ def main() -> None:
 
             model = MLIPModel(path, device=args.device, dtype=torch.float64, compute_stress=False)
             network = model.model
-            found = run_replicas(
-                model,
-                start,
-                temperatures,
-                args.seeds,
-                args.max_ps,
-                args.check_every,
-                args.strict_bonds,
-                args.seed,
-                args.max_minutes,
-                label=f"{name} ",
-            )
+            found = run_replicas(model, start, **replica_settings(temperatures, args), label=f"{name} ")
             rows += [{"arm": name, **row} for row in found]
         else:
             calc = MLIPCalculator.from_checkpoint(path, dtype="float64")
@@ -419,7 +404,8 @@ def main() -> None:
     for name, path in maces:
         arms.append({"arm": name, "kind": "mace", "path": str(path), "family": "mace"})
         if args.engine == "torchsim":
-            rows += [{"arm": name, **row} for row in mace_replicas_arm(name, path, start_path, temperatures, args)]
+            found = mace_replicas_arm(name, path, start_path, replica_settings(temperatures, args), args)
+            rows += [{"arm": name, **row} for row in found]
             continue
         mace = MaceArm(path, start_path, args.mace_python, args.threads, name)
         try:

@@ -30,12 +30,16 @@ from report import load_average, provenance, write_report  # noqa: E402  (benchm
 from run_all import run_jobs  # noqa: E402  (the acac driver's job runner)
 
 ROOT = Path(__file__).resolve().parents[2]
+#: loss.symmetry of the learned arm: the paper's mechanism beside augmentation, with a fixed weight
+LEARNED_WEIGHT = 0.01
 VARIANTS = {
     "tdn": ("tdn", []),
     "aug": ("transip", ["loss.symmetry=0", "run.augment_rotations=true"]),
     "align": ("transip", ["loss.symmetry=auto", "run.augment_rotations=false"]),
-    # the paper's mechanism beside augmentation, with a fixed weight
-    "learned": ("transip", ["model.equivariance=learned", "loss.symmetry=0.01", "run.augment_rotations=true"]),
+    "learned": (
+        "transip",
+        ["model.equivariance=learned", f"loss.symmetry={LEARNED_WEIGHT}", "run.augment_rotations=true"],
+    ),
 }
 LABELS = {
     "tdn": "tdn",

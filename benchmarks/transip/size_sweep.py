@@ -81,7 +81,9 @@ def main() -> None:
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--work", type=Path, help="run directory (default: bench_out/transip-sizes-<dataset>)")
     p.add_argument(
-        "--learned-weight", type=float, default=0.01, help="loss.symmetry of the learned arm (the recipe's: 0.01)"
+        "--learned-weight",
+        type=float,
+        help=f"loss.symmetry of the learned arm (default {transip_run_all.LEARNED_WEIGHT})",
     )
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -97,7 +99,7 @@ def main() -> None:
             runs[name] = (size, arm, args.work / name)
             shutil.rmtree(runs[name][2], ignore_errors=True)
             jobs[name] = train_command(arm, files, args, runs[name][2]) + ["--set", f"data.max_train={size}"]
-            if arm == "learned":  # after the variant's own loss.symmetry: the last --set wins
+            if arm == "learned" and args.learned_weight is not None:  # after the variant's: the last --set wins
                 jobs[name] += ["--set", f"loss.symmetry={args.learned_weight}"]
     codes = run_jobs(jobs, args.parallel, args.work)
     results: dict[int, dict] = {}
@@ -116,7 +118,7 @@ def main() -> None:
         "budget_s": args.budget,
         "threads": args.threads,
         "parallel": args.parallel,
-        "learned_weight": args.learned_weight,
+        "learned_weight": transip_run_all.LEARNED_WEIGHT if args.learned_weight is None else args.learned_weight,
         "exit_codes": codes,
         "goal": "learned beats augmentation by 40-60% in force error at small sizes (Elhag et al., OMol25)",
         "learned_gain_over_augmentation": gains,
