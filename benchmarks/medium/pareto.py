@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/medium/pareto.py --dataset acac \\
         --accuracy benchmarks/results/medium_acac_30min.json benchmarks/results/medium_acac_90min.json \\
+        benchmarks/results/medium_acac_90min_gaunt_cg.json \\
         --speed benchmarks/results/medium_speed_threads1.json --out benchmarks/results/medium_pareto_acac.png
 
 Left: each arm's test force RMSE at each training budget (``run_accuracy.py`` reports, one per budget). Right: the
@@ -68,9 +69,9 @@ def plot(accuracy: list[dict], speed: dict | None, dataset: str, out: Path) -> P
         rates = md_speed(speed, accuracy[0].get("mace_interactions", 2))
         for arm, p in curves.items():
             if arm in rates:
-                right.scatter(rates[arm], p[-1][1], label=arm)
-                label = f"{arm} ({p[-1][0]:.0f} min)"  # each arm at its own longest budget
-                right.annotate(label, (rates[arm], p[-1][1]), textcoords="offset points", xytext=(4, 4))
+                # each arm at its own longest budget; a legend, since points of equal accuracy and speed overlap
+                right.scatter(rates[arm], p[-1][1], label=f"{arm} ({p[-1][0]:.0f} min)")
+        right.legend()
         right.set_xscale("log")
         right.set_yscale("log")
         for axis in (right.xaxis, right.yaxis, left.yaxis):  # 1-2-5 ticks in plain numbers on the log axes
