@@ -844,6 +844,8 @@ TABLES: dict[str, Table] = {
             "bench_stability_acac_tdn_medium_300K.json",
             "bench_stability_acac_tdn_medium_600K.json",
             "bench_stability_acac_tdn_medium_600K_ase.json",
+            "bench_stability_acac_gaunt_medium_600K.json",
+            "bench_stability_acac_cg_medium_600K.json",
             "bench_stability_acac_mace_medium_600K.json",
         ),
         (
@@ -856,6 +858,13 @@ TABLES: dict[str, Table] = {
             f"{PY} benchmarks/bench_stability.py --system acac --temperatures 600 --seeds 2 --max-ps 8 "
             f"--model 'tdn, ASE Langevin=bench_out/medium-acac-5400s/tdn' "
             f"--json {RESULTS}/bench_stability_acac_tdn_medium_600K_ase.json",
+            *(
+                f"{PY} benchmarks/bench_stability.py --system acac --engine torchsim "
+                f"--model {f}=bench_out/medium-acac-5400s/{f} --temperatures 600 "
+                f"--seeds 5 --max-ps 50 --max-minutes 25 --threads 1 "
+                f"--json {RESULTS}/bench_stability_acac_{f}_medium_600K.json"
+                for f in ("gaunt", "cg")
+            ),
             f"{PY} benchmarks/bench_stability.py --system acac --engine torchsim "
             f"--mace mace=bench_out/medium-acac-5400s/mace/mace.model --temperatures 600 --seeds 5 --max-ps 50 "
             f"--max-minutes 38 --json {RESULTS}/bench_stability_acac_mace_medium_600K.json",
