@@ -844,7 +844,9 @@ TABLES: dict[str, Table] = {
             "bench_stability_acac_tdn_medium_300K.json",
             "bench_stability_acac_tdn_medium_600K.json",
             "bench_stability_acac_tdn_medium_600K_ase.json",
+            "bench_stability_acac_gaunt_medium_300K.json",
             "bench_stability_acac_gaunt_medium_600K.json",
+            "bench_stability_acac_cg_medium_300K.json",
             "bench_stability_acac_cg_medium_600K.json",
             "bench_stability_acac_mace_medium_600K.json",
         ),
@@ -860,10 +862,11 @@ TABLES: dict[str, Table] = {
             f"--json {RESULTS}/bench_stability_acac_tdn_medium_600K_ase.json",
             *(
                 f"{PY} benchmarks/bench_stability.py --system acac --engine torchsim "
-                f"--model {f}=bench_out/medium-acac-5400s/{f} --temperatures 600 "
-                f"--seeds 5 --max-ps 50 --max-minutes 25 --threads 1 "
-                f"--json {RESULTS}/bench_stability_acac_{f}_medium_600K.json"
+                f"--model {f}=bench_out/medium-acac-5400s/{f} --temperatures {t} "
+                f"--seeds 5 --max-ps 50 --max-minutes {minutes} --threads 1 "
+                f"--json {RESULTS}/bench_stability_acac_{f}_medium_{t}K.json"
                 for f in ("gaunt", "cg")
+                for t, minutes in ((300, 18), (600, 25))
             ),
             f"{PY} benchmarks/bench_stability.py --system acac --engine torchsim "
             f"--mace mace=bench_out/medium-acac-5400s/mace/mace.model --temperatures 600 --seeds 5 --max-ps 50 "
