@@ -801,6 +801,7 @@ TABLES: dict[str, Table] = {
             "medium_acac_90min.json",
             "medium_acac_90min_gaunt_cg.json",
             "medium_3bpa_30min.json",
+            "medium_3bpa_30min_gaunt_cg.json",
             "medium_3bpa_90min.json",
         ),
         tuple(
@@ -811,6 +812,7 @@ TABLES: dict[str, Table] = {
                 ("acac", 90, "tdn mace", ""),
                 ("acac", 90, "gaunt cg", "_gaunt_cg"),
                 ("3bpa", 30, "tdn mace", ""),
+                ("3bpa", 30, "gaunt cg", "_gaunt_cg"),
                 ("3bpa", 90, "tdn mace", ""),
             )
         ),

@@ -4,6 +4,10 @@
         --accuracy benchmarks/results/medium_acac_30min.json benchmarks/results/medium_acac_90min.json \\
         benchmarks/results/medium_acac_90min_gaunt_cg.json \\
         --speed benchmarks/results/medium_speed_threads1.json --out benchmarks/results/medium_pareto_acac.png
+    .venv/bin/python benchmarks/medium/pareto.py --dataset 3bpa \\
+        --accuracy benchmarks/results/medium_3bpa_30min.json benchmarks/results/medium_3bpa_30min_gaunt_cg.json \\
+        benchmarks/results/medium_3bpa_90min.json \\
+        --speed benchmarks/results/medium_speed_threads1.json --out benchmarks/results/medium_pareto_3bpa.png
 
 Left: each arm's test force RMSE at each training budget (``run_accuracy.py`` reports, one per budget). Right: the
 force RMSE at the longest budget against ASE MD steps/s of the same architecture on the 27-atom 3BPA molecule
