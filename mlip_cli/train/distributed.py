@@ -45,6 +45,13 @@ def setup_distributed(device: torch.device) -> DistInfo:
     if world <= 1:
         return DistInfo()
     if not dist.is_initialized():
+        # torch modules that take `group=group.WORLD` as a default argument (torch.distributed.nn, fsdp) hold on to
+        # the group for good when first imported after it exists, and torch imports them with torch._dynamo, which
+        # the optimizer imports on its first use. destroy_process_group then cannot free gloo's threads, and the
+        # interpreter's exit can abort under them ("terminate called without an active exception", so torchrun
+        # reports a finished run as failed): import them while there is no group to hold.
+        import torch._dynamo  # noqa: F401
+
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistInfo(
         rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0"))

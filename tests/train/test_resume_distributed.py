@@ -8,7 +8,9 @@ import random
 import signal
 import subprocess
 import sys
+import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,3 +127,40 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, small_data
     assert report_two["forces_rmse"] == pytest.approx(float(best["valid_forces_rmse"]), rel=1e-9)
     for key, value in report_one.items():
         assert report_two[key] == pytest.approx(value, rel=1e-9), key
+
+
+# A worker of a two-process group: sets up, builds the training optimizer (its first use imports torch._dynamo, and
+# with it modules that keep `group.WORLD` as a default argument), all-reduces, shuts down, and counts gloo's threads.
+GLOO_WORKER = """
+import os
+import torch
+from mlip_cli.train.distributed import all_reduce_sum, setup_distributed, shutdown_distributed
+from mlip_cli.train.recipe import OptimSection
+from mlip_cli.train.trainer import build_optimizer
+
+info = setup_distributed(torch.device("cpu"))
+build_optimizer(torch.nn.Linear(3, 3).parameters(), OptimSection(), torch.device("cpu"))
+assert all_reduce_sum(torch.ones(2), info).tolist() == [2.0, 2.0]
+shutdown_distributed(info)
+names = [open(f"/proc/self/task/{t}/comm").read() for t in os.listdir("/proc/self/task")]
+print("gloo threads left:", sum("gloo" in name for name in names))
+"""
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="threads are listed through Linux's /proc")
+def test_shutdown_frees_the_process_group_threads(tmp_path):
+    # gloo threads that live on into the interpreter's exit can abort a finished run under load (torchrun then
+    # reports it as failed): after shutdown_distributed none may be left
+    worker = tmp_path / "worker.py"
+    worker.write_text(textwrap.dedent(GLOO_WORKER))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("gloo threads left: 0") == 2, run.stdout
