@@ -713,6 +713,7 @@ MEDIUM_ACCURACY_RUNS = (
     ("3bpa", 30, "tdn mace", ""),
     ("3bpa", 30, "gaunt cg", "_gaunt_cg"),
     ("3bpa", 90, "tdn mace", ""),
+    ("3bpa", 90, "gaunt cg", "_gaunt_cg"),
 )
 
 TABLES: dict[str, Table] = {
