@@ -712,6 +712,7 @@ MEDIUM_ACCURACY_RUNS = (
     ("acac", 90, "gaunt cg", "_gaunt_cg"),
     ("3bpa", 30, "tdn mace", ""),
     ("3bpa", 30, "gaunt cg", "_gaunt_cg"),
+    ("3bpa", 30, "transip", "_transip"),
     ("3bpa", 90, "tdn mace", ""),
     ("3bpa", 90, "gaunt cg", "_gaunt_cg"),
 )
@@ -830,7 +831,11 @@ TABLES: dict[str, Table] = {
     ),
     "stability_3bpa_medium": Table(
         stability,
-        ("bench_stability_3bpa_tdn_medium.json", "bench_stability_3bpa_mace_medium.json"),
+        (
+            "bench_stability_3bpa_tdn_medium.json",
+            "bench_stability_3bpa_mace_medium.json",
+            "bench_stability_3bpa_gaunt_cg_medium.json",
+        ),
         (
             f"{PY} benchmarks/bench_stability.py --system 3bpa --model tdn=bench_out/medium-3bpa-1800s/tdn "
             f"--temperatures 300 --seeds 5 --max-ps 5 --threads 1 "
@@ -838,6 +843,10 @@ TABLES: dict[str, Table] = {
             f"{PY} benchmarks/bench_stability.py --system 3bpa --mace mace=bench_out/medium-3bpa-1800s/mace/mace.model "
             f"--temperatures 300 --seeds 1 --max-ps 1.5 --threads 1 "
             f"--json {RESULTS}/bench_stability_3bpa_mace_medium.json",
+            f"{PY} benchmarks/bench_stability.py --system 3bpa --engine torchsim "
+            f"--model gaunt=bench_out/medium-3bpa-1800s/gaunt --model cg=bench_out/medium-3bpa-1800s/cg "
+            f"--temperatures 300 --seeds 5 --max-ps 50 --max-minutes 15 --threads 1 "
+            f"--json {RESULTS}/bench_stability_3bpa_gaunt_cg_medium.json",
         ),
     ),
     "stability_acac_medium": Table(

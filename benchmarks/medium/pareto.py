@@ -6,7 +6,8 @@
         --speed benchmarks/results/medium_speed_threads1.json --out benchmarks/results/medium_pareto_acac.png
     .venv/bin/python benchmarks/medium/pareto.py --dataset 3bpa \\
         --accuracy benchmarks/results/medium_3bpa_30min.json benchmarks/results/medium_3bpa_30min_gaunt_cg.json \\
-        benchmarks/results/medium_3bpa_90min.json \\
+        benchmarks/results/medium_3bpa_30min_transip.json benchmarks/results/medium_3bpa_90min.json \\
+        benchmarks/results/medium_3bpa_90min_gaunt_cg.json \\
         --speed benchmarks/results/medium_speed_threads1.json --out benchmarks/results/medium_pareto_3bpa.png
 
 Left: each arm's test force RMSE at each training budget (``run_accuracy.py`` reports, one per budget). Right: the
