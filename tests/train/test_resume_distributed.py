@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -30,6 +29,17 @@ def numbers(run_dir) -> list[dict]:
 
 def mlip(*args, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mlip_cli", *args], capture_output=True, text=True, **kwargs)
+
+
+def torchrun_two(*args: str) -> subprocess.CompletedProcess:
+    """``args`` (a script or ``-m module ...``) as two torchrun processes of one thread each."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, small_data):
@@ -88,28 +98,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, small_data
     recipe = write_recipe(tmp_path / "r.yaml", recipe)
     single = mlip("train", str(recipe), "--out", str(tmp_path / "one"), "--quiet")
     assert single.returncode == 0, single.stderr
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "mlip_cli",
-            "train",
-            str(recipe),
-            "--out",
-            str(tmp_path / "two"),
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    ddp = torchrun_two("-m", "mlip_cli", "train", str(recipe), "--out", str(tmp_path / "two"), "--quiet")
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one, two = numbers(tmp_path / "one"), numbers(tmp_path / "two")
     assert [r["step"] for r in one] == [r["step"] for r in two] == ["4", "8"]
@@ -153,14 +142,7 @@ def test_shutdown_frees_the_process_group_threads(tmp_path):
     # gloo threads that live on into the interpreter's exit can abort a finished run under load (torchrun then
     # reports it as failed): after shutdown_distributed none may be left
     worker = tmp_path / "worker.py"
-    worker.write_text(textwrap.dedent(GLOO_WORKER))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    worker.write_text(GLOO_WORKER)
+    run = torchrun_two(str(worker))
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("gloo threads left: 0") == 2, run.stdout
