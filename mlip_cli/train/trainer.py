@@ -46,6 +46,9 @@ from .symmetry_weights import AutoSymmetryWeights
 __all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "TrainResult", "Validation", "build_optimizer"]
 
 _INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# A validation loss this many times its best warns once that the run may be diverging: a finite loss spike can wreck
+# a run long before any NaN (an acac transip run at too high an lr: validation loss ~12x its best, then NaN).
+DIVERGENCE_FACTOR = 10.0
 
 
 class TrainingError(UsageError):
@@ -187,6 +190,7 @@ class Trainer:
         self.local_batch = recipe.data.batch_size // self.info.world
         self._signal: int | None = None  # the first SIGINT/SIGTERM received during the step loop
         self._resumed_window: LossWindow | None = None  # the loss window an interrupted run saved
+        self._divergence_warned = False  # since the last new best
 
     def log(self, message: str) -> None:
         if self._log is not None:
@@ -419,6 +423,7 @@ class Trainer:
         metric = self._valid_loss(summary) if summary else window.loss
         result = Validation(metric, summary, self._judge(metric))
         self._record(window, result)
+        self._warn_if_diverging(result)
         self._checkpoint(result.improved)
         return result
 
@@ -494,6 +499,20 @@ class Trainer:
                 f"  F {summary.get('forces_rmse', float('nan')):.1f} meV/A"
             )
         self.log(msg + ("  *" if result.improved else ""))
+
+    def _warn_if_diverging(self, result: Validation) -> None:
+        """One warning when the validation loss first climbs ``DIVERGENCE_FACTOR`` above its best; again only after
+        a new best."""
+        s = self.state
+        if result.improved:
+            self._divergence_warned = False
+        elif result.metric > DIVERGENCE_FACTOR * s.best and not self._divergence_warned:
+            self._divergence_warned = True
+            self.log(
+                f"warning: step {s.step}: validation loss {result.metric:.3g} is {result.metric / s.best:.0f}x its "
+                f"best ({s.best:.3g}); the run may be diverging (best.pt keeps the best weights). If it does not "
+                "recover, lower optim.lr"
+            )
 
     def _checkpoint(self, improved: bool) -> None:
         """``last.pt`` at every validation, ``best.pt`` when it improved (main process only)."""

@@ -289,3 +289,38 @@ def test_cli_data_options_take_paths_as_they_are(tmp_path, small_data, monkeypat
         direct = evaluate_model(model, open_graphs(odd / file, model.cutoff, model.dtype), rotations=0).metrics
         assert report[name]["forces_rmse"] == pytest.approx(direct["forces_rmse"], rel=1e-5), name
         assert report[name]["energy_per_atom_mae"] == pytest.approx(direct["energy_per_atom_mae"], rel=1e-5), name
+
+
+def _ascend_after(steps: int):
+    """A ``weighted_loss`` that turns into gradient ascent after ``steps`` calls: a run that really diverges."""
+    real = trainer_module.weighted_loss
+    calls = {"n": 0}
+
+    def loss(*args, **kwargs):
+        calls["n"] += 1
+        value, sse = real(*args, **kwargs)
+        return (-value if calls["n"] > steps else value), sse
+
+    return loss
+
+
+def test_a_diverging_run_warns_once_at_the_first_validation_far_above_the_best(tmp_path, small_data, monkeypatch):
+    recipe = tiny_recipe(small_data, optim={"lr": 0.05, "warmup_steps": 2}, run={"max_steps": 40, "valid_every": 4})
+    calm = []
+    run_training(Recipe.from_dict(recipe), tmp_path / "calm", log=calm.append)
+    assert not any("diverging" in m for m in calm)
+
+    monkeypatch.setattr(trainer_module, "weighted_loss", _ascend_after(12))
+    messages = []
+    run_training(Recipe.from_dict(recipe), tmp_path / "run", log=messages.append)
+    rows = read_metrics(tmp_path / "run")
+    best, first_far = float("inf"), None  # the first validation 10x above the best before it, from metrics.csv
+    for row in rows:
+        loss = float(row["valid_loss"])
+        if loss > 10 * best:
+            first_far = first_far or (row["step"], loss / best)
+        best = min(best, loss)
+    warnings = [m for m in messages if "may be diverging" in m]
+    assert first_far is not None, "gradient ascent should take the validation loss 10x above its best"
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: step {first_far[0]}: validation loss")
+    assert f"is {first_far[1]:.0f}x its best" in warnings[0] and "lower optim.lr" in warnings[0]
