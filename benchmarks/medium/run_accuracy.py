@@ -16,6 +16,8 @@ on the hot ``train_600K.xyz`` (out of distribution for a 300 K model); ``3bpa`` 
 
     python benchmarks/medium/run_accuracy.py --dataset acac --budget 1800 --threads 1 --parallel 2 \\
         --out benchmarks/results/medium_acac_30min.json
+    python benchmarks/medium/run_accuracy.py --dataset acac --budget 5400 --arms tdn \\
+        --set model.num_interactions=4 --tag 4int --out benchmarks/results/medium_acac_90min_tdn_4int.json
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ HOT = {"acac": "train_600K.xyz"}  # hot test sets of models trained at 300 K
 
 def mlip_command(family: str, files: dict, args, run: Path) -> list[str]:
     e0s = f"data.e0s={args.data / E0S[args.dataset]}"
-    return recipe_command(f"{args.dataset}/{family}-medium", files, args, run, [e0s])
+    return recipe_command(f"{args.dataset}/{family}-medium", files, args, run, [e0s, *args.set])
 
 
 def mace_command(args, run: Path) -> list[str]:
@@ -145,13 +147,17 @@ def main() -> None:
     p.add_argument("--work", type=Path, help="run directory (default: bench_out/medium-<dataset>-<budget>s)")
     p.add_argument("--out", type=Path, help="JSON report (default: <work>/report.json)")
     p.add_argument("--eval-only", action="store_true", help="score existing runs in --work without training")
+    p.add_argument("--set", action="append", default=[], help="KEY=VALUE override for every mlip arm (repeatable)")
+    p.add_argument("--tag", help="name the mlip arms and their runs <family>-<tag> (a variant of the recipes)")
     args = p.parse_args()
     args.data = (args.data or ROOT.parent / "shared" / "data" / args.dataset).resolve()
     args.work = args.work or ROOT / "bench_out" / f"medium-{args.dataset}-{int(args.budget)}s"
     args.out = args.out or args.work / "report.json"
     args.work.mkdir(parents=True, exist_ok=True)
     files = data_files(args)
-    runs = {arm: args.work / arm for arm in args.arms}
+    names = {arm: f"{arm}-{args.tag}" if args.tag and arm != "mace" else arm for arm in args.arms}
+    runs = {names[arm]: args.work / names[arm] for arm in args.arms}
+    family = {name: arm for arm, name in names.items()}
     load_before = load_average()
     codes = {arm: 0 for arm in runs}
     if not args.eval_only:
@@ -162,7 +168,7 @@ def main() -> None:
                 run.mkdir(parents=True)
                 jobs[arm] = mace_command(args, run)
             else:
-                jobs[arm] = mlip_command(arm, files, args, run)
+                jobs[arm] = mlip_command(family[arm], files, args, run)
         codes = run_jobs(jobs, args.parallel, args.work)
     results = {}
     for arm, run in runs.items():
@@ -182,6 +188,8 @@ def main() -> None:
         "threads": args.threads,
         "parallel": args.parallel,
         "mace_interactions": args.mace_interactions,
+        "sets": args.set,
+        "tag": args.tag,
         "exit_codes": codes,
         "results": results,
         "provenance": provenance(threads=args.threads, dtype="float32", sizes=sizes(files), load_before=load_before),
