@@ -566,7 +566,7 @@ def medium_accuracy(*docs: dict) -> str:
         if "mace" in doc["results"]
     }
     rows = []
-    for doc, (*_, arms, _) in zip(docs, MEDIUM_ACCURACY_RUNS, strict=True):
+    for doc, (_, _, arms, *_) in zip(docs, MEDIUM_ACCURACY_RUNS, strict=True):
         peer_f = mace_f.get((doc["dataset"], doc["budget_s"]))
         for arm in arms.split():  # the arms the run lists, not every arm its report holds (some were rerun)
             r = doc["results"][arm]
@@ -700,21 +700,24 @@ _BEFORE_FRAMES = (
     "regularisers reused the forward pass's tokens (both meant to give the same numbers here: these molecules' axes "
     "are distinct, and the tests find the same regulariser values)"
 )
-# run_accuracy.py runs (data set, minutes, arms, report suffix), two jobs at a time; one report each, table rows in
-# this order. medium_acac_30min.json also holds a transip trained at the recipe's earlier lr (5e-3, before 0077a17):
-# its row comes from the rerun in medium_acac_30min_transip.json
+# run_accuracy.py runs (data set, minutes, arms as the report names them, report suffix, options beyond --arms), two
+# jobs at a time; one report each, table rows in this order. medium_acac_30min.json also holds a transip trained at
+# the recipe's earlier lr (5e-3, before 0077a17): its row comes from the rerun in medium_acac_30min_transip.json
+_DEPTH4 = "--set model.num_interactions=4 --tag 4int"  # the depth experiment: tdn-medium with 4 interactions
 MEDIUM_ACCURACY_RUNS = (
-    ("acac", 30, "tdn mace gaunt cg", ""),
-    ("acac", 30, "transip", "_transip"),
-    ("acac", 90, "tdn mace", ""),
-    ("acac", 90, "gaunt cg", "_gaunt_cg"),
-    ("acac", 90, "transip", "_transip"),
-    ("3bpa", 30, "tdn mace", ""),
-    ("3bpa", 30, "gaunt cg", "_gaunt_cg"),
-    ("3bpa", 30, "transip", "_transip"),
-    ("3bpa", 90, "tdn mace", ""),
-    ("3bpa", 90, "gaunt cg", "_gaunt_cg"),
-    ("3bpa", 90, "transip", "_transip"),
+    ("acac", 30, "tdn mace gaunt cg", "", ""),
+    ("acac", 30, "transip", "_transip", ""),
+    ("acac", 30, "tdn-4int", "_tdn_4int", _DEPTH4),
+    ("acac", 90, "tdn mace", "", ""),
+    ("acac", 90, "gaunt cg", "_gaunt_cg", ""),
+    ("acac", 90, "transip", "_transip", ""),
+    ("acac", 90, "tdn-4int", "_tdn_4int", _DEPTH4),
+    ("3bpa", 30, "tdn mace", "", ""),
+    ("3bpa", 30, "gaunt cg", "_gaunt_cg", ""),
+    ("3bpa", 30, "transip", "_transip", ""),
+    ("3bpa", 90, "tdn mace", "", ""),
+    ("3bpa", 90, "gaunt cg", "_gaunt_cg", ""),
+    ("3bpa", 90, "transip", "_transip", ""),
 )
 
 TABLES: dict[str, Table] = {
@@ -808,11 +811,12 @@ TABLES: dict[str, Table] = {
     ),
     "medium_accuracy": Table(
         medium_accuracy,
-        tuple(f"medium_{d}_{minutes}min{suffix}.json" for d, minutes, _, suffix in MEDIUM_ACCURACY_RUNS),
+        tuple(f"medium_{d}_{minutes}min{suffix}.json" for d, minutes, _, suffix, _ in MEDIUM_ACCURACY_RUNS),
         tuple(
             f"{PY} benchmarks/medium/run_accuracy.py --dataset {d} --budget {60 * minutes} --threads 1 --parallel 2 "
-            f"--arms {arms} --out {RESULTS}/medium_{d}_{minutes}min{suffix}.json"
-            for d, minutes, arms, suffix in MEDIUM_ACCURACY_RUNS
+            f"--arms {' '.join(arm.split('-')[0] for arm in arms.split())} {options}".rstrip()
+            + f" --out {RESULTS}/medium_{d}_{minutes}min{suffix}.json"
+            for d, minutes, arms, suffix, options in MEDIUM_ACCURACY_RUNS
         ),
     ),
     "gpu_check": Table(

@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/medium/pareto.py --dataset acac \\
         --accuracy benchmarks/results/medium_acac_30min.json benchmarks/results/medium_acac_30min_transip.json \\
         benchmarks/results/medium_acac_90min.json benchmarks/results/medium_acac_90min_gaunt_cg.json \\
-        benchmarks/results/medium_acac_90min_transip.json \\
+        benchmarks/results/medium_acac_90min_transip.json benchmarks/results/medium_acac_30min_tdn_4int.json \\
+        benchmarks/results/medium_acac_90min_tdn_4int.json \\
         --speed benchmarks/results/medium_speed_threads1.json --out benchmarks/results/medium_pareto_acac.png
     .venv/bin/python benchmarks/medium/pareto.py --dataset 3bpa \\
         --accuracy benchmarks/results/medium_3bpa_30min.json benchmarks/results/medium_3bpa_30min_gaunt_cg.json \\
