@@ -155,9 +155,8 @@ def main() -> None:
     args.out = args.out or args.work / "report.json"
     args.work.mkdir(parents=True, exist_ok=True)
     files = data_files(args)
-    names = {arm: f"{arm}-{args.tag}" if args.tag and arm != "mace" else arm for arm in args.arms}
-    runs = {names[arm]: args.work / names[arm] for arm in args.arms}
-    family = {name: arm for arm, name in names.items()}
+    family = {f"{arm}-{args.tag}" if args.tag and arm != "mace" else arm: arm for arm in args.arms}  # name -> arm
+    runs = {name: args.work / name for name in family}
     load_before = load_average()
     codes = {arm: 0 for arm in runs}
     if not args.eval_only:

@@ -47,7 +47,7 @@ __all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "TrainResult", "Va
 
 _INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # A validation loss this many times its best warns once that the run may be diverging: a finite loss spike can wreck
-# a run long before any NaN (an acac transip run at too high an lr: validation loss ~12x its best, then NaN).
+# a run long before any NaN (the acac transip run at lr 5e-3: 51x its best at step 1,000, NaN 1,100 steps later).
 DIVERGENCE_FACTOR = 10.0
 
 
